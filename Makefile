@@ -1,0 +1,27 @@
+# The study's two commands: `make study` and `make test`. Each creates the environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,dev
+DATA ?=
+PROFILE ?= quick
+OUT ?= outputs
+
+.PHONY: venv study test clean
+
+venv: $(VENV)/.installed ## the environment alone (EXTRAS=gpu,dev for the CUDA build)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+study: venv ## the whole study; DATA=/path/to/images PROFILE=cpu for real data
+	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)"
+
+test: venv ## the test suite
+	$(PY) -m pytest
+
+clean: ## remove generated outputs (keeps the environment)
+	find "$(OUT)" -mindepth 1 ! -name README.md -delete 2>/dev/null || true

@@ -1,0 +1,124 @@
+"""The ``allstudy`` command line: ``data scan``, ``data split``, ``synth`` and ``run``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from allstudy import __version__
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from allstudy.data import scan
+
+    result = scan(args.dir, progress=not args.quiet)
+    report = result.report()
+    if args.out:
+        from allstudy.atomic import atomic_path, write_json
+
+        out = Path(args.out)
+        with atomic_path(out / "manifest.csv") as tmp:
+            result.manifest.table.to_csv(tmp, index=False)
+        with atomic_path(out / "duplicates.csv") as tmp:
+            result.links.to_csv(tmp, index=False)
+        write_json(out / "scan.json", report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    sizes = Counter(len(g) for g in report["near_duplicate_groups"])
+    print(f"Scanned {report['images']} files in {report['root']} ({report['layout']}) in {report['seconds']} s")
+    print("  usable per class: " + ", ".join(f"{k} {v}" for k, v in report["classes"].items()))
+    if report["subjects"]:
+        print(f"  subjects: {len(report['subjects'])} ({', '.join(report['subjects'][:8])}"
+              f"{', ...' if len(report['subjects']) > 8 else ''})")
+    print(f"  problems: {len(report['problems'])}")
+    for problem in report["problems"]:
+        print(f"    {problem['path']}: {problem['reason']}")
+    if report["notes"]:
+        print(f"  converted on reading: {len(report['notes'])} (e.g. {report['notes'][0]['path']}: {report['notes'][0]['note']})")
+    print(f"  exact duplicate groups: {len(report['exact_duplicate_groups'])}")
+    print(f"  near-duplicate / overlapping-field groups: {len(report['near_duplicate_groups'])}"
+          + (f" (sizes: {', '.join(f'{n} of {s}' for s, n in sorted(sizes.items()))})" if sizes else ""))
+    print("  (--json for every group and path)")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from allstudy.data import prepare
+
+    prepared = prepare(args.dir, args.out, seed=args.seed, fractions=tuple(args.fractions), progress=not args.quiet)
+    print(prepared.counts().to_string())
+    print(f"wrote {Path(args.out) / 'splits.csv'}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from allstudy.synthetic import generate_dataset
+
+    out = generate_dataset(args.out, n_per_class=args.n_per_class, seed=args.seed, progress=not args.quiet)
+    print(f"synthetic dataset in {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from allstudy.study import run
+
+    results = run(args.data, profile=args.profile, out=args.out, force=args.force)
+    print("\nThe study is done. Open:")
+    for step in results:
+        print(f"  {step.html}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m allstudy``."""
+    parser = argparse.ArgumentParser(prog="allstudy", description="A reproducible study of ALL detection "
+                                     "from peripheral-blood-smear images.")
+    parser.add_argument("--version", action="version", version=f"allstudy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="inspect and split a dataset")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    scan = data_commands.add_parser("scan", help="list files, problems, exact and near-duplicate groups")
+    scan.add_argument("dir", help="dataset folder (class folders, Kaggle Taleqani or C-NMC layout)")
+    scan.add_argument("--json", action="store_true", help="print the full report as JSON")
+    scan.add_argument("--out", help="also write manifest.csv, duplicates.csv and scan.json here")
+    scan.add_argument("--quiet", action="store_true", help="no progress bars")
+    scan.set_defaults(func=_scan)
+    split = data_commands.add_parser("split", help="scan (cached) and write a grouped, stratified split")
+    split.add_argument("dir", help="dataset folder")
+    split.add_argument("--out", default="outputs/data", help="folder for manifest.csv, splits.csv, ... (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--fractions", type=float, nargs=3, default=[0.70, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
+    split.add_argument("--quiet", action="store_true", help="no progress bars")
+    split.set_defaults(func=_split)
+
+    synth = commands.add_parser("synth", help="write the synthetic blood-smear dataset")
+    synth.add_argument("out", help="folder to write (created; must be empty or an earlier synthetic dataset)")
+    synth.add_argument("--n-per-class", type=int, default=100)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_synth)
+
+    run = commands.add_parser("run", help="run the whole study (notebooks via papermill)")
+    run.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
+    run.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
+    run.add_argument("--out", default="outputs", help="output folder (default: %(default)s)")
+    run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status. Errors are one line naming what to fix."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as err:
+        print(f"allstudy: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"allstudy: error: {err.filename or ''} {err.strerror or err}".strip(), file=sys.stderr)
+        return 2

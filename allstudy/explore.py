@@ -1,0 +1,124 @@
+"""Figures and tables of the exploration notebook (01_explore): counts, samples, statistics, duplicates."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from allstudy.classes import display_name
+from allstudy.images import read_rgb
+
+
+def class_counts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Files per class: usable, with a problem, and in total."""
+    usable = manifest["problem"] == ""
+    counts = pd.DataFrame({"usable": manifest[usable]["class"].value_counts(),
+                           "problem": manifest[~usable]["class"].value_counts()}).fillna(0).astype(int)
+    counts["total"] = counts.sum(axis=1)
+    counts.index.name = "class"
+    return counts.sort_index()
+
+
+def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:
+    """A bar chart of usable images per class."""
+    counts = class_counts(manifest)["usable"]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    sns.barplot(x=[display_name(c) for c in counts.index], y=counts.values, ax=ax, color="#7b68a6")
+    ax.bar_label(ax.containers[0])
+    ax.set(ylabel="images", title="Usable images per class")
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(root: str | os.PathLike, manifest: pd.DataFrame, per_class: int = 6, seed: int = 0) -> plt.Figure:
+    """A grid of randomly chosen usable fields, one row per class."""
+    usable = manifest[manifest["problem"] == ""]
+    classes = sorted(usable["class"].unique())
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.9 * per_class, 2.0 * len(classes)), squeeze=False)
+    for row, label in enumerate(classes):
+        rows = usable[usable["class"] == label]
+        chosen = rows.sample(min(per_class, len(rows)), random_state=seed)["path"].tolist()
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([]), ax.set_yticks([])
+            if col < len(chosen):
+                ax.imshow(read_rgb(Path(root) / chosen[col]))
+                ax.set_title(Path(chosen[col]).name, fontsize=6)
+            else:
+                ax.axis("off")
+        axes[row][0].set_ylabel(display_name(label), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _statistics_of(path: Path) -> dict:
+    image = read_rgb(path)
+    pixels = np.asarray(image.resize((64, 64)), dtype=np.float32).reshape(-1, 3)
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+    return {"mean_r": mean[0], "mean_g": mean[1], "mean_b": mean[2], "std_r": std[0], "std_g": std[1], "std_b": std[2]}
+
+
+def image_statistics(root: str | os.PathLike, manifest: pd.DataFrame, workers: int | None = None) -> pd.DataFrame:
+    """Per usable image: class, width, height, file size and RGB mean/std (on a 64 x 64 thumbnail)."""
+    usable = manifest[manifest["problem"] == ""].reset_index(drop=True)
+    paths = [Path(root) / p for p in usable["path"]]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        stats = pd.DataFrame(list(pool.map(_statistics_of, paths)))
+    stats.insert(0, "path", usable["path"])
+    stats.insert(1, "class", usable["class"])
+    stats.insert(2, "width", usable["width"].astype(int))
+    stats.insert(3, "height", usable["height"].astype(int))
+    stats.insert(4, "kbytes", [round(p.stat().st_size / 1024, 1) for p in paths])
+    return stats
+
+
+def plot_colour_statistics(stats: pd.DataFrame) -> plt.Figure:
+    """Per-class distributions of each channel's mean: a colour shortcut shows as separated boxes."""
+    long = stats.melt(id_vars=["class"], value_vars=["mean_r", "mean_g", "mean_b"], var_name="channel",
+                      value_name="mean intensity")
+    fig, ax = plt.subplots(figsize=(7, 3))
+    sns.boxplot(data=long, x="channel", y="mean intensity", hue="class", ax=ax, fliersize=1,
+                palette="Set2")
+    ax.set_title("Mean intensity per channel and class")
+    fig.tight_layout()
+    return fig
+
+
+def colour_shortcut_accuracy(stats: pd.DataFrame, seed: int = 0) -> float:
+    """Cross-validated accuracy of predicting the class from RGB means and stds alone (a shortcut check)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = stats[["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b"]].to_numpy()
+    folds = int(min(5, stats["class"].value_counts().min()))
+    if folds < 2:
+        return float("nan")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return float(cross_val_score(model, features, stats["class"], cv=folds).mean())
+
+
+def duplicate_gallery(root: str | os.PathLike, groups: list[list[str]], max_groups: int = 6,
+                      max_members: int = 6) -> plt.Figure | None:
+    """Thumbnails of duplicate/overlap groups, one row per group (largest first); None if there are none."""
+    if not groups:
+        return None
+    shown = groups[:max_groups]
+    width = min(max_members, max(len(g) for g in shown))
+    fig, axes = plt.subplots(len(shown), width, figsize=(1.9 * width, 2.0 * len(shown)), squeeze=False)
+    for row, group in enumerate(shown):
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([]), ax.set_yticks([])
+            if col < len(group):
+                ax.imshow(read_rgb(Path(root) / group[col]))
+                ax.set_title(Path(group[col]).name, fontsize=6)
+            else:
+                ax.axis("off")
+        axes[row][0].set_ylabel(f"group of {len(group)}", fontsize=8)
+    fig.tight_layout()
+    return fig
