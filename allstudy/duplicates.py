@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 from scipy.cluster.hierarchy import DisjointSet
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from allstudy.images import read_rgb
 
@@ -168,14 +168,20 @@ class _Verifier:
         overlap = float(valid.mean())
         evidence["overlap"] = overlap
         if overlap >= 0.02:
-            a, b = self._bandpass(i)[valid], warped[valid]
-            if a.std() > 1e-6 and b.std() > 1e-6:
-                evidence["correlation"] = float(np.corrcoef(a, b)[0, 1])
+            evidence["correlation"] = _correlation(self._bandpass(i)[valid], warped[valid])
         p = self.params
         evidence["verified"] = bool(evidence["inliers"] >= p.min_inliers and abs(scale - 1) <= p.max_scale_change
                                     and abs(rotation) <= p.max_rotation_deg and overlap >= p.min_overlap
                                     and evidence["correlation"] >= p.min_correlation)
         return evidence
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two pixel vectors; 0 when either is flat."""
+    a = a.astype(np.float64) - a.mean()
+    b = b.astype(np.float64) - b.mean()
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / norm) if norm > 1e-9 else 0.0
 
 
 def _hash_bits(hex_hash: str) -> np.ndarray:

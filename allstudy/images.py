@@ -76,14 +76,14 @@ def _open_checked(data: bytes, path: str | os.PathLike | None) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: transparency over white, 16-bit rescaled, EXIF orientation applied."""
     image = ImageOps.exif_transpose(image)
+    if "transparency" in image.info and image.mode in ("P", "L", "RGB", "1"):
+        image = image.convert("RGBA")  # a PNG's transparent colour: composited over white below
     if image.mode in _SIXTEEN_BIT_MODES:
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         if image.mode == "F":
             top = max(float(array.max(initial=0)), 1e-12)
         image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

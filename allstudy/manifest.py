@@ -15,7 +15,7 @@ from pathlib import Path
 
 import imagehash
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from allstudy.images import inspect_bytes
 from allstudy.layouts import Item, discover
@@ -85,8 +85,12 @@ def fingerprint(root: str | os.PathLike) -> str:
     image_root, _, items = discover(root)
     digest = hashlib.sha256(f"schema={SCHEMA_VERSION}\n".encode())
     for item in items:
-        stat = (image_root / item.relpath).stat()
-        digest.update(f"{item.relpath}|{item.label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = (image_root / item.relpath).stat()
+            state = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError as err:  # e.g. a dangling link: the scan reports it as a problem
+            state = f"unreadable:{err.errno}"
+        digest.update(f"{item.relpath}|{item.label}|{state}\n".encode())
     return digest.hexdigest()
 
 

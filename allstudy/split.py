@@ -54,9 +54,12 @@ def make_split(table: pd.DataFrame, links: pd.DataFrame, seed: int = 0,
     groups = assign_groups(usable["path"].tolist(), usable["subject"].tolist(), links)
     folds_per_split = _folds_for(fractions)
     n_folds = sum(folds_per_split)
-    n_groups = len(set(groups))
-    if n_groups < n_folds:
-        raise ValueError(f"only {n_groups} independent groups for {n_folds} folds; add images or use coarser fractions")
+    groups_per_class = pd.Series(groups).groupby(usable["class"].to_numpy()).nunique()
+    if groups_per_class.min() < n_folds:
+        label = groups_per_class.idxmin()
+        raise ValueError(f"class {label!r} has only {groups_per_class.min()} independent groups, fewer than the "
+                         f"{n_folds} folds that fractions {list(fractions)} need; add images or use coarser "
+                         "fractions (e.g. --fractions 0.6 0.2 0.2, 5 folds)")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(usable), dtype=int)
     for k, (_, test_index) in enumerate(splitter.split(usable, usable["class"], groups)):
