@@ -35,13 +35,14 @@ class Scan:
         """The scan as the JSON document of ``allstudy data scan --json`` (see DESIGN.md)."""
         table = self.manifest.table
         usable = self.manifest.usable
-        near = [g for g in groups_of(self.links) if g not in groups_of(self.links, ["exact"])]
+        exact = groups_of(self.links, ["exact"])
+        near = [g for g in groups_of(self.links) if g not in exact]
         subjects = sorted({s for s in usable["subject"] if s})
         return {
             "images": int(len(table)),
             "classes": {str(k): int(v) for k, v in usable["class"].value_counts().sort_index().items()},
             "problems": [{"path": p, "reason": r} for p, r in zip(table["path"], table["problem"]) if r],
-            "exact_duplicate_groups": groups_of(self.links, ["exact"]),
+            "exact_duplicate_groups": exact,
             "near_duplicate_groups": near,
             "root": str(self.manifest.root),
             "layout": self.manifest.layout,

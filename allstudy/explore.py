@@ -84,6 +84,7 @@ def plot_colour_statistics(stats: pd.DataFrame) -> plt.Figure:
     sns.boxplot(data=long, x="channel", y="mean intensity", hue="class", ax=ax, fliersize=1,
                 palette="Set2")
     ax.set_title("Mean intensity per channel and class")
+    ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
 
