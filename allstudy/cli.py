@@ -62,10 +62,23 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from allstudy.study import train_architecture
+
+    result = train_architecture(args.data, args.out, args.profile, args.arch, weights_dir=args.weights_dir,
+                                weights=args.weights, epochs=args.epochs, input_size=args.input_size,
+                                strategy=args.strategy, batch_size=args.batch_size)
+    accuracy = result.metrics.get("accuracy", {})
+    print(f"{args.arch}: validation accuracy {accuracy.get('val', float('nan')):.2%}, "
+          f"{result.params['train_seconds']:.0f} s; run in {result.run_dir}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from allstudy.study import run
 
-    results = run(args.data, profile=args.profile, out=args.out, force=args.force)
+    results = run(args.data, profile=args.profile, out=args.out, force=args.force, weights_dir=args.weights_dir,
+                  architectures=args.arch)
     print("\nThe study is done. Open:")
     for step in results:
         print(f"  {step.html}")
@@ -102,10 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 
+    weights_help = ("folder holding ImageNet weight files that load offline (e.g. mobilenet_2_5_224_tf_no_top.h5); "
+                    "default: $ALLSTUDY_WEIGHTS_DIR; without one, 'imagenet' downloads through Keras")
+    train = commands.add_parser("train", help="train one architecture (resumes an interrupted run)")
+    train.add_argument("--arch", required=True, help="sequential, lenet, vgg16, resnet50, mobilenet, mobilenetv2, efficientnet")
+    train.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
+    train.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
+    train.add_argument("--out", default="outputs", help="output folder; the run goes to OUT/runs/ARCH (default: %(default)s)")
+    train.add_argument("--weights", help="imagenet, none, or a weights file (default: the profile's)")
+    train.add_argument("--weights-dir", help=weights_help)
+    train.add_argument("--epochs", type=int, help="epochs (transfer models: fine-tuning epochs)")
+    train.add_argument("--input-size", type=int, help="input side in pixels")
+    train.add_argument("--batch-size", type=int, help="batch size per replica")
+    train.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], help="tf.distribute strategy")
+    train.set_defaults(func=_train)
+
     run = commands.add_parser("run", help="run the whole study (notebooks via papermill)")
     run.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
     run.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
     run.add_argument("--out", default="outputs", help="output folder (default: %(default)s)")
+    run.add_argument("--weights-dir", help=weights_help)
+    run.add_argument("--arch", nargs="+", help="only these architectures (default: the profile's)")
     run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
     run.set_defaults(func=_run)
     return parser
@@ -113,12 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status. Errors are one line naming what to fix."""
+    from allstudy.models import WeightsUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as err:
+    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError, WeightsUnavailable) as err:
         print(f"allstudy: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"allstudy: error: {err.filename or ''} {err.strerror or err}".strip(), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("allstudy: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

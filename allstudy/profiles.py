@@ -1,36 +1,63 @@
 """Profiles: every setting of a study run in one place.
 
-* ``quick``: the tests and the embedded synthetic default; tiny, minutes on a laptop CPU.
-* ``cpu``: the real data on a 2-core laptop CPU: honest settings that finish in about half an hour.
-* ``paper``: the source studies' own settings, for a GPU or Colab.
+* ``quick``: the tests and the embedded synthetic default; tiny, seconds per model on a laptop CPU.
+  Every architecture trains from scratch at 64 px for a couple of epochs: it checks the machinery,
+  not the science.
+* ``cpu``: the real data on a 2-core laptop CPU: every architecture, honest settings that finish in
+  about half an hour. Transfer models use ImageNet weights (from ``--weights-dir`` when offline),
+  train the head on cached features and fine-tune the top of the backbone briefly; VGG16 and
+  ResNet50 train from scratch at reduced resolution.
+* ``paper``: the source studies' own settings, for a GPU or Colab: LeNet 150 px / 40 epochs /
+  batch 32; VGG16 224 px / 10 epochs / batch 128; transfer models 224 px, SGD lr 1e-4 momentum 0.9,
+  batch 32, 100 epochs.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+ARCHITECTURES = ["sequential", "lenet", "vgg16", "resnet50", "mobilenet", "mobilenetv2", "efficientnet"]
+
+_QUICK = {name: {"weights": None, "input_size": 64, "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
+          for name in ARCHITECTURES}
+_QUICK["mobilenet"]["alpha"] = 0.25
+for _small in ("sequential", "lenet"):  # cheap enough to learn something even here
+    _QUICK[_small]["epochs"] = 8
+
+_TRANSFER_CPU = {"weights": "imagenet", "head_epochs": 60, "epochs": 2, "batch_size": 32, "learning_rate": 1e-3,
+                 "fine_tune_learning_rate": 1e-5}
+_CPU = {
+    "sequential": {"weights": None, "input_size": 150, "epochs": 12, "batch_size": 32, "learning_rate": 1e-3},
+    "lenet": {"weights": None, "input_size": 150, "epochs": 40, "batch_size": 32, "learning_rate": 1e-3},
+    "vgg16": {"weights": None, "input_size": 64, "epochs": 12, "batch_size": 32, "learning_rate": 1e-4},
+    "resnet50": {"weights": None, "input_size": 64, "epochs": 12, "batch_size": 32, "learning_rate": 1e-3},
+    "mobilenet": {**_TRANSFER_CPU, "alpha": 0.25},
+    "mobilenetv2": dict(_TRANSFER_CPU),
+    "efficientnet": dict(_TRANSFER_CPU),
+}
+
+_PAPER_TRANSFER = {"weights": "imagenet", "input_size": 224, "head_epochs": 100, "epochs": 0, "batch_size": 32,
+                   "optimizer": "sgd", "learning_rate": 1e-4, "momentum": 0.9, "augment": False}
+_PAPER = {
+    "sequential": {"weights": None, "input_size": 224, "epochs": 10, "batch_size": 32},
+    "lenet": {"weights": None, "input_size": 150, "epochs": 40, "batch_size": 32},
+    "vgg16": {"weights": None, "input_size": 224, "epochs": 10, "batch_size": 128, "learning_rate": 1e-4},
+    "resnet50": dict(_PAPER_TRANSFER),
+    "mobilenet": {**_PAPER_TRANSFER, "alpha": 1.0},
+    "mobilenetv2": dict(_PAPER_TRANSFER),
+    "efficientnet": dict(_PAPER_TRANSFER),
+}
+
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "seed": 0,
-        "fractions": [0.70, 0.15, 0.15],
-        "synthetic_per_class": 60,
-        "explore_samples_per_class": 6,
-        "explore_duplicate_groups": 6,
-    },
-    "cpu": {
-        "seed": 0,
-        "fractions": [0.70, 0.15, 0.15],
-        "synthetic_per_class": 150,
-        "explore_samples_per_class": 8,
-        "explore_duplicate_groups": 12,
-    },
-    "paper": {
-        "seed": 0,
-        "fractions": [0.70, 0.15, 0.15],
-        "synthetic_per_class": 300,
-        "explore_samples_per_class": 8,
-        "explore_duplicate_groups": 12,
-    },
+    "quick": {"seed": 0, "fractions": [0.70, 0.15, 0.15], "synthetic_per_class": 60,
+              "explore_samples_per_class": 6, "explore_duplicate_groups": 6,
+              "architectures": ARCHITECTURES, "train": _QUICK},
+    "cpu": {"seed": 0, "fractions": [0.70, 0.15, 0.15], "synthetic_per_class": 150,
+            "explore_samples_per_class": 8, "explore_duplicate_groups": 12,
+            "architectures": ARCHITECTURES, "train": _CPU},
+    "paper": {"seed": 0, "fractions": [0.70, 0.15, 0.15], "synthetic_per_class": 300,
+              "explore_samples_per_class": 8, "explore_duplicate_groups": 12,
+              "architectures": ARCHITECTURES, "train": _PAPER},
 }
 
 
@@ -39,3 +66,15 @@ def get_profile(name: str) -> dict[str, Any]:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     return copy.deepcopy(PROFILES[name])
+
+
+def train_config(profile: str, arch: str, **overrides):
+    """The :class:`allstudy.train.TrainConfig` of ``arch`` under ``profile``, with non-None overrides."""
+    from allstudy.train import TrainConfig
+
+    settings = get_profile(profile)
+    if arch not in settings["train"]:
+        raise ValueError(f"profile {profile!r} has no settings for {arch!r}; known: {', '.join(settings['train'])}")
+    values = {**settings["train"][arch], "seed": settings["seed"]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(arch=arch, **values)

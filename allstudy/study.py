@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from allstudy import __version__
 from allstudy.atomic import atomic_path, read_json, write_json, write_text
 from allstudy.data import PreparedData, prepare
-from allstudy.profiles import get_profile
+from allstudy.profiles import get_profile, train_config
+from allstudy.provenance import code_version
 from allstudy.synthetic import generate_dataset
 
 #: The notebooks folder of the package's source tree (the notebooks are not installed as data).
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-#: The study's steps, in order. Later issues add 02_preprocess .. 05_compare.
-STEPS = ("01_explore",)
+#: The study's notebooks, in order; 03_train runs once per architecture of the profile.
+STEPS = ("01_explore", "03_train")
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,19 @@ def prepare_study_data(data: str | os.PathLike | None, out: str | os.PathLike, p
 def _stamp(notebook: Path, parameters: dict, data_hash: str) -> str:
     digest = hashlib.sha256(notebook.read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True).encode())
-    digest.update(f"{data_hash}|{__version__}".encode())
+    digest.update(f"{data_hash}|{code_version()['source_sha256']}".encode())
     return digest.hexdigest()
 
 
-def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, force: bool = False) -> StepResult:
+def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, force: bool = False,
+                     output_name: str | None = None) -> StepResult:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``out/notebooks/`` and render HTML; skip if fresh."""
     import papermill
 
     source = NOTEBOOKS / f"{name}.ipynb"
     if not source.exists():
         raise FileNotFoundError(f"{source} is missing; the notebooks ship with the source tree (run from a clone)")
+    name = output_name or name
     target = out / "notebooks" / f"{name}.ipynb"
     html = out / "notebooks" / f"{name}.html"
     stamp_path = out / "notebooks" / f".{name}.stamp.json"
@@ -102,20 +104,30 @@ def render_html(notebook: str | os.PathLike) -> str:
     return body
 
 
+def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, profile: str, arch: str,
+                       weights_dir: str | os.PathLike | None = None, progress: bool = True, **overrides):
+    """Train one architecture of the profile on the study's data into ``out/runs/<arch>/`` (reused when unchanged)."""
+    from allstudy.train import train
+
+    prepared = prepare_study_data(data, out, profile, progress=False)
+    config = train_config(profile, arch, **overrides)
+    return train(config, prepared, Path(out) / "runs" / arch, cache_dir=Path(out) / "cache", progress=progress,
+                 weights_dir=weights_dir)
+
+
 def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str | os.PathLike = "outputs",
-        force: bool = False) -> list[StepResult]:
+        force: bool = False, weights_dir: str | os.PathLike | None = None,
+        architectures: list[str] | None = None) -> list[StepResult]:
     """Run the whole study; return the executed steps. With no ``data``, the synthetic default."""
     out = Path(out).resolve()
     prepared = prepare_study_data(data, out, profile)
     settings = get_profile(profile)
-    parameters = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
-    results = [execute_notebook(name, {**parameters, **_step_parameters(name, settings)}, out,
-                                prepared.info["data_hash"], force=force) for name in STEPS]
+    base = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
+    results = [execute_notebook("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
+                                               "duplicate_groups_shown": settings["explore_duplicate_groups"]},
+                                out, prepared.info["data_hash"], force=force)]
+    for arch in architectures or settings["architectures"]:
+        parameters = {**base, "arch": arch, "weights_dir": str(Path(weights_dir).resolve()) if weights_dir else None}
+        results.append(execute_notebook("03_train", parameters, out, prepared.info["data_hash"], force=force,
+                                        output_name=f"03_train-{arch}"))
     return results
-
-
-def _step_parameters(name: str, settings: dict) -> dict:
-    if name == "01_explore":
-        return {"samples_per_class": settings["explore_samples_per_class"],
-                "duplicate_groups_shown": settings["explore_duplicate_groups"]}
-    return {}

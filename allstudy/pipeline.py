@@ -1,0 +1,100 @@
+"""Images into arrays and tf.data pipelines: the one place that turns a file into model input.
+
+Every model of the registry takes raw RGB pixels in 0..255 at its input size, and does its own
+preprocessing inside (see :mod:`allstudy.models`); so training, evaluation, the predictor and the
+exports all feed the same thing: :func:`load_image`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from allstudy.atomic import atomic_path
+from allstudy.images import read_rgb
+
+#: Resampling used everywhere an image is brought to a model's input size.
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+def to_input(image: Image.Image, size: int) -> np.ndarray:
+    """An RGB image as a (size, size, 3) uint8 array: the model input (no cropping; fields are square)."""
+    if image.size != (size, size):
+        image = image.resize((size, size), RESAMPLE, reducing_gap=3.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Read a file (any format Pillow reads, decided by content) as model input."""
+    return to_input(read_rgb(path), size)
+
+
+def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir: str | os.PathLike | None = None,
+                progress: bool = False) -> np.ndarray:
+    """Load many files as one (N, size, size, 3) uint8 array, cached in ``cache_dir`` when given."""
+    root = Path(root)
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha256("\n".join([str(root.resolve()), str(size), *paths]).encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"images-{size}px-{key}.npy"
+        if cache.exists():
+            try:
+                return np.load(cache)
+            except (OSError, ValueError):
+                cache.unlink()  # damaged: rebuild it
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(tqdm(pool.map(lambda p: load_image(root / p, size), paths), total=len(paths),
+                           desc=f"loading images at {size}px", unit="img", disable=not progress))
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            np.save(tmp, images)
+    return images
+
+
+def augment(images, seed=None):
+    """Random flips, 90-degree rotations and mild colour jitter, on a batch of 0..255 float images."""
+    import tensorflow as tf
+
+    images = tf.image.random_flip_left_right(images, seed=seed)
+    images = tf.image.random_flip_up_down(images, seed=seed)
+    images = tf.image.rot90(images, k=tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed))
+    images = images / 255.0
+    images = tf.image.random_brightness(images, 0.08, seed=seed)
+    images = tf.image.random_contrast(images, 0.9, 1.1, seed=seed)
+    images = tf.image.random_saturation(images, 0.9, 1.1, seed=seed)
+    images = tf.image.random_hue(images, 0.02, seed=seed)
+    return tf.clip_by_value(images, 0.0, 1.0) * 255.0
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False,
+                 augmented: bool = False, seed: int = 0):
+    """A batched, prefetched tf.data pipeline of float32 0..255 images (and one-hot labels when given)."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
+    if shuffle:
+        data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size)
+    cast = (lambda x: tf.cast(x, tf.float32)) if labels is None else (lambda x, y: (tf.cast(x, tf.float32), y))
+    data = data.map(cast, num_parallel_calls=tf.data.AUTOTUNE)
+    if augmented:
+        data = data.map((lambda x: augment(x)) if labels is None else (lambda x, y: (augment(x), y)),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced class weights (scikit-learn's n / (k * count)) for integer labels."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    result = {int(c): 1.0 for c in range(n_classes)}
+    result.update({int(c): float(w) for c, w in zip(present, weights)})
+    return result

@@ -1,0 +1,340 @@
+"""Training runs: resumable fits, transfer learning in two phases, and the run folder.
+
+A run folder ``outputs/runs/<run>/`` holds ``model.keras``, ``params.json`` (every parameter, the
+data hash, code and package versions), ``history.csv``, ``curves.png``, ``predictions.csv`` and
+``metrics.json``. While training, each stage keeps ``<stage>/state.json`` and the checkpoint it
+names, both written atomically after every epoch; ``kill -9`` at any moment, then the same command,
+resumes from the last finished epoch.
+
+Transfer models (pretrained backbone): phase 1 trains the head on backbone features computed once
+per split and cached; phase 2 fine-tunes the top of the backbone at a low learning rate, with
+BatchNorm in inference mode (the backbone is called with ``training=False``). Models from scratch
+train end to end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from allstudy.atomic import atomic_path, read_json, write_json
+from allstudy.data import PreparedData
+from allstudy.models import Built, build_model, get_architecture, unfreeze_top
+from allstudy.pipeline import class_weights, load_images, make_dataset
+from allstudy.provenance import code_version, package_versions
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every parameter of one training run (profiles in :mod:`allstudy.profiles` fill these)."""
+
+    arch: str
+    weights: str | None = None           # "imagenet", a file, or None (from scratch)
+    alpha: float = 1.0                   # MobileNet width
+    input_size: int | None = None        # None: the architecture's own
+    epochs: int = 10                     # from scratch: all epochs; transfer: phase-2 (fine-tuning) epochs
+    head_epochs: int = 30                # transfer: phase-1 epochs on cached features
+    batch_size: int = 32
+    optimizer: str = "adam"              # "adam" or "sgd" (with momentum)
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_layers: int | None = None  # None: the architecture's own
+    augment: bool = True
+    class_weighting: bool = True
+    dropout: float = 0.2
+    seed: int = 0
+    strategy: str = "default"            # default, mirrored, multiworker, tpu
+
+    def key(self) -> str:
+        """A short hash of the parameters, to tell runs apart and detect changes."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class RunResult:
+    """A finished run: where it is and its headline figures."""
+
+    run_dir: Path
+    params: dict
+    history: pd.DataFrame
+    skipped: bool = False
+    metrics: dict = field(default_factory=dict)
+
+
+def get_strategy(name: str = "default"):
+    """A tf.distribute strategy by name: default, mirrored (GPUs, else all logical CPUs), multiworker, tpu."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":  # reads TF_CONFIG; one worker without it
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
+
+
+def _use_mixed_precision_if_gpu() -> bool:
+    import keras
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return True
+    return False
+
+
+def _optimizer(name: str, learning_rate: float, momentum: float):
+    import keras
+
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
+
+
+class _EpochCheckpoint:
+    """Keras callback: after each epoch, save the model (optimizer included) and then the state, atomically."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(self, stage_dir: Path, rows: list[dict], stage: str):
+                super().__init__()
+                self.stage_dir, self.rows, self.stage = stage_dir, rows, stage
+                self.started = time.perf_counter()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                row = {"stage": self.stage, "epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
+                       "seconds": round(time.perf_counter() - self.started, 2)}
+                self.rows.append(row)
+                name = f"epoch-{epoch + 1:04d}.keras"
+                with atomic_path(self.stage_dir / name) as tmp:
+                    self.model.save(tmp)
+                write_json(self.stage_dir / "state.json", {"epoch": epoch + 1, "checkpoint": name, "history": self.rows})
+                for old in self.stage_dir.glob("epoch-*.keras"):
+                    if old.name != name:
+                        old.unlink(missing_ok=True)
+
+        return Callback(*args, **kwargs)
+
+
+def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, stage: str,
+                  class_weight: dict | None = None, verbose: int = 2, strategy=None):
+    """Fit ``model`` for ``epochs`` epochs, resuming from ``stage_dir`` when an earlier fit was cut off.
+
+    Returns ``(trained_model, history_rows)``; the trained model is ``model`` itself or, on resume,
+    the checkpoint loaded with its optimizer state.
+    """
+    import keras
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    state_path = stage_dir / "state.json"
+    rows: list[dict] = []
+    initial_epoch = 0
+    if state_path.exists():
+        state = read_json(state_path)
+        checkpoint = stage_dir / state["checkpoint"]
+        if checkpoint.exists():
+            with (strategy.scope() if strategy else _null()):
+                model = keras.saving.load_model(checkpoint, safe_mode=True)
+            rows, initial_epoch = state["history"], int(state["epoch"])
+            print(f"{stage}: resuming after epoch {initial_epoch} of {epochs} ({checkpoint.name})")
+    if initial_epoch < epochs:
+        model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=initial_epoch,
+                  class_weight=class_weight, verbose=verbose, shuffle=False,  # the tf.data pipeline shuffles
+                  callbacks=[_EpochCheckpoint(stage_dir, rows, stage)])
+    return model, rows
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sha256(path: str | None) -> str | None:
+    if not path or path == "imagenet" or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _features(built: Built, images: np.ndarray, path: Path, batch_size: int) -> np.ndarray:
+    """Backbone features of images, computed once and cached in ``path``."""
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            path.unlink()
+    features = built.features.predict(make_dataset(images, None, batch_size), verbose=0)
+    with atomic_path(path) as tmp:
+        np.save(tmp, features)
+    return features
+
+
+def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+          progress: bool = True, weights_dir: str | os.PathLike | None = None) -> RunResult:
+    """Train one architecture on a prepared dataset into ``run_dir``; reuse a finished run with the same parameters."""
+    import keras
+
+    run_dir = Path(run_dir)
+    params_path = run_dir / "params.json"
+    identity = {"config": asdict(config), "data_hash": data.info["data_hash"],
+                "code_source": code_version()["source_sha256"]}
+    if params_path.exists() and (run_dir / "model.keras").exists():
+        params = read_json(params_path)
+        if {k: params.get(k) for k in identity} == identity:
+            print(f"{config.arch}: unchanged since its last run, reused {run_dir}")
+            return RunResult(run_dir, params, pd.read_csv(run_dir / "history.csv"), skipped=True,
+                             metrics=read_json(run_dir / "metrics.json"))
+    work = run_dir / "training"
+    stamp_path = work / "identity.json"
+    if stamp_path.exists() and read_json(stamp_path) != identity:
+        shutil.rmtree(work)  # checkpoints of other parameters or data: start over
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(stamp_path, identity)
+
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    mixed = _use_mixed_precision_if_gpu()
+    strategy = get_strategy(config.strategy)
+    arch = get_architecture(config.arch)
+    classes = sorted(data.split["class"].unique())
+    index = {c: i for i, c in enumerate(classes)}
+    size = int(config.input_size or arch.input_size)
+    parts = {s: data.split[data.split["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    images = {s: load_images(data.root, part["path"].tolist(), size, cache_dir, progress=progress) for s, part in parts.items()}
+    labels = {s: part["class"].map(index).to_numpy() for s, part in parts.items()}
+    onehot = {s: keras.utils.to_categorical(y, len(classes)) for s, y in labels.items()}
+    weights = class_weights(labels["train"], len(classes)) if config.class_weighting else None
+    batch = config.batch_size * strategy.num_replicas_in_sync
+    verbose = 2 if progress else 0
+
+    with strategy.scope():
+        built = build_model(config.arch, len(classes), size, config.weights, config.alpha, config.dropout, weights_dir)
+    rows: list[dict] = []
+    if built.weights is not None and built.head is not None:  # transfer learning, two phases
+        features = {s: _features(built, images[s], work / f"features-{s}.npy", batch) for s in images}
+        with strategy.scope():
+            built.head.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum),
+                               loss="categorical_crossentropy", metrics=["accuracy"])
+        head_data = make_dataset(features["train"], onehot["train"], batch, shuffle=True, seed=config.seed)
+        head_val = make_dataset(features["val"], onehot["val"], batch)
+        trained, head_rows = fit_resumable(built.head, head_data, head_val, config.head_epochs, work / "head", "head",
+                                           weights, verbose, strategy)
+        built.head.set_weights(trained.get_weights())
+        rows += head_rows
+        if config.epochs > 0:
+            with strategy.scope():
+                unfreeze_top(built.backbone, config.fine_tune_layers if config.fine_tune_layers is not None
+                             else arch.fine_tune_layers)
+                built.model.compile(optimizer=_optimizer(config.optimizer, config.fine_tune_learning_rate, config.momentum),
+                                    loss="categorical_crossentropy", metrics=["accuracy"])
+            trained, tune_rows = fit_resumable(
+                built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
+                make_dataset(images["val"], onehot["val"], batch), config.epochs, work / "finetune", "finetune",
+                weights, verbose, strategy)
+            built.model.set_weights(trained.get_weights())
+            rows += tune_rows
+    else:
+        with strategy.scope():
+            built.model.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum),
+                                loss="categorical_crossentropy", metrics=["accuracy"])
+        trained, rows = fit_resumable(
+            built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
+            make_dataset(images["val"], onehot["val"], batch), config.epochs, work / "train", "train",
+            weights, verbose, strategy)
+        built.model.set_weights(trained.get_weights())
+    train_seconds = time.perf_counter() - start
+
+    history = pd.DataFrame(rows)
+    predictions = _predict(built.model, parts, images, classes, batch)
+    metrics = {s: float((predictions[predictions["split"] == s]["label"] ==
+                         predictions[predictions["split"] == s]["class"]).mean()) for s in ("val", "test")}
+    with atomic_path(run_dir / "model.keras") as tmp:
+        _deployable(built.model).save(tmp)
+    for name, frame in (("history.csv", history), ("predictions.csv", predictions)):
+        with atomic_path(run_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    plot_curves(history, config.arch).savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
+    write_json(run_dir / "metrics.json", {"accuracy": metrics})
+    params = {**identity, "arch": config.arch, "classes": classes, "input_size": size,
+              "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _sha256(built.weights),
+              "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
+              "epochs_run": len(history), "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
+              "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
+    write_json(params_path, params)  # last: its presence marks a finished run
+    shutil.rmtree(work, ignore_errors=True)
+    return RunResult(run_dir, params, history, metrics={"accuracy": metrics})
+
+
+def _deployable(model):
+    """An uncompiled copy with the same weights: what a predictor loads carries no optimizer state."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _predict(model, parts: dict, images: dict, classes: list[str], batch: int) -> pd.DataFrame:
+    frames = []
+    for split in ("val", "test"):
+        probabilities = model.predict(make_dataset(images[split], None, batch), verbose=0)
+        frame = parts[split][["path", "class"]].copy()
+        frame.insert(0, "split", split)
+        frame["label"] = [classes[i] for i in probabilities.argmax(axis=1)]
+        for i, label in enumerate(classes):
+            frame[f"p_{label}"] = probabilities[:, i]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_curves(history: pd.DataFrame, title: str):
+    """Accuracy and loss per epoch (train and validation), stages one after another."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    step = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        if metric in history:
+            ax.plot(step, history[metric], label="train")
+        if f"val_{metric}" in history:
+            ax.plot(step, history[f"val_{metric}"], label="validation")
+        if "stage" in history and history["stage"].nunique() > 1:
+            for boundary in np.nonzero(history["stage"].to_numpy()[1:] != history["stage"].to_numpy()[:-1])[0]:
+                ax.axvline(boundary + 1.5, color="grey", linestyle=":", linewidth=1)
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
+    """A copy of ``config`` with the non-None overrides applied."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

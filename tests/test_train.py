@@ -1,0 +1,125 @@
+"""Training runs: the run folder, transfer learning in two phases, kill -9 and resume, MirroredStrategy."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from allstudy.data import prepare  # noqa: E402
+from allstudy.synthetic import generate_dataset  # noqa: E402
+from allstudy.train import TrainConfig, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = generate_dataset(tmp_path_factory.mktemp("synth") / "fields", n_per_class=24, seed=11)
+    return prepare(root, tmp_path_factory.mktemp("data"), seed=0, fractions=(0.6, 0.2, 0.2))
+
+
+def test_a_run_folder_has_everything(prepared, tmp_path):
+    result = train(TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run",
+                   progress=False)
+    for name in ("model.keras", "params.json", "history.csv", "curves.png", "predictions.csv", "metrics.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert not (tmp_path / "run" / "training").exists()  # checkpoints are removed once the run is complete
+    params = json.loads((tmp_path / "run" / "params.json").read_text())
+    assert params["config"]["arch"] == "lenet" and params["data_hash"] == prepared.info["data_hash"]
+    assert params["packages"]["keras"] and params["code_version"]["source_sha256"]
+    assert params["epochs_run"] == 3 and list(result.history["epoch"]) == [1, 2, 3]
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert set(predictions["split"]) == {"val", "test"}
+    assert (predictions.filter(like="p_").sum(axis=1) - 1).abs().max() < 1e-4
+    again = train(TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run",
+                  progress=False)
+    assert again.skipped
+
+
+def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(prepared, tmp_path):
+    import keras
+
+    backbone = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(64, 64, 3),
+                                            pooling="avg")
+    weights = tmp_path / "mobilenet_tiny.weights.h5"
+    backbone.save_weights(weights)
+    config = TrainConfig("mobilenet", weights=str(weights), alpha=0.25, input_size=64, head_epochs=3, epochs=2,
+                         batch_size=16)
+    result = train(config, prepared, tmp_path / "run", progress=False)
+    assert list(result.history["stage"]) == ["head"] * 3 + ["finetune"] * 2
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    batch_norms = [layer for layer in model.get_layer("backbone").layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and not any(layer.trainable for layer in batch_norms)
+    assert result.params["weights_sha256"]
+
+
+def _train_command(out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "allstudy", "train", "--arch", "lenet", "--profile", "quick", "--out", str(out),
+            "--epochs", str(epochs), "--input-size", "48"]
+
+
+def test_kill_9_at_random_moments_then_the_same_command_resumes(tmp_path):
+    out, epochs = tmp_path / "out", 40
+    command = _train_command(out, epochs)
+    state = out / "runs" / "lenet" / "training" / "train" / "state.json"
+    rng = random.Random(7)
+    resumed_from = []
+    for kill in range(3):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # wait until this attempt has trained at least one more epoch, then kill at a random moment
+        before = json.loads(state.read_text())["epoch"] if state.exists() else 0
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            if state.exists() and json.loads(state.read_text())["epoch"] > before:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        assert process.poll() is None, "training finished before it could be killed; raise the epochs"
+        os.kill(process.pid, signal.SIGKILL)
+        output = process.communicate()[0]
+        if "resuming after epoch" in output:
+            resumed_from.append(output)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming after epoch" in finished.stdout
+    assert len(resumed_from) >= 1  # later attempts resumed too
+    history = pd.read_csv(out / "runs" / "lenet" / "history.csv")
+    assert list(history["epoch"]) == list(range(1, epochs + 1))  # every epoch exactly once
+    import keras
+
+    keras.saving.load_model(out / "runs" / "lenet" / "model.keras", safe_mode=True)
+    assert not list((out / "runs" / "lenet").glob("**/*.tmp*"))
+
+
+def test_mirrored_strategy_over_two_logical_cpus(prepared, tmp_path):
+    script = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from allstudy.data import prepare
+        from allstudy.train import TrainConfig, train
+        data = prepare({str(prepared.root)!r}, {str(tmp_path / 'data')!r}, seed=0, fractions=(0.6, 0.2, 0.2))
+        result = train(TrainConfig("lenet", input_size=48, epochs=2, batch_size=8, strategy="mirrored"), data,
+                       {str(tmp_path / 'run')!r}, progress=False)
+        print(json.dumps({{"replicas": result.params["replicas"], "epochs": result.params["epochs_run"]}}))
+    """)
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    figures = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert figures == {"replicas": 2, "epochs": 2}
+
+
+def test_unknown_strategy_is_a_clear_error(prepared, tmp_path):
+    with pytest.raises(ValueError, match="unknown strategy"):
+        train(TrainConfig("lenet", input_size=48, epochs=1, strategy="cluster"), prepared, tmp_path / "run",
+              progress=False)
