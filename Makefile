@@ -6,6 +6,8 @@ EXTRAS ?= cpu,dev
 DATA ?=
 PROFILE ?= quick
 OUT ?= outputs
+# ImageNet weight files that load offline (see data/README.md); the team keeps them beside the project.
+WEIGHTS_DIR ?= $(wildcard ../shared/weights)
 
 .PHONY: venv study test clean
 
@@ -18,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 study: venv ## the whole study; DATA=/path/to/images PROFILE=cpu for real data
-	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)"
+	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)" \
+		$(if $(WEIGHTS_DIR),--weights-dir "$(WEIGHTS_DIR)")
 
 test: venv ## the test suite
 	$(PY) -m pytest

@@ -35,24 +35,31 @@ def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def thumbnail_grid(root: str | os.PathLike, rows: list[list[str]], row_labels: list[str], width: int) -> plt.Figure:
+    """Fields shown as a grid: one row per list of paths (at most ``width`` each), labelled on the left."""
+    fig, axes = plt.subplots(len(rows), width, figsize=(1.9 * width, 2.0 * len(rows)), squeeze=False)
+    for row, (paths, label) in enumerate(zip(rows, row_labels)):
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([]), ax.set_yticks([])
+            if col < len(paths):
+                ax.imshow(read_rgb(Path(root) / paths[col]))
+                ax.set_title(Path(paths[col]).name, fontsize=6)
+            else:
+                ax.axis("off")
+        axes[row][0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def sample_grid(root: str | os.PathLike, manifest: pd.DataFrame, per_class: int = 6, seed: int = 0) -> plt.Figure:
     """A grid of randomly chosen usable fields, one row per class."""
     usable = manifest[manifest["problem"] == ""]
     classes = sorted(usable["class"].unique())
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.9 * per_class, 2.0 * len(classes)), squeeze=False)
-    for row, label in enumerate(classes):
-        rows = usable[usable["class"] == label]
-        chosen = rows.sample(min(per_class, len(rows)), random_state=seed)["path"].tolist()
-        for col, ax in enumerate(axes[row]):
-            ax.set_xticks([]), ax.set_yticks([])
-            if col < len(chosen):
-                ax.imshow(read_rgb(Path(root) / chosen[col]))
-                ax.set_title(Path(chosen[col]).name, fontsize=6)
-            else:
-                ax.axis("off")
-        axes[row][0].set_ylabel(display_name(label), fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = []
+    for label in classes:
+        members = usable[usable["class"] == label]
+        rows.append(members.sample(min(per_class, len(members)), random_state=seed)["path"].tolist())
+    return thumbnail_grid(root, rows, [display_name(c) for c in classes], per_class)
 
 
 def _statistics_of(path: Path) -> dict:
@@ -111,15 +118,4 @@ def duplicate_gallery(root: str | os.PathLike, groups: list[list[str]], max_grou
         return None
     shown = groups[:max_groups]
     width = min(max_members, max(len(g) for g in shown))
-    fig, axes = plt.subplots(len(shown), width, figsize=(1.9 * width, 2.0 * len(shown)), squeeze=False)
-    for row, group in enumerate(shown):
-        for col, ax in enumerate(axes[row]):
-            ax.set_xticks([]), ax.set_yticks([])
-            if col < len(group):
-                ax.imshow(read_rgb(Path(root) / group[col]))
-                ax.set_title(Path(group[col]).name, fontsize=6)
-            else:
-                ax.axis("off")
-        axes[row][0].set_ylabel(f"group of {len(group)}", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return thumbnail_grid(root, [g[:width] for g in shown], [f"group of {len(g)}" for g in shown], width)

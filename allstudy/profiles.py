@@ -27,7 +27,7 @@ for _small in ("sequential", "lenet"):  # cheap enough to learn something even h
 _TRANSFER_CPU = {"weights": "imagenet", "head_epochs": 60, "epochs": 2, "batch_size": 32, "learning_rate": 1e-3,
                  "fine_tune_learning_rate": 1e-5}
 _CPU = {
-    "sequential": {"weights": None, "input_size": 150, "epochs": 12, "batch_size": 32, "learning_rate": 1e-3},
+    "sequential": {"weights": None, "input_size": 150, "epochs": 30, "batch_size": 32, "learning_rate": 3e-4},
     "lenet": {"weights": None, "input_size": 150, "epochs": 40, "batch_size": 32, "learning_rate": 1e-3},
     "vgg16": {"weights": None, "input_size": 64, "epochs": 12, "batch_size": 32, "learning_rate": 1e-4},
     "resnet50": {"weights": None, "input_size": 64, "epochs": 12, "batch_size": 32, "learning_rate": 1e-3},

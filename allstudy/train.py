@@ -236,6 +236,19 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     with strategy.scope():
         built = build_model(config.arch, len(classes), size, config.weights, config.alpha, config.dropout, weights_dir)
     rows: list[dict] = []
+
+    def fit_on_images(learning_rate: float, stage: str) -> list[dict]:
+        """Compile the whole model and fit it on (augmented) images, resumably; keep the weights in ``built``."""
+        with strategy.scope():
+            built.model.compile(optimizer=_optimizer(config.optimizer, learning_rate, config.momentum),
+                                loss="categorical_crossentropy", metrics=["accuracy"])
+        trained, stage_rows = fit_resumable(
+            built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
+            make_dataset(images["val"], onehot["val"], batch), config.epochs, work / stage, stage,
+            weights, verbose, strategy)
+        built.model.set_weights(trained.get_weights())
+        return stage_rows
+
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
         features = {s: _features(built, images[s], work / f"features-{s}.npy", batch) for s in images}
         with strategy.scope():
@@ -251,23 +264,9 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
             with strategy.scope():
                 unfreeze_top(built.backbone, config.fine_tune_layers if config.fine_tune_layers is not None
                              else arch.fine_tune_layers)
-                built.model.compile(optimizer=_optimizer(config.optimizer, config.fine_tune_learning_rate, config.momentum),
-                                    loss="categorical_crossentropy", metrics=["accuracy"])
-            trained, tune_rows = fit_resumable(
-                built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
-                make_dataset(images["val"], onehot["val"], batch), config.epochs, work / "finetune", "finetune",
-                weights, verbose, strategy)
-            built.model.set_weights(trained.get_weights())
-            rows += tune_rows
+            rows += fit_on_images(config.fine_tune_learning_rate, "finetune")
     else:
-        with strategy.scope():
-            built.model.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum),
-                                loss="categorical_crossentropy", metrics=["accuracy"])
-        trained, rows = fit_resumable(
-            built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
-            make_dataset(images["val"], onehot["val"], batch), config.epochs, work / "train", "train",
-            weights, verbose, strategy)
-        built.model.set_weights(trained.get_weights())
+        rows += fit_on_images(config.learning_rate, "train")
     train_seconds = time.perf_counter() - start
 
     history = pd.DataFrame(rows)
