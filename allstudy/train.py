@@ -53,6 +53,7 @@ class TrainConfig:
     dropout: float = 0.2
     seed: int = 0
     strategy: str = "default"            # default, mirrored, multiworker, tpu
+    restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
 
     def key(self) -> str:
         """A short hash of the parameters, to tell runs apart and detect changes."""
@@ -132,7 +133,12 @@ class _EpochCheckpoint:
                 name = f"epoch-{epoch + 1:04d}.keras"
                 with atomic_path(self.stage_dir / name) as tmp:
                     self.model.save(tmp)
-                write_json(self.stage_dir / "state.json", {"epoch": epoch + 1, "checkpoint": name, "history": self.rows})
+                best = _best_epoch(self.rows)
+                if best == epoch + 1:  # the best so far by validation accuracy: keep a copy
+                    with atomic_path(self.stage_dir / "best.keras") as tmp:
+                        shutil.copyfile(self.stage_dir / name, tmp)
+                write_json(self.stage_dir / "state.json", {"epoch": epoch + 1, "checkpoint": name, "best_epoch": best,
+                                                           "history": self.rows})
                 for old in self.stage_dir.glob("epoch-*.keras"):
                     if old.name != name:
                         old.unlink(missing_ok=True)
@@ -140,12 +146,22 @@ class _EpochCheckpoint:
         return Callback(*args, **kwargs)
 
 
+def _best_epoch(rows: list[dict]) -> int:
+    """The epoch with the highest validation accuracy (the earliest among ties; by loss if no accuracy)."""
+    if rows and "val_accuracy" in rows[0]:
+        return max(rows, key=lambda r: (r["val_accuracy"], -r["epoch"]))["epoch"]
+    if rows and "val_loss" in rows[0]:
+        return min(rows, key=lambda r: (r["val_loss"], r["epoch"]))["epoch"]
+    return rows[-1]["epoch"] if rows else 0
+
+
 def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, stage: str,
-                  class_weight: dict | None = None, verbose: int = 2, strategy=None):
+                  class_weight: dict | None = None, verbose: int = 2, strategy=None, restore_best: bool = True):
     """Fit ``model`` for ``epochs`` epochs, resuming from ``stage_dir`` when an earlier fit was cut off.
 
     Returns ``(trained_model, history_rows)``; the trained model is ``model`` itself or, on resume,
-    the checkpoint loaded with its optimizer state.
+    the checkpoint loaded with its optimizer state. With ``restore_best`` it ends with the weights
+    of the epoch of best validation accuracy (model selection on the validation split only).
     """
     import keras
 
@@ -165,6 +181,12 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
         model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=initial_epoch,
                   class_weight=class_weight, verbose=verbose, shuffle=False,  # the tf.data pipeline shuffles
                   callbacks=[_EpochCheckpoint(stage_dir, rows, stage)])
+    best = _best_epoch(rows)
+    if restore_best and rows and best != rows[-1]["epoch"] and (stage_dir / "best.keras").exists():
+        print(f"{stage}: keeping the weights of epoch {best} (best validation accuracy)")
+        model.set_weights(keras.saving.load_model(stage_dir / "best.keras", safe_mode=True).get_weights())
+    for row in rows:
+        row["best"] = row["epoch"] == best
     return model, rows
 
 
@@ -245,7 +267,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         trained, stage_rows = fit_resumable(
             built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
             make_dataset(images["val"], onehot["val"], batch), config.epochs, work / stage, stage,
-            weights, verbose, strategy)
+            weights, verbose, strategy, config.restore_best)
         built.model.set_weights(trained.get_weights())
         return stage_rows
 
@@ -257,7 +279,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         head_data = make_dataset(features["train"], onehot["train"], batch, shuffle=True, seed=config.seed)
         head_val = make_dataset(features["val"], onehot["val"], batch)
         trained, head_rows = fit_resumable(built.head, head_data, head_val, config.head_epochs, work / "head", "head",
-                                           weights, verbose, strategy)
+                                           weights, verbose, strategy, config.restore_best)
         built.head.set_weights(trained.get_weights())
         rows += head_rows
         if config.epochs > 0:
@@ -267,7 +289,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
             rows += fit_on_images(config.fine_tune_learning_rate, "finetune")
     else:
         rows += fit_on_images(config.learning_rate, "train")
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start  # this process only; epoch_seconds_total spans resumes
 
     history = pd.DataFrame(rows)
     predictions = _predict(built.model, parts, images, classes, batch)
@@ -283,6 +305,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     params = {**identity, "arch": config.arch, "classes": classes, "input_size": size,
               "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _sha256(built.weights),
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
+              "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
               "epochs_run": len(history), "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
               "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
     write_json(params_path, params)  # last: its presence marks a finished run

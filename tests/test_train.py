@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from allstudy.data import prepare  # noqa: E402
 from allstudy.synthetic import generate_dataset  # noqa: E402
-from allstudy.train import TrainConfig, train  # noqa: E402
+from allstudy.train import TrainConfig, _best_epoch, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,22 @@ def test_a_run_folder_has_everything(prepared, tmp_path):
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert set(predictions["split"]) == {"val", "test"}
     assert (predictions.filter(like="p_").sum(axis=1) - 1).abs().max() < 1e-4
+    # the model kept is the epoch of best validation accuracy, and the predictions are that model's
+    best = result.history[result.history["best"]]
+    assert len(best) == 1 and best["val_accuracy"].iloc[0] == result.history["val_accuracy"].max()
+    val = predictions[predictions["split"] == "val"]
+    assert (val["class"] == val["label"]).mean() == pytest.approx(best["val_accuracy"].iloc[0], abs=1e-6)
     again = train(TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run",
                   progress=False)
     assert again.skipped
+
+
+def test_best_epoch_is_chosen_by_validation_accuracy_then_earliest():
+    rows = [{"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0}, {"epoch": 2, "val_accuracy": 0.8, "val_loss": 0.9},
+            {"epoch": 3, "val_accuracy": 0.8, "val_loss": 0.5}, {"epoch": 4, "val_accuracy": 0.3, "val_loss": 2.0}]
+    assert _best_epoch(rows) == 2
+    assert _best_epoch([{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.0}]) == 2
+    assert _best_epoch([]) == 0
 
 
 def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(prepared, tmp_path):
