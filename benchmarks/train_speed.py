@@ -66,7 +66,7 @@ def main() -> None:
         row = {"input_size": built.input_size, "params": int(built.model.count_params()),
                "weights": "imagenet" if built.weights else "none"}
         if built.weights is not None:
-            row["features_images_per_s"] = _throughput(lambda: built.features(x, training=False), args.batches,
+            row["features_images_per_s"] = _throughput(lambda: built.features.predict_on_batch(x), args.batches,
                                                        config.batch_size)
             unfreeze_top(built.backbone, built.arch.fine_tune_layers)
         built.model.compile(optimizer="adam", loss="categorical_crossentropy")
