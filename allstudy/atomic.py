@@ -5,7 +5,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +56,29 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_open(path) as handle:
         handle.write(text)
     return Path(path)
+
+
+def write_csv(frame, path: str | os.PathLike) -> Path:
+    """Write a pandas DataFrame as CSV (no index), atomically; return the path."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def cached_array(path: str | os.PathLike, compute: Callable[[], Any]):
+    """A NumPy array kept in ``path``: loaded when it is there and readable, else computed and saved atomically."""
+    import numpy as np
+
+    path = Path(path)
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            path.unlink()  # damaged: compute it again
+    array = compute()
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+    return array
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -16,13 +16,11 @@ def _scan(args: argparse.Namespace) -> int:
     result = scan(args.dir, progress=not args.quiet)
     report = result.report()
     if args.out:
-        from allstudy.atomic import atomic_path, write_json
+        from allstudy.atomic import write_csv, write_json
 
         out = Path(args.out)
-        with atomic_path(out / "manifest.csv") as tmp:
-            result.manifest.table.to_csv(tmp, index=False)
-        with atomic_path(out / "duplicates.csv") as tmp:
-            result.links.to_csv(tmp, index=False)
+        write_csv(result.manifest.table, out / "manifest.csv")
+        write_csv(result.links, out / "duplicates.csv")
         write_json(out / "scan.json", report)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from allstudy import __version__
-from allstudy.atomic import atomic_path, read_json, write_json
+from allstudy.atomic import read_json, write_csv, write_json
 from allstudy.duplicates import DuplicateParams, find_links, groups_of, params_dict
 from allstudy.manifest import Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
 from allstudy.split import DEFAULT_FRACTIONS, make_split, split_counts
@@ -103,8 +103,8 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
     else:
         result = scan(root, params, progress=progress)
         table, links, image_root = result.manifest.table, result.links, result.manifest.root
-        _write_csv(table, out_dir / "manifest.csv")
-        _write_csv(links, out_dir / "duplicates.csv")
+        write_csv(table, out_dir / "manifest.csv")
+        write_csv(links, out_dir / "duplicates.csv")
         info = {**stamp, "root": str(image_root), "layout": result.manifest.layout,
                 "scan_seconds": round(result.seconds, 1), "report": result.report()}
         write_json(info_path, info)  # the split below is then stale: its stamp is absent
@@ -114,14 +114,9 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
         split = pd.read_csv(out_dir / "splits.csv", dtype=str, keep_default_na=False)
     else:
         split = make_split(table, links, seed=seed, fractions=fractions)
-        _write_csv(split, out_dir / "splits.csv")
+        write_csv(split, out_dir / "splits.csv")
         info = {**info, "split": split_stamp, "data_hash": content_hash(table), "code_version": __version__,
                 "synthetic": (Path(root) / "SYNTHETIC.json").exists(),
                 "split_counts": split_counts(split).to_dict()}
         write_json(info_path, info)
     return PreparedData(image_root, table, links, split, info)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)

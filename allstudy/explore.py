@@ -119,3 +119,16 @@ def duplicate_gallery(root: str | os.PathLike, groups: list[list[str]], max_grou
     shown = groups[:max_groups]
     width = min(max_members, max(len(g) for g in shown))
     return thumbnail_grid(root, [g[:width] for g in shown], [f"group of {len(g)}" for g in shown], width)
+
+
+def duplicate_summary(manifest: pd.DataFrame, links: pd.DataFrame) -> dict:
+    """Exact and all duplicate groups, group sizes (size -> count), images in groups, and cross-class groups."""
+    from allstudy.duplicates import groups_of
+
+    groups = groups_of(links)
+    label = dict(zip(manifest["path"], manifest["class"]))
+    sizes = pd.Series([len(g) for g in groups], dtype=int)
+    return {"exact": groups_of(links, ["exact"]), "groups": groups,
+            "sizes": {int(s): int(n) for s, n in sizes.value_counts().sort_index().items()},
+            "in_groups": int(sizes.sum()),
+            "cross_class": [g for g in groups if len({label[p] for p in g}) > 1]}

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from allstudy.atomic import atomic_path
+from allstudy.atomic import cached_array
 from allstudy.images import read_rgb
 
 #: Resampling used everywhere an image is brought to a model's input size.
@@ -38,23 +38,17 @@ def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir:
                 progress: bool = False) -> np.ndarray:
     """Load many files as one (N, size, size, 3) uint8 array, cached in ``cache_dir`` when given."""
     root = Path(root)
-    cache = None
-    if cache_dir is not None:
-        key = hashlib.sha256("\n".join([str(root.resolve()), str(size), *paths]).encode()).hexdigest()[:16]
-        cache = Path(cache_dir) / f"images-{size}px-{key}.npy"
-        if cache.exists():
-            try:
-                return np.load(cache)
-            except (OSError, ValueError):
-                cache.unlink()  # damaged: rebuild it
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(tqdm(pool.map(lambda p: load_image(root / p, size), paths), total=len(paths),
-                           desc=f"loading images at {size}px", unit="img", disable=not progress))
-    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            np.save(tmp, images)
-    return images
+
+    def decode() -> np.ndarray:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            arrays = list(tqdm(pool.map(lambda p: load_image(root / p, size), paths), total=len(paths),
+                               desc=f"loading images at {size}px", unit="img", disable=not progress))
+        return np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+
+    if cache_dir is None:
+        return decode()
+    key = hashlib.sha256("\n".join([str(root.resolve()), str(size), *paths]).encode()).hexdigest()[:16]
+    return cached_array(Path(cache_dir) / f"images-{size}px-{key}.npy", decode)
 
 
 def augment(images, seed=None):

@@ -13,19 +13,19 @@ train end to end.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from allstudy.atomic import atomic_path, read_json, write_json
+from allstudy.atomic import atomic_path, cached_array, read_json, write_csv, write_json
 from allstudy.data import PreparedData
 from allstudy.models import Built, build_model, get_architecture, unfreeze_top
 from allstudy.pipeline import class_weights, load_images, make_dataset
@@ -54,10 +54,6 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"            # default, mirrored, multiworker, tpu
     restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
-
-    def key(self) -> str:
-        """A short hash of the parameters, to tell runs apart and detect changes."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -173,7 +169,7 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
         state = read_json(state_path)
         checkpoint = stage_dir / state["checkpoint"]
         if checkpoint.exists():
-            with (strategy.scope() if strategy else _null()):
+            with strategy.scope() if strategy else contextlib.nullcontext():
                 model = keras.saving.load_model(checkpoint, safe_mode=True)
             rows, initial_epoch = state["history"], int(state["epoch"])
             print(f"{stage}: resuming after epoch {initial_epoch} of {epochs} ({checkpoint.name})")
@@ -190,14 +186,6 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
     return model, rows
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _sha256(path: str | None) -> str | None:
     if not path or path == "imagenet" or not Path(path).is_file():
         return None
@@ -206,15 +194,7 @@ def _sha256(path: str | None) -> str | None:
 
 def _features(built: Built, images: np.ndarray, path: Path, batch_size: int) -> np.ndarray:
     """Backbone features of images, computed once and cached in ``path``."""
-    if path.exists():
-        try:
-            return np.load(path)
-        except (OSError, ValueError):
-            path.unlink()
-    features = built.features.predict(make_dataset(images, None, batch_size), verbose=0)
-    with atomic_path(path) as tmp:
-        np.save(tmp, features)
-    return features
+    return cached_array(path, lambda: built.features.predict(make_dataset(images, None, batch_size), verbose=0))
 
 
 def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
@@ -297,9 +277,8 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
                          predictions[predictions["split"] == s]["class"]).mean()) for s in ("val", "test")}
     with atomic_path(run_dir / "model.keras") as tmp:
         _deployable(built.model).save(tmp)
-    for name, frame in (("history.csv", history), ("predictions.csv", predictions)):
-        with atomic_path(run_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    write_csv(history, run_dir / "history.csv")
+    write_csv(predictions, run_dir / "predictions.csv")
     plot_curves(history, config.arch).savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
     write_json(run_dir / "metrics.json", {"accuracy": metrics})
     params = {**identity, "arch": config.arch, "classes": classes, "input_size": size,
@@ -355,8 +334,3 @@ def plot_curves(history: pd.DataFrame, title: str):
     fig.tight_layout()
     plt.close(fig)
     return fig
-
-
-def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
-    """A copy of ``config`` with the non-None overrides applied."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -58,7 +58,6 @@ def main() -> None:
     print(f"{'architecture':14s} {'px':>4s} {'params':>12s} {'train img/s':>12s} {'features img/s':>15s}")
     for arch in ARCHITECTURES:
         config = train_config(args.profile, arch)
-        size = config.input_size or 224
         built = build_model(arch, len(classes), config.input_size, config.weights, config.alpha, config.dropout,
                             args.weights_dir)
         x = rng.uniform(0, 255, (config.batch_size, built.input_size, built.input_size, 3)).astype("float32")
@@ -75,7 +74,6 @@ def main() -> None:
         figures["architectures"][arch] = row
         print(f"{arch:14s} {built.input_size:4d} {row['params']:12,d} {row['train_images_per_s']:12.1f} "
               f"{row.get('features_images_per_s', float('nan')):15.1f}", flush=True)
-        del size
 
     # Cached features vs recomputing the frozen backbone every epoch, to the same validation accuracy.
     config = train_config(args.profile, args.transfer_arch)
