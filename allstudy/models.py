@@ -200,6 +200,8 @@ def build_model(name: str, n_classes: int, input_size: int | None = None, weight
     pretrained = resolved is not None
     if pretrained:
         _inference_mode(backbone)
+    else:
+        _fast_batchnorm(backbone)
     # Pretrained: called with training=False, and (since Keras 3 passes the outer call's training flag
     # down anyway) made deterministic by _inference_mode. From scratch, BatchNorm must learn.
     features = backbone(x, training=False) if pretrained else backbone(x)
@@ -228,6 +230,20 @@ def _inference_mode(backbone) -> None:
             layer.rate = 0.0
 
 
+def _fast_batchnorm(backbone, momentum: float = 0.9) -> None:
+    """From scratch, let BatchNorm's moving statistics follow the weights within a short run.
+
+    Keras' default momentum 0.99 averages over ~100 steps; a few epochs of 60 steps leave the moving
+    statistics far behind the changing weights, and validation (which uses them) collapses while
+    training accuracy climbs: ResNet50 from scratch swung between 16 % and 79 % validation accuracy.
+    """
+    import keras
+
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
 def unfreeze_top(backbone, n_layers: int) -> int:
     """Make the top ``n_layers`` layers *with weights* of a backbone trainable, BatchNorm excepted.
 
@@ -243,3 +259,63 @@ def unfreeze_top(backbone, n_layers: int) -> int:
         layer.trainable = unfreeze
         count += unfreeze
     return count
+
+
+#: The symmetries of the square used for test-time augmentation, by view count: identity first.
+DIHEDRAL_VIEWS = {1: (0,), 4: (0, 1, 2, 3), 8: (0, 1, 2, 3, 4, 5, 6, 7)}
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """View ``k`` (0..7) of a batch (N, H, W, C): ``k % 4`` quarter turns, then a left-right flip if ``k >= 4``."""
+    view = np.rot90(images, k % 4, axes=(1, 2))
+    return np.ascontiguousarray(view[:, :, ::-1] if k >= 4 else view)
+
+
+def _dihedral_layer():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="allstudy")
+    class Dihedral(keras.layers.Layer):
+        """One symmetry of the square, as :func:`dihedral`: a blood-smear field has no up or left."""
+
+        def __init__(self, k: int = 0, **kwargs):
+            super().__init__(**kwargs)
+            self.k = int(k)
+
+        def call(self, images):
+            view = keras.ops.rot90(images, k=self.k % 4, axes=(1, 2))
+            return keras.ops.flip(view, axis=2) if self.k >= 4 else view
+
+        def get_config(self):
+            return {**super().get_config(), "k": self.k}
+
+    return Dihedral
+
+
+#: Registered when this module is imported, so that ``keras.saving.load_model`` (safe mode) finds it.
+Dihedral = _dihedral_layer()
+
+
+def with_tta(model, views: int = 8):
+    """``model`` wrapped to average its probabilities over ``views`` dihedral views (1 returns it unchanged).
+
+    The single-view model stays inside as the nested model named ``single_view`` (what Grad-CAM explains).
+    """
+    import keras
+
+    if views not in DIHEDRAL_VIEWS:
+        raise ValueError(f"test-time augmentation takes 1, 4 or 8 views, not {views}")
+    if views == 1:
+        return model
+    name, model.name = model.name, "single_view"
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    outputs = [model(Dihedral(k, name=f"view_{k}")(inputs)) for k in DIHEDRAL_VIEWS[views]]
+    return keras.Model(inputs, keras.layers.Average(name="probabilities")(outputs), name=f"{name}_tta{views}")
+
+
+def single_view(model):
+    """The single-view model inside a :func:`with_tta` wrapper (or the model itself)."""
+    try:
+        return model.get_layer("single_view")
+    except ValueError:
+        return model

@@ -29,35 +29,47 @@ def to_input(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Read a file (any format Pillow reads, decided by content) as model input."""
-    return to_input(read_rgb(path), size)
+def load_image(path: str | os.PathLike, size: int, mode: str = "original") -> np.ndarray:
+    """Read a file (any format Pillow reads, decided by content) as model input.
+
+    ``mode`` is one of :data:`allstudy.segment.INPUT_MODES`: the field itself (``original``) or a
+    variant for the segmentation option and the validity controls, made at the model's input size.
+    """
+    image = to_input(read_rgb(path), size)
+    if mode == "original":
+        return image
+    from allstudy.segment import transform_input
+
+    return transform_input(image, mode)
 
 
 def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir: str | os.PathLike | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, mode: str = "original") -> np.ndarray:
     """Load many files as one (N, size, size, 3) uint8 array, cached in ``cache_dir`` when given."""
     root = Path(root)
 
     def decode() -> np.ndarray:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            arrays = list(tqdm(pool.map(lambda p: load_image(root / p, size), paths), total=len(paths),
-                               desc=f"loading images at {size}px", unit="img", disable=not progress))
+            arrays = list(tqdm(pool.map(lambda p: load_image(root / p, size, mode), paths), total=len(paths),
+                               desc=f"loading images at {size}px ({mode})", unit="img", disable=not progress))
         return np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
 
     if cache_dir is None:
         return decode()
     key = hashlib.sha256("\n".join([str(root.resolve()), str(size), *paths]).encode()).hexdigest()[:16]
-    return cached_array(Path(cache_dir) / f"images-{size}px-{key}.npy", decode)
+    suffix = "" if mode == "original" else f"-{mode}"
+    return cached_array(Path(cache_dir) / f"images-{size}px-{key}{suffix}.npy", decode)
 
 
-def augment(images, seed=None):
-    """Random flips, 90-degree rotations and mild colour jitter, on a batch of 0..255 float images."""
+def augment(images, seed=None, colour: bool = True):
+    """Random flips, 90-degree rotations and (with ``colour``) mild colour jitter, on a batch of 0..255 float images."""
     import tensorflow as tf
 
     images = tf.image.random_flip_left_right(images, seed=seed)
     images = tf.image.random_flip_up_down(images, seed=seed)
     images = tf.image.rot90(images, k=tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed))
+    if not colour:
+        return images
     images = images / 255.0
     images = tf.image.random_brightness(images, 0.08, seed=seed)
     images = tf.image.random_contrast(images, 0.9, 1.1, seed=seed)
@@ -67,7 +79,7 @@ def augment(images, seed=None):
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False,
-                 augmented: bool = False, seed: int = 0):
+                 augmented: bool = False, seed: int = 0, colour_jitter: bool = True):
     """A batched, prefetched tf.data pipeline of float32 0..255 images (and one-hot labels when given)."""
     import tensorflow as tf
 
@@ -78,7 +90,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
     cast = (lambda x: tf.cast(x, tf.float32)) if labels is None else (lambda x, y: (tf.cast(x, tf.float32), y))
     data = data.map(cast, num_parallel_calls=tf.data.AUTOTUNE)
     if augmented:
-        data = data.map((lambda x: augment(x)) if labels is None else (lambda x, y: (augment(x), y)),
+        data = data.map((lambda x: augment(x, colour=colour_jitter)) if labels is None
+                        else (lambda x, y: (augment(x, colour=colour_jitter), y)),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
 

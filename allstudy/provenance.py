@@ -15,18 +15,29 @@ PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "scipy", "scikit-l
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+#: The modules whose source decides what a training run computes (its identity; see allstudy.train).
+TRAINING_MODULES = ("atomic", "classes", "images", "models", "pipeline", "segment", "train")
+
+
+def source_hash(modules: tuple[str, ...] | None = None) -> str:
+    """A hash of the package's source files (or of the named modules only)."""
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE_DIR.glob("*.py")):
+        if modules is None or path.stem in modules:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, str | None]:
     """The package version, a hash of its source files, and the git commit when run from a clone."""
-    digest = hashlib.sha256()
-    for path in sorted(_PACKAGE_DIR.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PACKAGE_DIR, capture_output=True, text=True,
                                 timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"version": __version__, "source_sha256": digest.hexdigest()[:16], "git_commit": commit}
+    return {"version": __version__, "source_sha256": source_hash(), "training_source_sha256":
+            source_hash(TRAINING_MODULES), "git_commit": commit}
 
 
 def package_versions() -> dict[str, str]:

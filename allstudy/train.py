@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from allstudy.atomic import atomic_path, cached_array, read_json, write_csv, write_json
 from allstudy.data import PreparedData
-from allstudy.models import Built, build_model, get_architecture, unfreeze_top
+from allstudy.models import DIHEDRAL_VIEWS, Built, build_model, dihedral, get_architecture, unfreeze_top, with_tta
 from allstudy.pipeline import class_weights, load_images, make_dataset
 from allstudy.provenance import code_version, package_versions
 
@@ -45,15 +46,19 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adam"              # "adam" or "sgd" (with momentum)
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"        # "constant", or "cosine": decay to 0 over each stage
     momentum: float = 0.9
     fine_tune_learning_rate: float = 1e-4
     fine_tune_layers: int | None = None  # None: the architecture's own
-    augment: bool = True
+    augment: bool = True                 # random flips and quarter turns of the training images
+    colour_jitter: bool = True           # with augment: mild brightness, contrast, saturation and hue jitter
     class_weighting: bool = True
     dropout: float = 0.2
     seed: int = 0
     strategy: str = "default"            # default, mirrored, multiworker, tpu
     restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
+    tta_views: int = 1                   # dihedral views averaged at prediction (1, 4, 8); transfer heads train on them
+    input_mode: str = "original"         # or a variant of allstudy.segment.INPUT_MODES (segmented, controls)
 
 
 @dataclass
@@ -97,9 +102,13 @@ def _use_mixed_precision_if_gpu() -> bool:
     return False
 
 
-def _optimizer(name: str, learning_rate: float, momentum: float):
+def _optimizer(name: str, learning_rate: float, momentum: float, schedule: str = "constant", steps: int = 0):
     import keras
 
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
+    elif schedule != "constant":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose constant or cosine")
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "sgd":
@@ -192,9 +201,19 @@ def _sha256(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _features(built: Built, images: np.ndarray, path: Path, batch_size: int) -> np.ndarray:
-    """Backbone features of images, computed once and cached in ``path``."""
-    return cached_array(path, lambda: built.features.predict(make_dataset(images, None, batch_size), verbose=0))
+def _features_dir(config: TrainConfig, built: Built, data: PreparedData, cache_dir, size: int) -> Path | None:
+    """Where a backbone's features of this data are cached for reuse by other runs (None: no cache_dir)."""
+    if cache_dir is None:
+        return None
+    key = "|".join(map(str, [config.arch, _sha256(built.weights) or built.weights, config.alpha, size,
+                             config.input_mode, data.info["data_hash"]]))
+    return Path(cache_dir) / f"features-{config.arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _features(built: Built, images: np.ndarray, path: Path, batch_size: int, view: int = 0) -> np.ndarray:
+    """Backbone features of one dihedral view of the images, computed once and cached in ``path``."""
+    return cached_array(path, lambda: built.features.predict(make_dataset(dihedral(images, view), None, batch_size),
+                                                             verbose=0))
 
 
 def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
@@ -205,7 +224,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     run_dir = Path(run_dir)
     params_path = run_dir / "params.json"
     identity = {"config": asdict(config), "data_hash": data.info["data_hash"],
-                "code_source": code_version()["source_sha256"]}
+                "code_source": code_version()["training_source_sha256"]}
     if params_path.exists() and (run_dir / "model.keras").exists():
         params = read_json(params_path)
         if {k: params.get(k) for k in identity} == identity:
@@ -228,12 +247,16 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     index = {c: i for i, c in enumerate(classes)}
     size = int(config.input_size or arch.input_size)
     parts = {s: data.split[data.split["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    images = {s: load_images(data.root, part["path"].tolist(), size, cache_dir, progress=progress) for s, part in parts.items()}
+    images = {s: load_images(data.root, part["path"].tolist(), size, cache_dir, progress=progress, mode=config.input_mode)
+              for s, part in parts.items()}
     labels = {s: part["class"].map(index).to_numpy() for s, part in parts.items()}
     onehot = {s: keras.utils.to_categorical(y, len(classes)) for s, y in labels.items()}
     weights = class_weights(labels["train"], len(classes)) if config.class_weighting else None
     batch = config.batch_size * strategy.num_replicas_in_sync
     verbose = 2 if progress else 0
+    views = DIHEDRAL_VIEWS.get(config.tta_views)
+    if views is None:
+        raise ValueError(f"tta_views must be 1, 4 or 8, not {config.tta_views}")
 
     with strategy.scope():
         built = build_model(config.arch, len(classes), size, config.weights, config.alpha, config.dropout, weights_dir)
@@ -241,28 +264,41 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
 
     def fit_on_images(learning_rate: float, stage: str) -> list[dict]:
         """Compile the whole model and fit it on (augmented) images, resumably; keep the weights in ``built``."""
+        steps = config.epochs * -(-len(images["train"]) // batch)
         with strategy.scope():
-            built.model.compile(optimizer=_optimizer(config.optimizer, learning_rate, config.momentum),
+            built.model.compile(optimizer=_optimizer(config.optimizer, learning_rate, config.momentum,
+                                                     config.lr_schedule, steps),
                                 loss="categorical_crossentropy", metrics=["accuracy"])
         trained, stage_rows = fit_resumable(
-            built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed),
+            built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed,
+                         config.colour_jitter),
             make_dataset(images["val"], onehot["val"], batch), config.epochs, work / stage, stage,
             weights, verbose, strategy, config.restore_best)
         built.model.set_weights(trained.get_weights())
         return stage_rows
 
+    features = None
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
-        features = {s: _features(built, images[s], work / f"features-{s}.npy", batch) for s in images}
+        # Phase 1 on cached features of every dihedral view: the views are the augmentation.
+        where = _features_dir(config, built, data, cache_dir, size) or work
+        features = {s: np.stack([_features(built, images[s], where / f"features-{s}-view{k}.npy", batch, k)
+                                 for k in tqdm(views, desc=f"{s} features", unit="view", disable=not progress)])
+                    for s in images}
+        head_x = {s: f.reshape(-1, f.shape[-1]) for s, f in features.items()}
+        head_y = {s: np.tile(y, (len(views), 1)) for s, y in onehot.items()}
+        steps = config.head_epochs * -(-len(head_x["train"]) // batch)
         with strategy.scope():
-            built.head.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum),
+            built.head.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum,
+                                                    config.lr_schedule, steps),
                                loss="categorical_crossentropy", metrics=["accuracy"])
-        head_data = make_dataset(features["train"], onehot["train"], batch, shuffle=True, seed=config.seed)
-        head_val = make_dataset(features["val"], onehot["val"], batch)
+        head_data = make_dataset(head_x["train"], head_y["train"], batch, shuffle=True, seed=config.seed)
+        head_val = make_dataset(head_x["val"], head_y["val"], batch)
         trained, head_rows = fit_resumable(built.head, head_data, head_val, config.head_epochs, work / "head", "head",
                                            weights, verbose, strategy, config.restore_best)
         built.head.set_weights(trained.get_weights())
         rows += head_rows
         if config.epochs > 0:
+            features = None  # the backbone changes: features no longer describe it
             with strategy.scope():
                 unfreeze_top(built.backbone, config.fine_tune_layers if config.fine_tune_layers is not None
                              else arch.fine_tune_layers)
@@ -272,11 +308,19 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     train_seconds = time.perf_counter() - start  # this process only; epoch_seconds_total spans resumes
 
     history = pd.DataFrame(rows)
-    predictions = _predict(built.model, parts, images, classes, batch)
+    deployable = with_tta(_deployable(built.model), config.tta_views)
+    if features is not None:  # the head on cached features computes what the deployable model does, cheaply
+        probabilities = {s: np.mean([built.head.predict(f, batch_size=batch, verbose=0) for f in features[s]], axis=0)
+                         for s in ("val", "test")}
+        check = _consistency(deployable, images["test"][:8], probabilities["test"][:8])
+    else:
+        probabilities = {s: deployable.predict(make_dataset(images[s], None, batch), verbose=0) for s in ("val", "test")}
+        check = 0.0
+    predictions = _prediction_frame(parts, probabilities, classes)
     metrics = {s: float((predictions[predictions["split"] == s]["label"] ==
                          predictions[predictions["split"] == s]["class"]).mean()) for s in ("val", "test")}
     with atomic_path(run_dir / "model.keras") as tmp:
-        _deployable(built.model).save(tmp)
+        deployable.save(tmp)
     write_csv(history, run_dir / "history.csv")
     write_csv(predictions, run_dir / "predictions.csv")
     plot_curves(history, config.arch).savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
@@ -285,7 +329,8 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
               "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _sha256(built.weights),
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
               "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
-              "epochs_run": len(history), "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
+              "epochs_run": len(history), "tta_views": config.tta_views, "prediction_check_max_abs_diff": check,
+              "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
               "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
     write_json(params_path, params)  # last: its presence marks a finished run
     shutil.rmtree(work, ignore_errors=True)
@@ -301,15 +346,24 @@ def _deployable(model):
     return copy
 
 
-def _predict(model, parts: dict, images: dict, classes: list[str], batch: int) -> pd.DataFrame:
+def _consistency(model, images: np.ndarray, expected: np.ndarray, tolerance: float = 1e-4) -> float:
+    """Max |Δp| between the deployable model on images and the probabilities computed from cached features."""
+    got = model.predict(images.astype(np.float32), verbose=0)
+    difference = float(np.abs(got - expected).max()) if len(images) else 0.0
+    if difference > tolerance:
+        raise RuntimeError(f"the saved model and its cached features disagree (max |dp| {difference:.2g}); "
+                           "delete the run's training/ folder and train again")
+    return difference
+
+
+def _prediction_frame(parts: dict, probabilities: dict, classes: list[str]) -> pd.DataFrame:
     frames = []
     for split in ("val", "test"):
-        probabilities = model.predict(make_dataset(images[split], None, batch), verbose=0)
         frame = parts[split][["path", "class"]].copy()
         frame.insert(0, "split", split)
-        frame["label"] = [classes[i] for i in probabilities.argmax(axis=1)]
+        frame["label"] = [classes[i] for i in probabilities[split].argmax(axis=1)]
         for i, label in enumerate(classes):
-            frame[f"p_{label}"] = probabilities[:, i]
+            frame[f"p_{label}"] = probabilities[split][:, i]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 

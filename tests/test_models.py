@@ -18,9 +18,12 @@ from allstudy.models import (  # noqa: E402
     REGISTRY,
     WeightsUnavailable,
     build_model,
+    dihedral,
     get_architecture,
     resolve_weights,
+    single_view,
     unfreeze_top,
+    with_tta,
 )
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
@@ -411,6 +414,41 @@ def test_from_scratch_backbone_trains_batchnorm():
     inference = built.features(x, training=False).numpy()
     training = built.features(x, training=True).numpy()
     assert not np.allclose(training, inference, rtol=1e-3, atol=1e-4)
+
+
+def test_from_scratch_batchnorm_follows_the_weights_quickly():
+    import keras
+
+    batch_norms = [layer for layer in build_model("resnet50", 2, 64, weights=None).backbone.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and all(layer.momentum == 0.9 for layer in batch_norms)
+
+
+# 7b. Test-time augmentation: the dihedral views, inside the saved model ------------------------------------
+
+def test_the_eight_dihedral_views_are_distinct_symmetries():
+    x = _images(1, 8, seed=7)
+    views = [dihedral(x, k) for k in range(8)]
+    assert len({v.tobytes() for v in views}) == 8
+    np.testing.assert_array_equal(dihedral(x, 2), x[:, ::-1, ::-1])  # two quarter turns = both flips
+
+
+def test_tta_model_averages_the_views_and_survives_safe_mode_loading(tmp_path):
+    import keras
+
+    built = build_model("lenet", 4, 32)
+    x = _images(3, 32, seed=8)
+    expected = np.mean([built.model.predict(dihedral(x, k), verbose=0) for k in range(8)], axis=0)
+    wrapped = with_tta(built.model, 8)
+    assert wrapped.name == "lenet_tta8" and single_view(wrapped) is built.model
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), expected, atol=1e-6)
+    wrapped.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    assert single_view(loaded).name == "single_view"
+    assert with_tta(built.model, 1) is built.model
+    with pytest.raises(ValueError, match="1, 4 or 8"):
+        with_tta(built.model, 3)
 
 
 # 8. unfreeze_top ----------------------------------------------------------------------------------------------

@@ -76,6 +76,38 @@ def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(pr
     assert result.params["weights_sha256"]
 
 
+def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(prepared, tmp_path):
+    import keras
+
+    backbone = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(64, 64, 3),
+                                            pooling="avg")
+    weights = tmp_path / "mobilenet_tiny.weights.h5"
+    backbone.save_weights(weights)
+    config = TrainConfig("mobilenet", weights=str(weights), alpha=0.25, input_size=64, head_epochs=2, epochs=0,
+                         batch_size=16, tta_views=8, lr_schedule="cosine")
+    result = train(config, prepared, tmp_path / "run", progress=False)
+    assert list(result.history["stage"]) == ["head"] * 2
+    # predictions come from cached features; the saved 8-view model computes the same
+    assert result.params["tta_views"] == 8 and result.params["prediction_check_max_abs_diff"] <= 1e-4
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    assert model.name == "mobilenet_tta8"
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    test = predictions[predictions["split"] == "test"]
+    from allstudy.pipeline import load_images
+
+    images = load_images(prepared.root, test["path"].tolist()[:5], 64).astype("float32")
+    expected = test[[c for c in test if c.startswith("p_")]].to_numpy()[:5]
+    assert abs(model.predict(images, verbose=0) - expected).max() < 1e-4
+
+
+def test_unknown_schedule_and_view_count_are_clear_errors(prepared, tmp_path):
+    with pytest.raises(ValueError, match="schedule"):
+        train(TrainConfig("lenet", input_size=48, epochs=1, lr_schedule="step"), prepared, tmp_path / "a",
+              progress=False)
+    with pytest.raises(ValueError, match="tta_views"):
+        train(TrainConfig("lenet", input_size=48, epochs=1, tta_views=2), prepared, tmp_path / "b", progress=False)
+
+
 def _train_command(out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "allstudy", "train", "--arch", "lenet", "--profile", "quick", "--out", str(out),
             "--epochs", str(epochs), "--input-size", "48"]
