@@ -9,7 +9,7 @@ OUT ?= outputs
 # ImageNet weight files that load offline (see data/README.md); the team keeps them beside the project.
 WEIGHTS_DIR ?= $(wildcard ../shared/weights)
 
-.PHONY: venv study test clean
+.PHONY: venv browser study test clean
 
 venv: $(VENV)/.installed ## the environment alone (EXTRAS=gpu,dev for the CUDA build)
 
@@ -23,7 +23,16 @@ study: venv ## the whole study; DATA=/path/to/images PROFILE=cpu for real data
 	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)" \
 		$(if $(WEIGHTS_DIR),--weights-dir "$(WEIGHTS_DIR)")
 
-test: venv ## the test suite
+# Debian's Chromium for the real-browser checks (Playwright drives it; its own download needs the internet).
+# Best effort: without root or apt the browser tests are skipped and say why.
+browser: ## the headless browser the report and app tests use
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; } && \
+		echo "installed chromium"; } || \
+		echo "no /usr/bin/chromium: the browser tests will be skipped (apt-get install chromium)"
+
+test: venv browser ## the test suite
 	$(PY) -m pytest
 
 clean: ## remove generated outputs (keeps the environment)

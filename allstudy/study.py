@@ -23,7 +23,7 @@ from allstudy.synthetic import generate_dataset
 #: The notebooks folder of the package's source tree (the notebooks are not installed as data).
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 #: The study's notebooks, in order; 03_train runs once per architecture of the profile.
-STEPS = ("01_explore", "03_train")
+STEPS = ("01_explore", "02_preprocess", "03_train", "04_evaluate", "05_compare")
 
 
 @dataclass(frozen=True)
@@ -104,30 +104,160 @@ def render_html(notebook: str | os.PathLike) -> str:
     return body
 
 
+def render_report(notebooks: list[Path], title: str = "allstudy report") -> str:
+    """The executed notebooks as one self-contained HTML page, in order: code hidden, figures inline.
+
+    The parameters cells (the defaults and papermill's injected values) are left out; each notebook's
+    own first heading opens its section.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    merged = nbformat.v4.new_notebook()
+    merged.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                       "language_info": {"name": "python"}}
+    merged.cells.append(nbformat.v4.new_markdown_cell(f"# {title}\n\n" + "\n".join(
+        f"- {Path(n).stem}" for n in notebooks)))
+    for number, notebook in enumerate(notebooks):
+        for index, cell in enumerate(nbformat.read(str(notebook), as_version=4).cells):
+            tags = set(cell.get("metadata", {}).get("tags", []))
+            if tags & {"parameters", "injected-parameters"}:
+                continue
+            cell["id"] = f"n{number}-c{index}"  # unique across the merged notebooks
+            merged.cells.append(cell)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": title}})
+    return body
+
+
 def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, profile: str, arch: str,
-                       weights_dir: str | os.PathLike | None = None, progress: bool = True, **overrides):
-    """Train one architecture of the profile on the study's data into ``out/runs/<arch>/`` (reused when unchanged)."""
+                       weights_dir: str | os.PathLike | None = None, progress: bool = True, run_name: str | None = None,
+                       **overrides):
+    """Train one architecture of the profile on the study's data into ``out/runs/<run_name or arch>/``.
+
+    A finished run with the same parameters and data is reused as it is.
+    """
     from allstudy.train import train
 
     prepared = prepare_study_data(data, out, profile, progress=False)
     config = train_config(profile, arch, **overrides)
-    return train(config, prepared, Path(out) / "runs" / arch, cache_dir=Path(out) / "cache", progress=progress,
-                 weights_dir=weights_dir)
+    return train(config, prepared, Path(out) / "runs" / (run_name or arch), cache_dir=Path(out) / "cache",
+                 progress=progress, weights_dir=weights_dir)
+
+
+def reference_segmentation(root: Path) -> Path | None:
+    """The dataset's own segmented version beside it (``<root>-segmented``), when there is one."""
+    candidate = root.parent / f"{root.name}-segmented"
+    return candidate if candidate.is_dir() else None
+
+
+def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], controls: list[str],
+              n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Evaluate every run, choose the model (validation macro-F1), write summary.json, comparison.csv and
+    ``models/chosen/``; return the summary."""
+    from allstudy.atomic import write_csv
+    from allstudy.compare import (choose, comparison_table, data_provenance, evaluate_run, finished_runs,
+                                  run_summary, summary)
+    from allstudy.controls import control_table
+    from allstudy.modelcard import write_model_dir
+
+    out = Path(out)
+    found = finished_runs(out, runs)
+    params = {name: read_json(path / "params.json") for name, path in found.items()}
+    evaluations = {name: evaluate_run(path, n_resamples, seed) for name, path in found.items()}
+    chosen = choose(evaluations, params)
+    control_dirs = finished_runs(out, controls)
+    control_rows = control_table({name: run_summary(evaluate_run(path, n_resamples, seed), read_json(path / "params.json"))
+                                  for name, path in control_dirs.items()}, run_summary(evaluations[chosen], params[chosen]))
+    info = data_provenance(prepared.info)
+    result = summary(info, evaluations, params, chosen, {"rows": control_rows})
+    write_json(out / "summary.json", result)
+    write_csv(comparison_table(result), out / "comparison.csv")
+    write_model_dir(found[chosen], out / "models" / "chosen", chosen, params[chosen], evaluations[chosen], info,
+                    {"rows": control_rows})
+    fit_chosen_guard(out / "models" / "chosen", prepared, params[chosen], out / "cache")
+    return result
+
+
+def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:
+    """Fit the out-of-distribution guard of a model folder on its training fields (validation sets the
+    thresholds) and write ``ood.json``; reused while the model file is unchanged."""
+    import keras
+
+    import allstudy.models  # noqa: F401  (registers the layers the saved model uses)
+    from allstudy.ood import OODGuard, fit_guard
+    from allstudy.pipeline import load_images
+
+    target, stamp_path = model_dir / "ood.json", model_dir / ".ood.stamp.json"
+    stamp = hashlib.sha256((model_dir / "model.keras").read_bytes()).hexdigest()
+    if target.exists() and stamp_path.exists() and read_json(stamp_path).get("model_sha256") == stamp:
+        return target
+    print("fitting the out-of-distribution guard of the chosen model")
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
+    images = {s: load_images(prepared.root, prepared.split.loc[prepared.split["split"] == s, "path"].tolist(),
+                             params["input_size"], cache_dir) for s in ("train", "val")}
+    guard: OODGuard = fit_guard(model, images["train"], images["val"], params["config"].get("input_mode", "original"))
+    guard.save(target)
+    write_json(stamp_path, {"model_sha256": stamp})
+    return target
 
 
 def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str | os.PathLike = "outputs",
         force: bool = False, weights_dir: str | os.PathLike | None = None,
         architectures: list[str] | None = None) -> list[StepResult]:
-    """Run the whole study; return the executed steps. With no ``data``, the synthetic default."""
+    """Run the whole study (01 to 05, controls, report); return the executed steps.
+
+    With no ``data``, the embedded synthetic default. Writes ``out/report.html``, ``out/summary.json``,
+    ``out/comparison.csv`` and ``out/models/chosen/``.
+    """
+    from allstudy.controls import BASELINES, CONTROL_RUNS, run_baseline
+
+    started = time.perf_counter()
     out = Path(out).resolve()
     prepared = prepare_study_data(data, out, profile)
     settings = get_profile(profile)
+    data_hash = prepared.info["data_hash"]
+    weights_dir = str(Path(weights_dir).resolve()) if weights_dir else None
     base = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
-    results = [execute_notebook("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
-                                               "duplicate_groups_shown": settings["explore_duplicate_groups"]},
-                                out, prepared.info["data_hash"], force=force)]
-    for arch in architectures or settings["architectures"]:
-        parameters = {**base, "arch": arch, "weights_dir": str(Path(weights_dir).resolve()) if weights_dir else None}
-        results.append(execute_notebook("03_train", parameters, out, prepared.info["data_hash"], force=force,
-                                        output_name=f"03_train-{arch}"))
+    reference = reference_segmentation(prepared.root)
+    results = [
+        execute_notebook("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
+                                        "duplicate_groups_shown": settings["explore_duplicate_groups"]},
+                         out, data_hash, force=force),
+        execute_notebook("02_preprocess", {**base, "reference_dir": str(reference) if reference else None,
+                                           "max_compared": settings["preprocess_max_compared"]},
+                         out, data_hash, force=force),
+    ]
+    architectures = architectures or settings["architectures"]
+    for arch in architectures:
+        results.append(execute_notebook("03_train", {**base, "arch": arch, "weights_dir": weights_dir},
+                                        out, data_hash, force=force, output_name=f"03_train-{arch}"))
+    evaluation = {"out_dir": str(out), "n_resamples": settings["bootstrap_resamples"], "seed": settings["seed"]}
+    for arch in architectures:
+        results.append(execute_notebook("04_evaluate", {**evaluation, "run": arch}, out, data_hash, force=force,
+                                        output_name=f"04_evaluate-{arch}"))
+
+    # Validity controls: shortcut baselines, then the chosen architecture on other inputs (one view each).
+    from allstudy.compare import choose, evaluate_run, finished_runs
+
+    found = finished_runs(out, architectures)
+    evaluations = {n: evaluate_run(p, settings["bootstrap_resamples"], settings["seed"]) for n, p in found.items()}
+    chosen = choose(evaluations, {n: read_json(p / "params.json") for n, p in found.items()})
+    controls = []
+    for name in BASELINES:
+        print(f"control: {name} baseline")
+        controls.append(run_baseline(name, prepared, out, out / "cache", settings["seed"]).name)
+    for suffix, (mode, _) in CONTROL_RUNS.items():
+        run_name = f"control-{chosen}-{suffix}"
+        results.append(execute_notebook(
+            "03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": run_name, "input_mode": mode,
+                         "tta_views": 1}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
+        controls.append(run_name)
+
+    summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
+    summary_hash = hashlib.sha256((out / "summary.json").read_bytes()).hexdigest()
+    results.append(execute_notebook("05_compare", {"out_dir": str(out)}, out, f"{data_hash}|{summary_hash}", force=force))
+    write_text(out / "report.html", render_report([r.notebook for r in results if not r.name.startswith("03_train-control")],
+                                                  title="allstudy report"))
+    print(f"study complete in {time.perf_counter() - started:.0f} s: {out / 'report.html'}")
     return results

@@ -1,23 +1,27 @@
-"""The runner on the embedded synthetic default: notebooks executed by papermill, HTML rendered, steps reused."""
+"""The whole study on the embedded synthetic default: every notebook executed by papermill, the report,
+summary.json against the runs' own predictions, the chosen model, and every step reused on a second run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import nbformat
 import pandas as pd
 import pytest
 
+from allstudy.profiles import ARCHITECTURES
 from allstudy.study import NOTEBOOKS, STEPS, run
 
 pytestmark = pytest.mark.notebook
-#: One model from scratch and one with a backbone: every notebook runs, in a minute or two.
-ARCHS = ["lenet", "mobilenet"]
+#: Every architecture of the registry, at the quick profile's settings.
+ARCHS = ARCHITECTURES
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return out, run(None, profile="quick", out=out, architectures=ARCHS)
+    return out, run(None, profile="quick", out=out)
 
 
 def test_notebooks_are_committed_clean():
@@ -30,7 +34,10 @@ def test_notebooks_are_committed_clean():
 
 def test_every_step_executes_without_error_and_renders(study):
     out, results = study
-    assert [r.name for r in results] == ["01_explore"] + [f"03_train-{a}" for a in ARCHS]
+    chosen = json.loads((out / "summary.json").read_text())["chosen"]
+    controls = [f"03_train-control-{chosen}-{c}" for c in ("original", "background", "segmented", "mitigated")]
+    assert [r.name for r in results] == (["01_explore", "02_preprocess"] + [f"03_train-{a}" for a in ARCHS]
+                                         + [f"04_evaluate-{a}" for a in ARCHS] + controls + ["05_compare"])
     for result in results:
         notebook = nbformat.read(result.notebook, as_version=4)
         errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -63,6 +70,78 @@ def test_exploration_reports_the_synthetic_default(study):
     groups = dict(zip(split["path"], split["group"]))
     for a, b in marker["recapture_groups"]:  # every synthetic re-capture was found and kept together
         assert groups[a] == groups[b], (a, b)
+
+
+def test_the_report_shows_every_architecture_and_section(study):
+    out, _ = study
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64") > 20  # figures inline
+    for arch in ARCHS:
+        assert arch in html, arch
+    for text in ("Explore the dataset", "region-based segmentation", "Evaluate one run", "Grad-CAM",
+                 "Validity controls", "Our runs beside the published figures", "95.8%", "Model card"):
+        assert text in html, text
+    assert "prepare_study_data(" not in html  # code hidden
+
+
+def test_the_report_renders_in_a_real_browser(study):
+    from allstudy.browser import inspect_page, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    out, _ = study
+    screenshot = Path(__file__).resolve().parents[1] / "outputs" / "screenshots" / "report-quick.png"
+    page = inspect_page((out / "report.html").as_uri(), screenshot)
+    assert page["images"] > 20 and page["broken"] == 0  # every figure rendered
+    assert page["tables"] >= 10 and page["title"] == "allstudy report"
+    assert "Chosen model" in page["text"] and screenshot.stat().st_size > 50_000
+
+
+def test_summary_agrees_with_the_runs_predictions(study):
+    from sklearn.metrics import f1_score
+
+    out, _ = study
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == set(ARCHS) and summary["data"]["data_hash"]
+    val_f1 = {}
+    for name, entry in summary["runs"].items():
+        predictions = pd.read_csv(out / "runs" / name / "predictions.csv", keep_default_na=False)
+        test, val = predictions[predictions["split"] == "test"], predictions[predictions["split"] == "val"]
+        assert entry["test"]["accuracy"] == pytest.approx((test["label"] == test["class"]).mean())
+        assert entry["test"]["macro_f1"] == pytest.approx(f1_score(test["class"], test["label"], average="macro",
+                                                                   labels=sorted(test["class"].unique())))
+        low, high = entry["test"]["accuracy_ci"]
+        assert low <= entry["test"]["accuracy"] <= high
+        for key in ("macro_f1_ci", "malignant_sensitivity", "malignant_specificity", "ece"):
+            assert key in entry["test"], key
+        assert entry["train_seconds"] > 0 and entry["params"] > 0
+        val_f1[name] = f1_score(val["class"], val["label"], average="macro", labels=sorted(val["class"].unique()))
+    assert val_f1[summary["chosen"]] == pytest.approx(max(val_f1.values()))  # chosen on validation, not test
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert set(comparison["run"]) == set(ARCHS) and comparison["chosen"].sum() == 1
+    assert [r["control"] for r in summary["controls"]["rows"]][:3] == [
+        "chosen model", "control-colour-statistics", "control-scale-bar-corner"]
+
+
+def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
+    import keras
+
+    from allstudy.pipeline import load_images
+
+    out, _ = study
+    summary = json.loads((out / "summary.json").read_text())
+    folder = out / "models" / "chosen"
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["run"] == summary["chosen"] and 0 < meta["temperature"] and 0 <= meta["abstention"]["threshold"] <= 1
+    assert "Intended use" in (folder / "MODEL_CARD.md").read_text()
+    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    predictions = pd.read_csv(out / "runs" / meta["run"] / "predictions.csv", keep_default_na=False)
+    test = predictions[predictions["split"] == "test"].head(4)
+    root = json.loads((out / "data" / "data.json").read_text())["root"]
+    images = load_images(root, test["path"].tolist(), meta["input_size"]).astype("float32")
+    expected = test[[f"p_{c}" for c in meta["classes"]]].to_numpy()
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
 
 
 def test_a_second_run_reuses_every_step(study):
