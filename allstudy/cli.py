@@ -1,4 +1,4 @@
-"""The ``allstudy`` command line: ``data scan``, ``data split``, ``synth`` and ``run``."""
+"""The ``allstudy`` command line: ``data scan``, ``data split``, ``synth``, ``train``, ``run`` and ``predict``."""
 from __future__ import annotations
 
 import argparse
@@ -65,7 +65,8 @@ def _train(args: argparse.Namespace) -> int:
 
     result = train_architecture(args.data, args.out, args.profile, args.arch, weights_dir=args.weights_dir,
                                 weights=args.weights, epochs=args.epochs, input_size=args.input_size,
-                                strategy=args.strategy, batch_size=args.batch_size)
+                                strategy=args.strategy, batch_size=args.batch_size, input_mode=args.input_mode,
+                                tta_views=args.tta_views, run_name=args.run_name)
     accuracy = result.metrics.get("accuracy", {})
     print(f"{args.arch}: validation accuracy {accuracy.get('val', float('nan')):.2%}, "
           f"{result.params['train_seconds']:.0f} s; run in {result.run_dir}")
@@ -77,9 +78,41 @@ def _run(args: argparse.Namespace) -> int:
 
     results = run(args.data, profile=args.profile, out=args.out, force=args.force, weights_dir=args.weights_dir,
                   architectures=args.arch)
-    print("\nThe study is done. Open:")
-    for step in results:
-        print(f"  {step.html}")
+    out = Path(args.out).resolve()
+    print(f"\nThe study is done. The report: {out / 'report.html'}\n"
+          f"Figures: {out / 'summary.json'}, {out / 'comparison.csv'}; chosen model: {out / 'models' / 'chosen'}\n"
+          f"Each step: {out / 'notebooks'}/ ({len(results)} notebooks, .ipynb and .html)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from allstudy.atomic import write_csv
+    from allstudy.predict import Predictor, collect_files, predictions_frame
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")
+    predictor = Predictor(args.model, batch_size=args.batch_size)
+    files = collect_files(args.paths)
+    predictions = []
+    with tqdm(total=len(files), desc="predicting", unit="img", disable=args.quiet) as bar:
+        for start in range(0, len(files), args.batch_size):
+            chunk = files[start:start + args.batch_size]
+            predictions += predictor.predict_batch(chunk, batch_size=args.batch_size)
+            bar.update(len(chunk))
+    frame = predictions_frame(predictions, predictor.classes, [str(f) for f in files])
+    write_csv(frame, args.out)
+    counts = Counter(p.verdict if p.ok else "unreadable" for p in predictions)
+    readable = sum(p.ok for p in predictions)
+    if not args.quiet and readable:
+        print(f"wrote {len(frame)} rows to {args.out}: "
+              + (", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "no files"), file=sys.stderr)
+    if readable == 0:
+        first = next((f"; e.g. {p.source}: {p.error}" for p in predictions), "")
+        print(f"allstudy: error: none of the {len(files)} files given could be read as an image{first}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -126,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--input-size", type=int, help="input side in pixels")
     train.add_argument("--batch-size", type=int, help="batch size per replica")
     train.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], help="tf.distribute strategy")
+    train.add_argument("--input-mode", choices=["original", "segmented", "background", "corner", "no_corner", "mitigated"],
+                       help="train on the fields (original) or a variant: segmented leukocytes, or a control's input")
+    train.add_argument("--tta-views", type=int, choices=[1, 4, 8], help="dihedral views averaged at prediction")
+    train.add_argument("--run-name", help="run folder under OUT/runs (default: the architecture)")
     train.set_defaults(func=_train)
 
     run = commands.add_parser("run", help="run the whole study (notebooks via papermill)")
@@ -136,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--arch", nargs="+", help="only these architectures (default: the profile's)")
     run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
     run.set_defaults(func=_run)
+
+    predict = commands.add_parser("predict", help="classify image files with a model folder, into a CSV")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively; "
+                         "every file is tried, by content)")
+    predict.add_argument("--model", required=True, help="model folder (model.keras, model.json, optional ood.json), "
+                         "e.g. outputs/models/chosen")
+    predict.add_argument("--out", default="predictions.csv", help="CSV to write (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    predict.set_defaults(func=_predict)
     return parser
 
 

@@ -1,0 +1,372 @@
+"""The Predictor (allstudy.predict) and ``allstudy predict``, on a tiny model folder built here: a LeNet at
+32 px with 8-view test-time augmentation, a model.json from allstudy.modelcard and an ood.json fitted on
+synthetic fields. No study is run."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import struct
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from allstudy.atomic import read_json, write_json  # noqa: E402
+from allstudy.classes import TALEQANI_CLASSES  # noqa: E402
+
+SIZE = 32
+TEMPERATURE = 1.7
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CNMC = sorted((SHARED_DATA / "cnmc").glob("*/*.bmp"))
+
+
+def _fields(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.jpg"))
+
+
+def _load(paths: list[Path]) -> np.ndarray:
+    from allstudy.pipeline import load_image
+
+    return np.stack([load_image(p, SIZE) for p in paths])
+
+
+def _meta(classes: list[str], threshold: float, tta_views: int = 8) -> dict:
+    from allstudy.modelcard import model_json
+
+    params = {"arch": "lenet", "config": {"weights": None, "input_mode": "original", "tta_views": tta_views},
+              "classes": classes, "input_size": SIZE, "preprocessing": "unit", "data_hash": "0" * 64,
+              "code_version": {"version": "test", "source_sha256": "0"}, "packages": {"keras": "3"},
+              "train_seconds": 0.0}
+    test = {"n": 40, "accuracy": 0.5, "accuracy_ci": [0.4, 0.6], "balanced_accuracy": 0.5, "macro_f1": 0.5,
+            "macro_f1_ci": [0.4, 0.6], "malignant_sensitivity": 0.9, "malignant_sensitivity_ci": [0.8, 1.0],
+            "malignant_specificity": 0.7, "malignant_specificity_ci": [0.5, 0.9]}
+    evaluation = {"test": test, "temperature": TEMPERATURE, "ece_before": 0.1, "ece_after": 0.05,
+                  "abstention": {"threshold": threshold, "target_accuracy": 0.99, "test_coverage": 0.5,
+                                 "test_accuracy": 0.9}}
+    return model_json("lenet", params, evaluation, {"root": "synthetic", "images": 160, "seed": 0})
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Model folders: ``guarded`` (with ood.json), ``plain`` (none), ``abstaining`` (threshold 1.0, the
+    single-view model without test-time augmentation, with its own ood.json); and synthetic fields:
+    ``train``, ``val`` and unseen ``fresh`` ones."""
+    import keras
+
+    from allstudy.models import build_model, with_tta
+    from allstudy.ood import fit_guard
+    from allstudy.synthetic import generate_dataset
+
+    base = tmp_path_factory.mktemp("predict")
+    fields = {name: _fields(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
+              for name, n, seed in (("train", 20, 0), ("val", 10, 1), ("fresh", 25, 2))}
+    keras.utils.set_random_seed(0)
+    single = build_model("lenet", len(TALEQANI_CLASSES), SIZE).model
+    train, val = _load(fields["train"]), _load(fields["val"])
+    abstaining = base / "abstaining"
+    abstaining.mkdir()
+    single.save(abstaining / "model.keras")
+    write_json(abstaining / "model.json", _meta(list(TALEQANI_CLASSES), 1.0, tta_views=1))
+    fit_guard(single, train, val).save(abstaining / "ood.json")
+    model = with_tta(single, 8)
+    guarded = base / "guarded"
+    guarded.mkdir()
+    model.save(guarded / "model.keras")
+    write_json(guarded / "model.json", _meta(list(TALEQANI_CLASSES), 0.0))
+    fit_guard(model, train, val).save(guarded / "ood.json")
+    plain = base / "plain"
+    plain.mkdir()
+    shutil.copyfile(guarded / "model.keras", plain / "model.keras")
+    write_json(plain / "model.json", _meta(list(TALEQANI_CLASSES), 0.0))
+    return {"guarded": guarded, "plain": plain, "abstaining": abstaining, "model": model, **fields}
+
+
+@pytest.fixture(scope="module")
+def predictor(folders):
+    from allstudy.predict import Predictor
+
+    return Predictor(folders["guarded"], batch_size=8)
+
+
+# --------------------------------------------------------------------------------------- answers
+
+
+def test_prediction_equals_the_models_own_output_after_temperature(predictor, folders):
+    import keras
+
+    from allstudy.evaluate import apply_temperature
+    from allstudy.images import read_rgb
+    from allstudy.pipeline import to_input
+
+    path = folders["fresh"][3]
+    model = keras.saving.load_model(folders["guarded"] / "model.keras", safe_mode=True)
+    x = to_input(read_rgb(path), SIZE)[None].astype(np.float32)
+    expected = apply_temperature(model.predict(x, verbose=0), TEMPERATURE)[0]
+    answer = predictor.predict(path)
+    assert answer.ok and list(answer.probabilities) == list(TALEQANI_CLASSES)
+    np.testing.assert_allclose(list(answer.probabilities.values()), expected, atol=1e-5)
+    assert answer.label == TALEQANI_CLASSES[int(expected.argmax())]
+    assert answer.confidence == pytest.approx(expected.max(), abs=1e-5)
+    assert answer.source == str(path)
+
+
+def test_batch_equals_singles(predictor, folders):
+    paths = folders["fresh"][:11]
+    batch = predictor.predict_batch(paths, batch_size=4)
+    singles = [predictor.predict(p) for p in paths]
+    for b, s in zip(batch, singles):
+        np.testing.assert_allclose(list(b.probabilities.values()), list(s.probabilities.values()), atol=1e-6)
+        assert (b.label, b.verdict, b.message) == (s.label, s.verdict, s.message)
+        assert b.ood_scores == pytest.approx(s.ood_scores, rel=1e-5)
+
+
+def test_verdicts_and_messages(predictor, folders):
+    from allstudy.predict import UNCERTAIN_MESSAGE, Predictor
+
+    benign = predictor._answer(np.array([0.9, 0.05, 0.03, 0.02]), {}, "", None, "")
+    assert (benign.verdict, benign.message, benign.malignant, benign.display) == (
+        "benign", "Benign (hematogones)", False, "Benign (hematogones)")
+    pro = predictor._answer(np.array([0.02, 0.03, 0.05, 0.9]), {}, "", None, "")
+    assert (pro.verdict, pro.message, pro.malignant) == ("malignant", "Malignant: Pro-B ALL", True)
+    # A threshold of 1.0 refers everything (a calibrated probability never reaches 1 here) ...
+    abstaining = Predictor(folders["abstaining"])
+    answer = abstaining.predict(folders["fresh"][0])
+    assert answer.verdict == "uncertain" and answer.message == UNCERTAIN_MESSAGE
+    assert answer.label in TALEQANI_CLASSES and answer.confidence < 1.0
+    # ... but out-of-distribution takes precedence over everything.
+    answer = predictor._answer(np.array([0.97, 0.01, 0.01, 0.01]), {"stats": 99.0, "embedding": 0.0}, "a cat", None, "")
+    assert answer.verdict == "out-of-distribution"
+    assert answer.message == "outside what this model was trained on: a cat"
+
+
+def test_in_distribution_fields_pass_the_guard_at_the_documented_rate(predictor, folders):
+    answers = predictor.predict_batch(folders["fresh"])
+    flagged = np.mean([a.verdict == "out-of-distribution" for a in answers])
+    # 40 validation fields set the thresholds: about 1/41 per score is expected (see allstudy.ood)
+    assert len(answers) == 100 and flagged <= 0.1, flagged
+    assert all(set(a.ood_scores) == {"stats", "embedding"} for a in answers)
+    assert all(a.verdict in ("benign", "malignant") for a in answers if a.verdict != "out-of-distribution")
+
+
+@pytest.mark.parametrize("folder", ["guarded", "abstaining"])   # TTA: two calls; single view: one combined model
+def test_ood_scores_equal_the_guards_own(folder, predictor, folders):
+    import keras
+
+    from allstudy.ood import OODGuard
+    from allstudy.predict import Predictor
+
+    chosen = predictor if folder == "guarded" else Predictor(folders[folder])
+    model = keras.saving.load_model(folders[folder] / "model.keras", safe_mode=True)
+    guard = OODGuard.load(folders[folder] / "ood.json", model)
+    paths = folders["fresh"][:4]
+    expected = guard.score(_load(paths))
+    answers = chosen.predict_batch(paths)
+    for name in ("stats", "embedding"):
+        np.testing.assert_allclose([a.ood_scores[name] for a in answers], expected[name], rtol=1e-4)
+
+
+def test_photos_are_out_of_distribution(predictor):
+    import skimage.data
+
+    photos = [getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    answers = predictor.predict_batch(photos)
+    assert [a.verdict for a in answers] == ["out-of-distribution"] * 4
+    assert all(a.message.startswith("outside what this model was trained on: ") for a in answers)
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not CNMC, reason=f"no C-NMC sample cells in {SHARED_DATA / 'cnmc'} (../shared/data is absent)")
+def test_single_cell_crops_of_another_lab_are_out_of_distribution(predictor):
+    answers = predictor.predict_batch(CNMC)
+    assert len(answers) == 6 and [a.verdict for a in answers] == ["out-of-distribution"] * 6
+    assert "near-black" in answers[0].message
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
+
+
+def _field_image(folders) -> Image.Image:
+    return Image.open(folders["fresh"][5]).convert("RGB")
+
+
+BROKEN = {  # name -> (bytes, a word of the reason)
+    "empty.jpg": (lambda: b"", "empty"),
+    "text.jpg": (lambda: b"This is a text file, not a picture.\n" * 20, "not an image"),
+    "truncated.jpg": (lambda: _encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3),
+                                                                                       dtype=np.uint8)), "JPEG")[:900],
+                      "truncated"),
+    "one-pixel.png": (lambda: _encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"), "too small"),
+    "bomb.png": (lambda: _png_header_only(100_000, 100_000), "decompression bomb"),
+}
+
+
+def test_bad_inputs_give_errors_and_do_not_stop_the_batch(predictor, folders, tmp_path):
+    good = folders["fresh"][:2]
+    paths = [good[0]]
+    for name, (make, _) in BROKEN.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(make())
+    paths += [good[1], tmp_path / "missing.jpg"]
+    answers = predictor.predict_batch(paths)
+    assert [a.ok for a in answers] == [True] + [False] * len(BROKEN) + [True, False]
+    for answer, (_, word) in zip(answers[1:], BROKEN.values()):
+        assert word in answer.error and answer.verdict == "" and answer.probabilities == {}
+        assert answer.message.startswith("cannot read the image")
+    assert "cannot read the file" in answers[-1].error
+    np.testing.assert_allclose(list(answers[0].probabilities.values()),
+                               list(predictor.predict(good[0]).probabilities.values()), atol=1e-6)
+    single = predictor.predict(tmp_path / "empty.jpg")
+    assert not single.ok and "empty" in single.error
+    for bad in (np.zeros((40, 40, 3), np.float32), "not a path ".encode()[:0], 42):
+        assert not predictor.predict(bad).ok
+
+
+def test_every_mode_and_kind_of_input_is_read(predictor, folders):
+    field = _field_image(folders)
+    rgba = field.convert("RGBA")
+    sixteen = Image.fromarray((np.asarray(field.convert("L"), np.uint16) * 257))
+    frames = [field, field.rotate(90), field.rotate(180)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    inputs = {
+        "grey": _encode(field.convert("L"), "PNG"),
+        "rgba": _encode(rgba, "PNG"),
+        "cmyk": _encode(field.convert("CMYK"), "JPEG"),
+        "16-bit": _encode(sixteen, "PNG"),
+        "palette": _encode(field.convert("P"), "PNG"),
+        "bmp": _encode(field, "BMP"),
+        "animated gif": gif.getvalue(),
+        "file-like": io.BytesIO(_encode(field, "PNG")),
+        "PIL": field,
+        "array": np.asarray(field),
+        "grey array": np.asarray(field.convert("L")),
+    }
+    answers = predictor.predict_batch(list(inputs.values()))
+    for name, answer in zip(inputs, answers):
+        assert answer.ok, (name, answer.error)
+        assert answer.verdict in ("benign", "malignant", "uncertain", "out-of-distribution")
+    lossless = [answers[i] for i, name in enumerate(inputs) if name in ("bmp", "PIL", "array", "file-like")]
+    for answer in lossless[1:]:
+        assert answer.probabilities == pytest.approx(lossless[0].probabilities, abs=1e-6)
+    assert predictor.model_input(inputs["grey array"]).shape == (SIZE, SIZE, 3)
+
+
+# --------------------------------------------------------------------------------------- the hot path
+
+
+def test_the_forward_pass_is_traced_once_and_never_model_predict(predictor, folders, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the Predictor must not call model.predict")
+
+    monkeypatch.setattr(predictor.model, "predict", forbidden)
+    traces = predictor.traces
+    assert traces == 1
+    predictor.predict(folders["fresh"][0])
+    predictor.predict_batch(folders["fresh"][:5], batch_size=3)
+    predictor.predict_batch(folders["fresh"][:9])
+    assert predictor.traces == traces
+
+
+def test_gradcam_overlay_on_request(folders):
+    from allstudy.predict import Predictor
+
+    explained = Predictor(folders["plain"], gradcam=True)
+    answer = explained.predict(folders["fresh"][1])
+    assert answer.gradcam is not None and answer.gradcam.shape == (SIZE, SIZE, 3)
+    assert answer.gradcam.dtype == np.uint8
+    assert explained.info["gradcam"] is True
+    assert explained.predict(folders["fresh"][1]).ood_scores == {}
+
+
+def test_info_for_the_model_panel(predictor, folders):
+    from allstudy.predict import Predictor
+
+    info = predictor.info
+    assert info["arch"] == "lenet" and info["classes"] == list(TALEQANI_CLASSES) and info["input_size"] == SIZE
+    assert info["metrics"]["test"]["accuracy_ci"] == [0.4, 0.6]
+    assert "data_hash" in info["provenance"] and "not a diagnostic device" in info["intended_use"]
+    assert info["ood"].startswith("guard from ood.json") and info["tta_views"] == 8
+    plain = Predictor(folders["plain"]).info
+    assert "no ood.json" in plain["ood"] and "NOT detected" in plain["ood"]
+
+
+def test_missing_or_incomplete_model_folders_are_clear_errors(folders, tmp_path):
+    from allstudy.predict import Predictor
+
+    with pytest.raises(FileNotFoundError, match="does not exist.*python -m allstudy run"):
+        Predictor(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    shutil.copyfile(folders["plain"] / "model.keras", tmp_path / "half" / "model.keras")
+    with pytest.raises(FileNotFoundError, match="no model.json"):
+        Predictor(tmp_path / "half")
+    meta = read_json(folders["plain"] / "model.json")
+    del meta["temperature"]
+    write_json(tmp_path / "half" / "model.json", meta)
+    with pytest.raises(ValueError, match="lacks temperature"):
+        Predictor(tmp_path / "half")
+
+
+# --------------------------------------------------------------------------------------- the command line
+
+
+def test_cli_writes_the_columns_in_order_and_goes_on_past_bad_files(folders, tmp_path):
+    data = tmp_path / "in"
+    (data / "deeper").mkdir(parents=True)
+    for i, path in enumerate(folders["fresh"][:3]):
+        shutil.copyfile(path, data / "deeper" / f"field-{i}.dat")   # decided by content, not extension
+    (data / "notes.jpg").write_text("not a picture")
+    (data / "empty.png").write_bytes(b"")
+    out = tmp_path / "preds.csv"
+    result = subprocess.run([sys.executable, "-m", "allstudy", "predict", str(data), str(folders["fresh"][4]),
+                             "--model", str(folders["guarded"]), "--out", str(out), "--batch-size", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == ["path", "label", "verdict", "confidence",
+                                   *(f"p_{c}" for c in TALEQANI_CLASSES), "error"]
+    assert len(frame) == 6
+    bad = frame[frame["error"] != ""]
+    assert sorted(Path(p).name for p in bad["path"]) == ["empty.png", "notes.jpg"]
+    assert (bad["label"] == "").all() and (bad["verdict"] == "").all()
+    good = frame[frame["error"] == ""]
+    assert set(good["verdict"]) <= {"benign", "malignant", "uncertain", "out-of-distribution"}
+    np.testing.assert_allclose(good[[f"p_{c}" for c in TALEQANI_CLASSES]].astype(float).sum(axis=1), 1.0, atol=1e-5)
+    assert "predicting" in result.stderr  # the progress bar
+
+
+def test_cli_exits_2_when_nothing_is_readable_or_the_model_is_missing(folders, tmp_path, capsys):
+    from allstudy.cli import main
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_text("no")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(tmp_path / "junk"), "--model", str(folders["plain"]), "--out", str(out),
+                 "--quiet"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("allstudy: error: none of the 1 files")
+    assert pd.read_csv(out, keep_default_na=False)["error"].str.contains("not an image").all()
+    assert main(["predict", str(tmp_path / "junk"), "--model", str(tmp_path / "no-model"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "does not exist" in error[0] and "allstudy run" in error[0]
