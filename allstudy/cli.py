@@ -1,4 +1,4 @@
-"""The ``allstudy`` command line: ``data scan``, ``data split``, ``synth``, ``train``, ``run`` and ``predict``."""
+"""The ``allstudy`` command line: ``data scan``, ``data split``, ``synth``, ``train``, ``run``, ``predict`` and ``serve``."""
 from __future__ import annotations
 
 import argparse
@@ -116,6 +116,21 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from allstudy.app import launch
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, not {args.port}")
+    try:
+        launch(args.model, port=args.port, share=args.share)  # blocks until Ctrl-C
+    except OSError as err:
+        if "port" not in str(err):
+            raise
+        where = f"port {args.port}" if args.port else "Gradio's default ports (7860 and up)"
+        raise ValueError(f"cannot listen on 127.0.0.1 at {where}: it is in use; pass a free --port") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m allstudy``."""
     parser = argparse.ArgumentParser(prog="allstudy", description="A reproducible study of ALL detection "
@@ -183,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     predict.set_defaults(func=_predict)
+
+    serve = commands.add_parser("serve", help="start the Gradio app on 127.0.0.1 (API: /predict, /predict_batch)")
+    serve.add_argument("--model", default="outputs/models/chosen", help="model folder (default: %(default)s); "
+                       "without one the app starts and says how to make it")
+    serve.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    serve.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    serve.set_defaults(func=_serve)
     return parser
 
 
