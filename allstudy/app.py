@@ -230,18 +230,21 @@ def _failed(path, err: Exception) -> Prediction:
     return Prediction(error=reason, message=reason, source=str(path))
 
 
-def predict_files(predictor: Predictor, paths: list) -> list[Prediction]:
-    """The Predictor's answers in its batches; a file that breaks a batch gets an error row, the rest go on."""
+def predict_files(predictor: Predictor, paths: list, gradcam: bool = False) -> list[Prediction]:
+    """The Predictor's answers in its batches; a file that breaks a batch gets an error row, the rest go on.
+
+    Grad-CAM (about as costly as the prediction itself) only when the caller shows it.
+    """
     answers: list[Prediction] = []
     step = predictor.batch_size
     for start in range(0, len(paths), step):
         chunk = paths[start:start + step]
         try:
-            answers += predictor.predict_batch(chunk)
+            answers += predictor.predict_batch(chunk, gradcam=gradcam)
         except Exception:  # an unforeseen decoder error in one file: find it, answer the others
             for path in chunk:
                 try:
-                    answers.append(predictor.predict(path))
+                    answers.append(predictor.predict(path, gradcam=gradcam))
                 except Exception as err:
                     answers.append(_failed(path, err))
     return answers
@@ -293,7 +296,7 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
         """The UI's answer: field, probabilities, verdict, Grad-CAM, segmentation, JSON."""
         if path is None:
             return None, None, "", None, None, None
-        prediction = predict_files(predictor, [path])[0]
+        prediction = predict_files(predictor, [path], gradcam=True)[0]
         if not prediction.ok:
             return None, None, verdict_line(prediction, predictor.threshold), None, None, result_json(prediction)
         from allstudy.images import read_rgb

@@ -245,12 +245,15 @@ class Predictor:
 
     # ------------------------------------------------------------------ answers
 
-    def predict(self, image) -> Prediction:
+    def predict(self, image, gradcam: bool | None = None) -> Prediction:
         """The answer for one image (a Prediction with ``error`` set when it cannot be read)."""
-        return self.predict_batch([image], batch_size=1)[0]
+        return self.predict_batch([image], batch_size=1, gradcam=gradcam)[0]
 
-    def predict_batch(self, images, batch_size: int | None = None) -> list[Prediction]:
-        """One answer per image, in order; unreadable images give a Prediction with ``error``, the rest go on."""
+    def predict_batch(self, images, batch_size: int | None = None, gradcam: bool | None = None) -> list[Prediction]:
+        """One answer per image, in order; unreadable images give a Prediction with ``error``, the rest go on.
+
+        ``gradcam`` False skips the overlay for this call (None: as the Predictor was made).
+        """
         from allstudy.evaluate import apply_temperature
 
         images = list(images)
@@ -277,7 +280,8 @@ class Predictor:
                 stats = image_statistics(np.stack(fields))
                 scores = self.guard.score({"stats": stats, "embedding": features})
                 flags = self.guard.flags(scores)
-            heatmaps = self._gradcam(inputs, calibrated.argmax(axis=1)) if self._explainer is not None else None
+            explain = self._explainer is not None and gradcam is not False
+            heatmaps = self._gradcam(inputs, calibrated.argmax(axis=1)) if explain else None
             for j, i in enumerate(where):
                 own = {k: float(v[j]) for k, v in scores.items()} if scores is not None else {}
                 reason = self.guard.reason(own, stats[j]) if flags[j] else ""
