@@ -89,7 +89,8 @@ def run_summary(evaluation: dict, params: dict) -> dict:
         "val": {"accuracy": evaluation["val"]["accuracy"], "macro_f1": evaluation["val"]["macro_f1"]},
         "temperature": evaluation["temperature"],
         "abstention_threshold": evaluation["abstention"]["threshold"],
-        "train_seconds": params.get("epoch_seconds_total", params.get("train_seconds")),
+        # the run's own wall time (features included); epochs summed across resumes when it was interrupted
+        "train_seconds": max(params.get("train_seconds") or 0.0, params.get("epoch_seconds_total") or 0.0),
         "params": params["params"],
     }
 

@@ -94,13 +94,23 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
     return StepResult(name, target, html, False, seconds)
 
 
+def _without_stderr(cell):
+    """A code cell without its stderr streams (progress bars, TensorFlow's start-up logs): the report shows
+    results; the executed notebook keeps everything."""
+    if cell.cell_type == "code":
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
+    return cell
+
+
 def render_html(notebook: str | os.PathLike) -> str:
     """An executed notebook as a self-contained HTML page: code hidden, figures inline."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    node = nbformat.read(str(notebook), as_version=4)
+    node.cells = [_without_stderr(cell) for cell in node.cells]
+    body, _ = exporter.from_notebook_node(node)
     return body
 
 
@@ -124,7 +134,7 @@ def render_report(notebooks: list[Path], title: str = "allstudy report") -> str:
             if tags & {"parameters", "injected-parameters"}:
                 continue
             cell["id"] = f"n{number}-c{index}"  # unique across the merged notebooks
-            merged.cells.append(cell)
+            merged.cells.append(_without_stderr(cell))
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": title}})
     return body
