@@ -60,6 +60,11 @@ def _open_checked(data: bytes, path: str | os.PathLike | None) -> Image.Image:
         if "truncat" in str(err).lower():
             raise ImageProblem(path, f"truncated file: {err}") from None
         raise ImageProblem(path, f"unreadable header: {type(err).__name__}: {err}") from None
+    return check_image(image, path)
+
+
+def check_image(image: Image.Image, path: str | os.PathLike | None = None) -> Image.Image:
+    """Refuse an opened image that is too large (bomb guard, from its header) or too small, then decode it."""
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageProblem(path, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels "

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from allstudy.images import MAX_PIXELS, MIN_SIDE, ImageProblem, read_rgb, to_rgb
+from allstudy.images import ImageProblem, check_image, read_rgb, to_rgb
 
 #: Keys model.json must have for prediction (see allstudy.modelcard.model_json).
 REQUIRED_KEYS = ("classes", "input_size", "input_mode", "temperature", "abstention")
@@ -89,17 +89,7 @@ def read_image(image) -> Image.Image:
             raise ImageProblem(None, f"an array must be (H, W), (H, W, 3) or (H, W, 4), not {image.shape}")
         image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     if isinstance(image, Image.Image):
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageProblem(None, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels "
-                                     f"exceeds the limit of {MAX_PIXELS:,}")
-        if min(width, height) < MIN_SIDE:
-            raise ImageProblem(None, f"too small: {width}x{height} px (a field needs at least {MIN_SIDE} px a side)")
-        try:
-            image.load()
-            return to_rgb(image)
-        except Exception as err:  # a lazily opened, damaged file
-            raise ImageProblem(None, f"truncated or corrupt image data: {err}") from None
+        return to_rgb(check_image(image))
     raise ImageProblem(None, f"cannot read a {type(image).__name__} as an image: pass a path, bytes, a binary file, "
                              "a PIL image or a uint8 array")
 

@@ -58,13 +58,23 @@ def test_best_epoch_is_chosen_by_validation_accuracy_then_earliest():
     assert _best_epoch([]) == 0
 
 
-def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(prepared, tmp_path):
+@pytest.fixture()
+def tiny_mobilenet_weights(tmp_path):
+    """A weights file for MobileNet alpha 0.25 at 64 px (random: what matters is the transfer path)."""
     import keras
 
     backbone = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(64, 64, 3),
                                             pooling="avg")
     weights = tmp_path / "mobilenet_tiny.weights.h5"
     backbone.save_weights(weights)
+    return weights
+
+
+def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(prepared, tmp_path,
+                                                                             tiny_mobilenet_weights):
+    import keras
+
+    weights = tiny_mobilenet_weights
     config = TrainConfig("mobilenet", weights=str(weights), alpha=0.25, input_size=64, head_epochs=3, epochs=2,
                          batch_size=16)
     result = train(config, prepared, tmp_path / "run", progress=False)
@@ -76,14 +86,11 @@ def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(pr
     assert result.params["weights_sha256"]
 
 
-def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(prepared, tmp_path):
+def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(prepared, tmp_path,
+                                                                            tiny_mobilenet_weights):
     import keras
 
-    backbone = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(64, 64, 3),
-                                            pooling="avg")
-    weights = tmp_path / "mobilenet_tiny.weights.h5"
-    backbone.save_weights(weights)
-    config = TrainConfig("mobilenet", weights=str(weights), alpha=0.25, input_size=64, head_epochs=2, epochs=0,
+    config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=2, epochs=0,
                          batch_size=16, tta_views=8, lr_schedule="cosine")
     result = train(config, prepared, tmp_path / "run", progress=False)
     assert list(result.history["stage"]) == ["head"] * 2
