@@ -116,3 +116,30 @@ def control_table(controls: dict[str, dict], chosen: dict) -> list[dict]:
                 next((d for m, d in CONTROL_RUNS.values() if m == mode), mode))
         rows.append(row(name, sees, entry))
     return rows
+
+
+def control_findings(summary: dict) -> list[str]:
+    """What the controls of a study's summary.json say, one Markdown bullet per finding."""
+    rows = summary.get("controls", {}).get("rows", [])
+
+    def accuracy(suffix: str) -> float | None:
+        return next((r["accuracy"] for r in rows if r["control"].endswith(suffix)), None)
+
+    colour, corner = accuracy("colour-statistics"), accuracy("scale-bar-corner")
+    original, background = accuracy("-original"), accuracy("-background")
+    mitigated, segmented = accuracy("-mitigated"), accuracy("-segmented")
+    lines = []
+    if colour is not None and corner is not None:
+        counts = summary["data"]["classes"]
+        lines.append(f"- Without looking at a single cell, colour statistics reach **{colour:.1%}** and the scale-bar "
+                     f"corner **{corner:.1%}** (the majority class alone: {max(counts.values()) / sum(counts.values()):.1%}).")
+    if original is not None and background is not None:
+        lines.append(f"- The chosen architecture scores **{background:.1%}** on the background alone, against "
+                     f"{original:.1%} on the whole field: that much of the task is solvable without the leukocytes.")
+    if original is not None and mitigated is not None:
+        lines.append(f"- The mitigation (stain normalisation, corner masked) gives **{mitigated:.1%}**, "
+                     f"{(mitigated - original) * 100:+.1f} points against the unmitigated single-view run.")
+    if original is not None and segmented is not None:
+        lines.append(f"- On the segmented leukocytes alone it scores **{segmented:.1%}** "
+                     f"({(segmented - original) * 100:+.1f} points): original vs segmented input.")
+    return lines

@@ -11,7 +11,7 @@ from PIL import Image
 
 from allstudy.atomic import write_csv, write_json
 from allstudy.compare import choose, comparison_table, evaluate_run, finished_runs, run_summary, summary
-from allstudy.controls import colour_features, control_table, corner_features, run_baseline
+from allstudy.controls import colour_features, control_findings, control_table, corner_features, run_baseline
 from allstudy.data import prepare
 from allstudy.modelcard import model_card, model_json
 
@@ -133,3 +133,13 @@ def test_control_table_puts_the_chosen_model_first(runs):
     rows = control_table({"control-x-background": entries["sequential"]}, entries["vgg16"])
     assert [r["control"] for r in rows] == ["chosen model", "control-x-background"]
     assert "masked out" in rows[1]["sees"]
+
+
+def test_control_findings_read_the_summary():
+    rows = [{"control": "chosen model", "accuracy": 0.99}, {"control": "control-colour-statistics", "accuracy": 0.95},
+            {"control": "control-scale-bar-corner", "accuracy": 0.75}, {"control": "control-x-original", "accuracy": 0.97},
+            {"control": "control-x-background", "accuracy": 0.96}, {"control": "control-x-mitigated", "accuracy": 0.98}]
+    lines = control_findings({"data": {"classes": {"a": 30, "b": 70}}, "controls": {"rows": rows}})
+    assert len(lines) == 3 and "**95.0%**" in lines[0] and "70.0%" in lines[0]
+    assert "**96.0%**" in lines[1] and "+1.0 points" in lines[2]
+    assert control_findings({"data": {}, "controls": {"rows": []}}) == []
