@@ -45,6 +45,8 @@ MAX_FILE_SIZE = "20mb"
 #: Prediction events running at once (the machine's cores are the model's), and waiting at most.
 CONCURRENCY = 2
 QUEUE_SIZE = 64
+#: Most files one batch request may hold (each is also under MAX_FILE_SIZE); `allstudy predict` takes any number.
+MAX_BATCH_FILES = 100
 #: Side of the field the segmentation view works on (the size its parameters are given for).
 VIEW_SIDE = 224
 TITLE = "allstudy: ALL classification of blood-smear fields (research use only)"
@@ -256,6 +258,15 @@ def api_row(row: dict) -> dict:
     return {"file": row["path"], **{k: v for k, v in row.items() if k != "path"}}
 
 
+def _batch_paths(paths) -> list:
+    """The uploaded files of a batch request, refused (gr.Error) beyond MAX_BATCH_FILES."""
+    paths = list(paths or [])
+    if len(paths) > MAX_BATCH_FILES:
+        raise _gradio().Error(f"{len(paths)} files in one request; the app takes at most {MAX_BATCH_FILES}. "
+                              "Send them in smaller batches, or use `python -m allstudy predict` for a folder.")
+    return paths
+
+
 def _names(paths: list) -> list[str]:
     return [Path(str(p)).name for p in paths]
 
@@ -321,7 +332,7 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
         """``/predict_batch``: image files → one row each (the columns of ``allstudy predict``)."""
         from allstudy.predict import prediction_row
 
-        paths = list(paths or [])
+        paths = _batch_paths(paths)
         return [api_row(prediction_row(p, predictor.classes, name))
                 for p, name in zip(predict_files(predictor, paths), _names(paths))]
 
@@ -330,7 +341,7 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
         from allstudy.atomic import write_csv
         from allstudy.predict import predictions_frame
 
-        paths = list(paths or [])
+        paths = _batch_paths(paths)
         if not paths:
             return None, gr.DownloadButton(visible=False)
         frame = predictions_frame(predict_files(predictor, paths), predictor.classes, _names(paths))

@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     from allstudy.study import run
 
     results = run(args.data, profile=args.profile, out=args.out, force=args.force, weights_dir=args.weights_dir,
-                  architectures=args.arch)
+                  architectures=args.arch, strategy=args.strategy)
     out = Path(args.out).resolve()
     print(f"\nThe study is done. The report: {out / 'report.html'}\n"
           f"Figures: {out / 'summary.json'}, {out / 'comparison.csv'}; chosen model: {out / 'models' / 'chosen'}\n"
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weights-dir", help=weights_help)
     run.add_argument("--arch", nargs="+", help="only these architectures (default: the profile's)")
     run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
+    run.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"],
+                     help="tf.distribute strategy of every training step (default: one device)")
     run.set_defaults(func=_run)
 
     predict = commands.add_parser("predict", help="classify image files with a model folder, into a CSV")

@@ -214,11 +214,12 @@ def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cach
 
 def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str | os.PathLike = "outputs",
         force: bool = False, weights_dir: str | os.PathLike | None = None,
-        architectures: list[str] | None = None) -> list[StepResult]:
+        architectures: list[str] | None = None, strategy: str | None = None) -> list[StepResult]:
     """Run the whole study (01 to 05, controls, report); return the executed steps.
 
     With no ``data``, the embedded synthetic default. Writes ``out/report.html``, ``out/summary.json``,
-    ``out/comparison.csv`` and ``out/models/chosen/``.
+    ``out/comparison.csv`` and ``out/models/chosen/``. ``strategy`` (mirrored, multiworker, tpu) is
+    the training notebooks' ``tf.distribute`` strategy; None: TensorFlow's default (one device).
     """
     from allstudy.controls import BASELINES, CONTROL_RUNS, run_baseline
 
@@ -229,6 +230,7 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     data_hash = prepared.info["data_hash"]
     weights_dir = str(Path(weights_dir).resolve()) if weights_dir else None
     base = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
+    training = {"strategy": strategy} if strategy else {}  # only when given: unchanged steps stay reused
     reference = reference_segmentation(prepared.root)
     results = [
         execute_notebook("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
@@ -240,7 +242,7 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     ]
     architectures = architectures or settings["architectures"]
     for arch in architectures:
-        results.append(execute_notebook("03_train", {**base, "arch": arch, "weights_dir": weights_dir},
+        results.append(execute_notebook("03_train", {**base, "arch": arch, "weights_dir": weights_dir, **training},
                                         out, data_hash, force=force, output_name=f"03_train-{arch}"))
     evaluation = {"out_dir": str(out), "n_resamples": settings["bootstrap_resamples"], "seed": settings["seed"]}
     for arch in architectures:
@@ -261,7 +263,7 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
         run_name = f"control-{chosen}-{suffix}"
         results.append(execute_notebook(
             "03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": run_name, "input_mode": mode,
-                         "tta_views": 1}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
+                         "tta_views": 1, **training}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
         controls.append(run_name)
 
     summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])

@@ -213,6 +213,45 @@ def test_uploads_over_the_size_limit_are_refused_and_the_server_goes_on(client, 
     assert _predict(client, field)["verdict"] in VERDICTS
 
 
+def test_batch_requests_over_the_file_limit_are_refused(client, field, monkeypatch):
+    from gradio_client import handle_file
+
+    import allstudy.app
+
+    monkeypatch.setattr(allstudy.app, "MAX_BATCH_FILES", 2)  # the app runs in this process
+    with pytest.raises(Exception, match="at most 2"):
+        client.predict([handle_file(str(field))] * 3, api_name="/predict_batch")
+    assert len(client.predict([handle_file(str(field))] * 2, api_name="/predict_batch")) == 2
+
+
+def _call(app, api_name: str, data: list) -> str:
+    """A raw HTTP call of an endpoint (what any client could send): the event stream's text."""
+    import httpx
+
+    base = app.local_url.rstrip("/") + "/gradio_api/call/" + api_name
+    event = httpx.post(base, json={"data": data}, timeout=30).json()["event_id"]
+    return httpx.get(f"{base}/{event}", timeout=60).text
+
+
+def test_a_path_outside_the_uploads_is_never_read_or_served(app, field, tmp_path):
+    """A client naming a server file instead of uploading one gets an error, not an answer; and no file outside
+    the uploads and the app's examples is served (Gradio checks both; allowed_paths is only the examples folder)."""
+    import httpx
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(field.read_bytes())  # a readable field: an answer would prove it was read
+    for api_name, data in (("predict", [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]),
+                           ("predict_batch", [[{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]])):
+        stream = _call(app, api_name, data)
+        assert "event: error" in stream and "not uploaded by a user" in stream and "verdict" not in stream, stream
+    assert "not uploaded by a user" in _call(app, "predict", [{"path": "../../../etc/passwd",
+                                                               "meta": {"_type": "gradio.FileData"}}])
+    for path in (secret, Path(__file__), ROOT / "pyproject.toml"):
+        response = httpx.get(app.local_url.rstrip("/") + f"/gradio_api/file={path}", timeout=30)
+        assert response.status_code in (403, 404), (path, response.status_code)
+    assert app.allowed_paths == [str(app.allstudy_dir)]
+
+
 def test_serve_command_line():
     from allstudy.cli import build_parser
 

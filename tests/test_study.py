@@ -29,7 +29,9 @@ def test_notebooks_are_committed_clean():
         notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         code = [c for c in notebook.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
-        assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell must be tagged parameters"
+        # the Colab set-up cell (a no-op outside Colab, see tests/test_colab.py), then the parameters
+        assert "colab-setup" in code[0].metadata.get("tags", []), f"{name}: first code cell must be the set-up cell"
+        assert "parameters" in code[1].metadata.get("tags", []), f"{name}: second code cell must be tagged parameters"
 
 
 def test_every_step_executes_without_error_and_renders(study):

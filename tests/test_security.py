@@ -1,0 +1,80 @@
+"""The security properties the README's Security section lists that are checked statically (fast, no model):
+exact dependency pins, safe-mode model loading everywhere, the app's loopback default. The app's runtime
+properties (upload size and count limits, no path outside the uploads) are in test_app.py."""
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[0-9][0-9A-Za-z.+!-]*(\s*;.+)?$")
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_every_dependency_is_an_exact_pin():
+    project = _pyproject()
+    requirements = [*project["build-system"]["requires"], *project["project"]["dependencies"],
+                    *(r for extra in project["project"]["optional-dependencies"].values() for r in extra)]
+    loose = [r for r in requirements if not EXACT.match(r.strip())]
+    assert not loose, f"not pinned with ==: {loose}"
+
+
+def test_the_gpu_build_is_the_same_tensorflow_and_environment_yml_installs_it():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    version = {r.split("==")[1].split(";")[0].strip() for r in extras["cpu"] if r.startswith(("tensorflow-cpu==", "tensorflow=="))}
+    assert extras["gpu"] == [f"tensorflow[and-cuda]=={version.pop()}"] and not version
+    environment = (ROOT / "environment.yml").read_text(encoding="utf-8")
+    assert re.search(r"^\s*- -e \.\[gpu(,dev)?\]\s*$", environment, re.MULTILINE), "environment.yml must install .[gpu]"
+    python = re.search(r"^\s*- python=(3\.\d+)\s*$", environment, re.MULTILINE).group(1)
+    assert 10 <= int(python.split(".")[1]) <= 13  # within requires-python
+
+
+def _load_model_calls(source: str, where: str) -> list[tuple[str, bool]]:
+    calls = []
+    for node in ast.walk(ast.parse(source, where)):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name == "load_model":
+                safe = any(k.arg == "safe_mode" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                calls.append((f"{where}:{node.lineno}", safe))
+    return calls
+
+
+def test_every_model_load_uses_safe_mode():
+    """keras.saving.load_model / keras.models.load_model: safe_mode=True, written out, in the package, the app,
+    the benchmarks and every notebook (a .keras file with a Lambda layer cannot run code when loaded)."""
+    calls = []
+    for path in [*(ROOT / "allstudy").glob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]:
+        calls += _load_model_calls(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    for path in (ROOT / "notebooks").glob("*.ipynb"):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code":
+                calls += _load_model_calls(cell.source, f"{path.name} cell {i}")
+    assert len(calls) >= 5, calls  # the Predictor, the guard, evaluation, training, models, 04_evaluate
+    assert all(safe for _, safe in calls), [where for where, safe in calls if not safe]
+
+
+def test_no_pickle_loading_in_the_package():
+    for path in (ROOT / "allstudy").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"allow_pickle\s*=\s*True|\bpickle\.loads?\(|\bjoblib\.load\(", text), path.name
+
+
+def test_the_app_serves_loopback_without_a_public_link_unless_asked():
+    from allstudy import app
+    from allstudy.cli import build_parser
+
+    defaults = inspect.signature(app.launch).parameters
+    assert app.HOST == "127.0.0.1" and defaults["host"].default == app.HOST and defaults["share"].default is False
+    assert build_parser().parse_args(["serve"]).share is False
+    assert app.MAX_FILE_SIZE == "20mb" and app.MAX_BATCH_FILES == 100
