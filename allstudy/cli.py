@@ -116,6 +116,22 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from allstudy.export import export_model
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, not {args.limit}")
+    report = export_model(args.model, args.format, args.out, split_csv=args.split_csv, data=args.data,
+                          batch_size=args.batch_size, limit=args.limit, quiet=args.quiet)
+    out = Path(args.out)
+    for row in report["variants"]:
+        print(f"{out / row['file']}: {row['file_bytes'] / 1e6:.2f} MB; on {row['n_images']} test fields argmax "
+              f"agreement {row['argmax_agreement']:.4f}, max |dp| {row['max_abs_diff']:.2e}, accuracy "
+              f"{row['test_accuracy']:.2%} (Keras {row['keras_test_accuracy']:.2%}, {row['accuracy_change_pp']:+.2f} pp)")
+    print(f"wrote {out / 'parity.json'} ({report['seconds']['total']:.0f} s)")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from allstudy.app import launch
 
@@ -200,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     predict.set_defaults(func=_predict)
+
+    export = commands.add_parser("export", help="export a model folder to TFLite or ONNX, checked on its test split")
+    export.add_argument("--model", required=True, help="model folder (model.keras, model.json), e.g. outputs/models/chosen")
+    export.add_argument("--format", required=True, choices=["tflite", "onnx"],
+                        help="tflite: model.tflite (float) and model_dynamic.tflite (dynamic-range int8); onnx: model.onnx")
+    export.add_argument("--out", required=True, help="folder to write the export, model.json and parity.json into")
+    export.add_argument("--split-csv", help="the splits.csv of the study that trained the model (default: "
+                        "OUTDIR/data/splits.csv for a model in OUTDIR/models/chosen)")
+    export.add_argument("--data", help="dataset folder the split's paths are relative to (default: the one recorded "
+                        "in data.json or model.json)")
+    export.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    export.add_argument("--limit", type=int, help="check only the first N test fields (a quick look)")
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    export.set_defaults(func=_export)
 
     serve = commands.add_parser("serve", help="start the Gradio app on 127.0.0.1 (API: /predict, /predict_batch)")
     serve.add_argument("--model", default="outputs/models/chosen", help="model folder (default: %(default)s); "
