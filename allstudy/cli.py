@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import sys
 from collections import Counter
@@ -240,18 +242,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_under(path: Path, folder: Path) -> bool:
+    try:
+        path = path.resolve()
+    except OSError:
+        return False
+    return path == folder or folder in path.parents
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def os_error_message(err: OSError, out: str | None = None) -> str:
+    """One line for an OSError; a full disk or a folder that cannot be written says what to do."""
+    path = Path(err.filename) if err.filename else None
+    folder = Path(out).resolve() if out else None
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = folder if path is None or (folder is not None and _is_under(path, folder)) else path.parent
+        return (f"no space left on the disk of {where} ({err.strerror}); free some space or pass an --out folder on "
+                "another disk, then run the same command again: finished steps are kept")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path is not None:
+        if (folder is not None and _is_under(path, folder)) or not _exists(path):
+            where = path.parent
+            return (f"cannot write in {where} ({err.strerror}); make it writable (e.g. chmod u+w '{where}') "
+                    "or pass another --out folder")
+        return f"cannot read {path} ({err.strerror}); check its permissions"
+    return f"{err.filename or ''} {err.strerror or err}".strip()
+
+
+@contextlib.contextmanager
+def _holding_output(args: argparse.Namespace):
+    """``run`` holds its output folder alone and ``train`` beside other ``train`` commands (see
+    :func:`allstudy.study.output_lock`); each first removes what writers killed mid-write left there."""
+    if args.command not in ("run", "train"):
+        yield
+        return
+    from allstudy.study import output_lock, remove_stale_temporaries
+
+    with output_lock(args.out, shared=args.command == "train") as out:
+        remove_stale_temporaries(out if args.command == "run" else out / "runs" / (args.run_name or args.arch))
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status. Errors are one line naming what to fix."""
     from allstudy.models import WeightsUnavailable
+    from allstudy.study import StudyError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError, WeightsUnavailable) as err:
+        with _holding_output(args):
+            return args.func(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError, WeightsUnavailable, StudyError) as err:
         print(f"allstudy: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"allstudy: error: {err.filename or ''} {err.strerror or err}".strip(), file=sys.stderr)
+        print(f"allstudy: error: {os_error_message(err, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("allstudy: interrupted; run the same command again to resume", file=sys.stderr)

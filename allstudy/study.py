@@ -7,9 +7,12 @@ last successful execution is skipped. Every file is written atomically, so a kil
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 from allstudy.atomic import atomic_path, read_json, write_json, write_text
 from allstudy.data import PreparedData, prepare
 from allstudy.profiles import get_profile, train_config
-from allstudy.provenance import code_version
+from allstudy.provenance import code_version, package_versions
 from allstudy.synthetic import generate_dataset
 
 #: The notebooks folder of the package's source tree (the notebooks are not installed as data).
@@ -85,13 +88,39 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
     start = time.perf_counter()
     print(f"{name}: executing with {parameters}")
     target.parent.mkdir(parents=True, exist_ok=True)
+    failed = target.with_name(f"{name}.failed.ipynb")
     with atomic_path(target) as tmp:
-        papermill.execute_notebook(str(source), str(tmp), parameters=parameters, cwd=str(NOTEBOOKS),
-                                   progress_bar=True, kernel_name="python3")
+        try:
+            papermill.execute_notebook(str(source), str(tmp), parameters=parameters, cwd=str(NOTEBOOKS),
+                                       progress_bar=True, kernel_name="python3")
+        except papermill.PapermillExecutionError as err:
+            with contextlib.suppress(OSError):
+                os.replace(tmp, failed)  # keep the executed copy with its traceback for the user
+            raise step_error(name, err, failed) from None
+    failed.unlink(missing_ok=True)
     write_text(html, render_html(target))
     seconds = time.perf_counter() - start
     write_json(stamp_path, {"stamp": stamp, "seconds": round(seconds, 1), "parameters": parameters})
     return StepResult(name, target, html, False, seconds)
+
+
+class StudyError(RuntimeError):
+    """A step of the study that cannot go on, in one line: what failed, where to look, what to do."""
+
+
+#: An OSError as a notebook's error value shows it: ``[Errno 28] No space left on device: '/x/y'``.
+_ERRNO_VALUE = re.compile(r"^\[Errno (\d+)\] (.+?)(?:: '(.*?)')?(?: -> '.*')?$")
+#: Errors of the disk or the folder, not of the step: the user's to fix, told as the CLI tells any OSError.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def step_error(name: str, err, failed: Path) -> Exception:
+    """The error to raise for a notebook that failed: its OSError when the disk is full or a folder cannot be
+    written (so the user is told what to do), else a :class:`StudyError` naming the step and its executed copy."""
+    match = _ERRNO_VALUE.match(str(err.evalue or "").strip())
+    if match and int(match[1]) in DISK_ERRNOS:
+        return OSError(int(match[1]), match[2], match[3])
+    return StudyError(f"step {name} failed with {err.ename}: {err.evalue}; its traceback is in {failed}")
 
 
 def _without_stderr(cell):
@@ -149,6 +178,7 @@ def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, p
     """
     from allstudy.train import train
 
+    deterministic_ops()
     prepared = prepare_study_data(data, out, profile, progress=False)
     config = train_config(profile, arch, **overrides)
     return train(config, prepared, Path(out) / "runs" / (run_name or arch), cache_dir=Path(out) / "cache",
@@ -181,6 +211,8 @@ def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], c
                                   for name, path in control_dirs.items()}, run_summary(evaluations[chosen], params[chosen]))
     info = data_provenance(prepared.info)
     result = summary(info, evaluations, params, chosen, {"rows": control_rows})
+    result["provenance"] = {"data_hash": info.get("data_hash"), "code_version": code_version(),
+                            "packages": package_versions()}
     write_json(out / "summary.json", result)
     write_csv(comparison_table(result), out / "comparison.csv")
     write_model_dir(found[chosen], out / "models" / "chosen", chosen, params[chosen], evaluations[chosen], info,
@@ -273,3 +305,56 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
                                                   title="allstudy report"))
     print(f"study complete in {time.perf_counter() - started:.0f} s: {out / 'report.html'}")
     return results
+
+
+def deterministic_ops() -> bool:
+    """Make TensorFlow's ops deterministic when no GPU is visible, so that a seeded run repeats to the bit.
+
+    Without it the augmentation's random ops, run in parallel by tf.data, draw in a different order each
+    time and two runs of the same seed differ by several points on the quick profile. On a CPU it costs
+    little; on a GPU deterministic kernels are slower or missing, so GPU runs are left as they are.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
+
+
+#: The name :func:`allstudy.atomic.atomic_path` gives its temporary file: ``.<stem>.<8 random chars>.tmp<suffix>``.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9_]+)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left under ``folder``; return them.
+
+    Only for a folder that no other process is writing to (see :func:`output_lock`).
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, shared: bool = False):
+    """Hold an output folder for one command: ``run`` alone (exclusive), ``train`` beside other ``train``
+    commands (``shared``). Another command holding it is a :class:`StudyError`; the lock ends with the
+    process, however it ends. Where the file system has no locks (Windows, some network mounts) it is a no-op.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".allstudy.lock", "a", encoding="utf-8") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyError(f"another allstudy command is writing to {out}; wait until it ends, "
+                             "or pass another --out folder") from None
+        except (ImportError, OSError):
+            pass  # no advisory locks here: one command per folder is then the user's care
+        yield out
