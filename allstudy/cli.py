@@ -290,14 +290,19 @@ def _holding_output(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status. Errors are one line naming what to fix."""
-    from allstudy.models import WeightsUnavailable
     from allstudy.study import StudyError
 
     args = build_parser().parse_args(argv)
     try:
         with _holding_output(args):
             return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, WeightsUnavailable, StudyError) as err:
+    except (FileNotFoundError, NotADirectoryError, ValueError, StudyError) as err:
+        print(f"allstudy: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        models = sys.modules.get("allstudy.models")  # not imported here: it would load TensorFlow for every command
+        if models is None or not isinstance(err, models.WeightsUnavailable):
+            raise
         print(f"allstudy: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -205,13 +205,34 @@ def build_model(name: str, n_classes: int, input_size: int | None = None, weight
     # Pretrained: called with training=False, and (since Keras 3 passes the outer call's training flag
     # down anyway) made deterministic by _inference_mode. From scratch, BatchNorm must learn.
     features = backbone(x, training=False) if pretrained else backbone(x)
-    head = keras.Sequential([keras.Input((features.shape[-1],)), keras.layers.Dropout(dropout, name="dropout"),
+    # The head standardises the pooled features (adapted on the training features by allstudy.train):
+    # backbone features differ in scale by orders of magnitude, and a linear softmax on them trains
+    # far better once they are centred and scaled, as for any logistic regression.
+    head = keras.Sequential([keras.Input((features.shape[-1],)), keras.layers.Normalization(name="standardise"),
+                             keras.layers.Dropout(dropout, name="dropout"),
                              keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
                                                 name="probabilities")], name="head")
     outputs = head(features)
     model = keras.Model(inputs, outputs, name=name)
     return Built(model, arch, size, resolved, features=keras.Model(inputs, features, name=f"{name}_features"),
                  head=head, backbone=backbone, info={"alpha": alpha if name == "mobilenet" else None})
+
+
+def copy_weights(source, target) -> None:
+    """``target.set_weights(source.get_weights())``, then refresh what adapted layers derive from their weights.
+
+    A Keras ``Normalization`` layer computes its mean and variance tensors from its variables only in
+    ``adapt`` and on loading (``finalize_state``); ``set_weights`` alone leaves the old ones in use.
+    """
+    import keras
+
+    target.set_weights(source.get_weights())
+    stack = list(target.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()
 
 
 def _inference_mode(backbone) -> None:

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from allstudy.atomic import atomic_path, cached_array, read_json, write_csv, write_json
 from allstudy.data import PreparedData
-from allstudy.models import DIHEDRAL_VIEWS, Built, build_model, dihedral, get_architecture, unfreeze_top, with_tta
+from allstudy.models import (DIHEDRAL_VIEWS, Built, build_model, copy_weights, dihedral, get_architecture,
+                             unfreeze_top, with_tta)
 from allstudy.pipeline import class_weights, load_images, make_dataset
 from allstudy.provenance import code_version, package_versions
 
@@ -189,7 +190,7 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
     best = _best_epoch(rows)
     if restore_best and rows and best != rows[-1]["epoch"] and (stage_dir / "best.keras").exists():
         print(f"{stage}: keeping the weights of epoch {best} (best validation accuracy)")
-        model.set_weights(keras.saving.load_model(stage_dir / "best.keras", safe_mode=True).get_weights())
+        copy_weights(keras.saving.load_model(stage_dir / "best.keras", safe_mode=True), model)
     for row in rows:
         row["best"] = row["epoch"] == best
     return model, rows
@@ -274,7 +275,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
                          config.colour_jitter),
             make_dataset(images["val"], onehot["val"], batch), config.epochs, work / stage, stage,
             weights, verbose, strategy, config.restore_best)
-        built.model.set_weights(trained.get_weights())
+        copy_weights(trained, built.model)
         return stage_rows
 
     features = None
@@ -288,6 +289,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         head_y = {s: np.tile(y, (len(views), 1)) for s, y in onehot.items()}
         steps = config.head_epochs * -(-len(head_x["train"]) // batch)
         with strategy.scope():
+            built.head.get_layer("standardise").adapt(head_x["train"])
             built.head.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum,
                                                     config.lr_schedule, steps),
                                loss="categorical_crossentropy", metrics=["accuracy"])
@@ -295,7 +297,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         head_val = make_dataset(head_x["val"], head_y["val"], batch)
         trained, head_rows = fit_resumable(built.head, head_data, head_val, config.head_epochs, work / "head", "head",
                                            weights, verbose, strategy, config.restore_best)
-        built.head.set_weights(trained.get_weights())
+        copy_weights(trained, built.head)
         rows += head_rows
         if config.epochs > 0:
             features = None  # the backbone changes: features no longer describe it
@@ -342,7 +344,7 @@ def _deployable(model):
     import keras
 
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy_weights(model, copy)
     return copy
 
 

@@ -18,6 +18,7 @@ from allstudy.models import (  # noqa: E402
     REGISTRY,
     WeightsUnavailable,
     build_model,
+    copy_weights,
     dihedral,
     get_architecture,
     resolve_weights,
@@ -503,3 +504,24 @@ def test_model_saves_and_loads_with_safe_mode(small_models, tmp_path, name):
         np.testing.assert_allclose(_preprocess_output(loaded, x), expected_preprocess, atol=1e-3)
     if name != "sequential":
         assert loaded.get_layer("backbone") and loaded.get_layer("head")
+
+
+def test_copy_weights_carries_an_adapted_normalization():
+    """set_weights alone leaves a Normalization layer on its old statistics; copy_weights does not."""
+    features = np.random.default_rng(0).normal(5.0, 3.0, (200, 6)).astype("float32")
+
+    def head():
+        return keras.Sequential([keras.Input((6,)), keras.layers.Normalization(name="standardise"),
+                                 keras.layers.Dense(2, activation="softmax")])
+
+    source, target = head(), head()
+    source.get_layer("standardise").adapt(features)
+    copy_weights(source, target)
+    np.testing.assert_allclose(target.predict(features, verbose=0), source.predict(features, verbose=0), atol=1e-6)
+    standardised = keras.Sequential(target.layers[:1])(features)
+    assert abs(float(np.mean(standardised))) < 1e-3 and abs(float(np.std(standardised)) - 1) < 1e-2
+
+
+def test_transfer_heads_standardise_their_features(small_models):
+    head = small_models("mobilenet").head
+    assert head.layers[0] is head.get_layer("standardise")
