@@ -289,42 +289,35 @@ def _browser_skip() -> str | None:
 def test_in_a_real_browser(app, tmp_path):
     """Chromium uploads a broken file (the verdict line says why), then a synthetic field: the label,
     Grad-CAM and segmentation appear; the batch tab gives a table and a CSV; a screenshot is saved."""
-    from playwright.sync_api import sync_playwright
-
-    from allstudy.browser import CHROMIUM
+    from allstudy.browser import open_page, show_prediction
+    from allstudy.classes import display_name
 
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     example = app.allstudy_dir / "examples" / "synthetic-Pro.jpg"
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     shown = "(s) => { const i = document.querySelector(s); return !!i && i.complete && i.naturalWidth > 0; }"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(app.local_url, wait_until="load", timeout=60_000)
-            page.locator("#upload input[type=file]").set_input_files(str(empty))
-            page.wait_for_function("() => document.querySelector('#verdict').innerText.includes('empty file')",
-                                   timeout=60_000)
-            assert "Cannot read this file" in page.inner_text("#verdict")
-            page.locator("#upload button[aria-label*=Clear]").first.click()
-            page.locator("#upload input[type=file]").set_input_files(str(example))
-            page.wait_for_function(shown, arg="#gradcam img", timeout=60_000)
-            page.wait_for_function(shown, arg="#segmentation img", timeout=60_000)
-            probabilities = page.inner_text("#probabilities")
-            assert all(name in probabilities for name in ("Benign (hematogones)", "Pro-B ALL", "Pre-B ALL"))
-            assert any(word in page.inner_text("#verdict") for word in ("Malignant", "Benign", "outside", "uncertain"))
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+    with open_page(app.local_url) as page:
+        page.locator("#upload input[type=file]").set_input_files(str(empty))
+        page.wait_for_function("() => document.querySelector('#verdict').innerText.includes('empty file')",
+                               timeout=60_000)
+        assert "Cannot read this file" in page.inner_text("#verdict")
+        page.locator("#upload button[aria-label*=Clear]").first.click()
+        answer = show_prediction(page, example, SCREENSHOT)   # label, verdict and Grad-CAM shown; screenshot
+        page.wait_for_function(shown, arg="#segmentation img", timeout=60_000)
+        assert answer["gradcam"] and answer["screenshot"] == str(SCREENSHOT)
+        probabilities = page.inner_text("#probabilities")
+        assert all(name in probabilities for name in ("Benign (hematogones)", "Pro-B ALL", "Pre-B ALL"))
+        assert set(answer["probabilities"]) == {display_name(c) for c in TALEQANI_CLASSES}
+        assert list(answer["probabilities"])[0] == answer["label"]
+        assert any(word in answer["verdict"] for word in ("Malignant", "Benign", "outside", "uncertain"))
 
-            page.get_by_role("tab", name="Batch").click()
-            page.locator("#batch input[type=file]").set_input_files([str(example), str(empty)])
-            page.get_by_role("button", name="Classify all").click()
-            page.get_by_role("button", name="Download CSV").wait_for(timeout=60_000)
-            table = page.inner_text("#table")
-            assert "synthetic-Pro.jpg" in table and "empty file" in table
-            page.get_by_role("tab", name="Model").click()
-            panel = page.inner_text("#model-panel")
-            assert "not a diagnostic device" in panel and "95 % CI" in panel and "lenet" in panel
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch input[type=file]").set_input_files([str(example), str(empty)])
+        page.get_by_role("button", name="Classify all").click()
+        page.get_by_role("button", name="Download CSV").wait_for(timeout=60_000)
+        table = page.inner_text("#table")
+        assert "synthetic-Pro.jpg" in table and "empty file" in table
+        page.get_by_role("tab", name="Model").click()
+        panel = page.inner_text("#model-panel")
+        assert "not a diagnostic device" in panel and "95 % CI" in panel and "lenet" in panel
     assert SCREENSHOT.stat().st_size > 10_000
