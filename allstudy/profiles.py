@@ -35,7 +35,7 @@ _TRANSFER_CPU = {"weights": "imagenet", "head_epochs": 30, "epochs": 0, "batch_s
 _CPU = {
     "sequential": {"weights": None, "input_size": 150, "epochs": 20, "batch_size": 32, "learning_rate": 3e-4,
                    "lr_schedule": "cosine", "tta_views": 8},
-    "lenet": {"weights": None, "input_size": 150, "epochs": 30, "batch_size": 32, "learning_rate": 1e-3,
+    "lenet": {"weights": None, "input_size": 150, "epochs": 45, "batch_size": 32, "learning_rate": 1e-3,
               "lr_schedule": "cosine", "tta_views": 8},
     "vgg16": {"weights": None, "input_size": 48, "epochs": 6, "batch_size": 32, "learning_rate": 2e-4,
               "lr_schedule": "cosine", "tta_views": 8},
