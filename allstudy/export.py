@@ -25,6 +25,7 @@ for ``OUTDIR/models/chosen`` (or ``--split-csv``); the images from the root reco
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -142,16 +143,44 @@ def forward_function(model, input_size: int):
     single = single_view(model)
     views = [layer for layer in model.layers if isinstance(layer, Dihedral)]
     spec = tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name="image")
-    if single is model or not views:
-        return tf.function(lambda image: model(image, training=False), input_signature=[spec], autograph=False)
+    tta = single is not model and bool(views)
 
     def forward(image):
-        n = tf.shape(image)[0]
-        stacked = tf.concat([tf.reshape(view(image), (-1, input_size, input_size, 3)) for view in views], axis=0)
-        probabilities = single(stacked, training=False)
-        return tf.reduce_mean(tf.reshape(probabilities, (len(views), n, -1)), axis=0)
+        with _statistics_from_variables(model):
+            if not tta:
+                return model(image, training=False)
+            n = tf.shape(image)[0]
+            stacked = tf.concat([tf.reshape(view(image), (-1, input_size, input_size, 3)) for view in views], axis=0)
+            probabilities = single(stacked, training=False)
+            return tf.reduce_mean(tf.reshape(probabilities, (len(views), n, -1)), axis=0)
 
     return tf.function(forward, input_signature=[spec], autograph=False)  # no Python control flow to convert
+
+
+@contextlib.contextmanager
+def _statistics_from_variables(model):
+    """While tracing: adapted ``Normalization`` layers compute their mean and variance from their variables.
+
+    Keras keeps them as eager tensors derived from the variables; a traced function would capture
+    those as extra inputs, which tf2onnx leaves as unfed graph inputs. Derived inside the graph, they
+    are frozen with the weights. The eager tensors are put back afterwards.
+    """
+    import keras
+
+    layers, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.Normalization) and layer.built and layer.input_mean is None:
+            layers.append(layer)
+    saved = [(layer.mean, layer.variance) for layer in layers]
+    for layer in layers:
+        layer.finalize_state()
+    try:
+        yield
+    finally:
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.mean, layer.variance = mean, variance
 
 
 def to_tflite(model, function, quantize: tuple[bool, ...] = (False, True)) -> list[bytes]:

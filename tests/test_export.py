@@ -174,3 +174,29 @@ def test_bad_input_gives_a_clear_error(study, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown export format 'coreml'.*tflite, onnx"):
         export_model(study["chosen"], "coreml", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_adapted_normalization_is_frozen_into_both_formats(tmp_path):
+    """The transfer heads standardise their features with an adapted Keras Normalization, whose statistics
+    are eager tensors: the exported graphs must carry them, not ask for them as inputs."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    from allstudy.export import ONNXRunner, TFLiteRunner, forward_function, to_onnx, to_tflite
+    from allstudy.models import with_tta
+
+    keras.utils.set_random_seed(0)
+    standardise = keras.layers.Normalization(name="standardise")
+    standardise.adapt(np.random.default_rng(0).normal(80.0, 20.0, (64, 3)).astype("float32"))
+    head = keras.Sequential([keras.Input((3,)), standardise, keras.layers.Dense(4, activation="softmax")], name="head")
+    image = keras.Input((SIZE, SIZE, 3))
+    model = with_tta(keras.Model(image, head(keras.layers.GlobalAveragePooling2D()(image)), name="tiny"), 8)
+    images = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    function = forward_function(model, SIZE)
+    to_onnx(function, tmp_path / "model.onnx")
+    (tmp_path / "model.tflite").write_bytes(to_tflite(model, function, quantize=(False,))[0])
+    for runner in (ONNXRunner(tmp_path / "model.onnx"), TFLiteRunner(tmp_path / "model.tflite")):
+        np.testing.assert_allclose(runner(images), expected, atol=1e-5)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-6)  # eager use unharmed
