@@ -13,6 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +150,78 @@ def screenshot_prediction(url: str, image: str | os.PathLike, screenshot: str | 
     timeout_ms = int(timeout_s * 1000)
     with open_page(url, timeout_ms) as page:
         return show_prediction(page, image, screenshot, timeout_ms)
+
+
+# ------------------------------------------------------------------------ an executed notebook in JupyterLab
+
+#: The notebook's outputs have rendered: at least one output area, and every image in them has loaded.
+_NOTEBOOK_SHOWN = """() => {
+    const images = Array.from(document.querySelectorAll('.jp-OutputArea-output img'));
+    return document.querySelectorAll('.jp-OutputArea-output').length > 0 && images.length > 0
+        && images.every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(root: str | os.PathLike, timeout_s: float = 120):
+    """A JupyterLab server on 127.0.0.1 serving ``root`` (no token: loopback only, for the check); yields its URL."""
+    port = _free_port()
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+               f"--ServerApp.root_dir={Path(root).resolve()}", "--IdentityProvider.token=", "--allow-root"]
+    with tempfile.TemporaryDirectory(prefix="allstudy-jupyter-") as home:
+        env = {**os.environ, "JUPYTER_CONFIG_DIR": home, "JUPYTER_RUNTIME_DIR": home}
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/api/status", timeout=5):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"JupyterLab did not start: {' '.join(command)}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def open_in_jupyterlab(notebook: str | os.PathLike, screenshot: str | os.PathLike, timeout_s: float = 180) -> dict:
+    """Open an executed notebook in JupyterLab (headless Chromium) and screenshot it once its outputs render.
+
+    Returns what a reader sees: the number of output areas, of images in them and of those that failed
+    to render, the number of tables, and whether an error output is shown.
+    """
+    from playwright.sync_api import sync_playwright
+
+    notebook = Path(notebook).resolve()
+    Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+    with jupyterlab(notebook.parent, timeout_s) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(f"{url}/lab/tree/{urllib.parse.quote(notebook.name)}", wait_until="load",
+                      timeout=timeout_s * 1000)
+            page.wait_for_function(_NOTEBOOK_SHOWN, timeout=timeout_s * 1000)
+            seen = page.evaluate("""() => {
+                const images = Array.from(document.querySelectorAll('.jp-OutputArea-output img'));
+                return {outputs: document.querySelectorAll('.jp-OutputArea-output').length, images: images.length,
+                        broken: images.filter(i => !i.complete || i.naturalWidth === 0).length,
+                        tables: document.querySelectorAll('.jp-OutputArea-output table').length,
+                        errors: document.querySelectorAll('.jp-OutputArea-output[data-mime-type*="error"]').length};
+            }""")
+            page.screenshot(path=str(screenshot))
+            return {**seen, "screenshot": str(screenshot)}
+        finally:
+            browser.close()

@@ -100,6 +100,19 @@ def test_the_report_renders_in_a_real_browser(study):
     assert "Chosen model" in page["text"] and screenshot.stat().st_size > 50_000
 
 
+def test_an_executed_notebook_opens_in_jupyterlab_with_its_results(study):
+    from allstudy.browser import open_in_jupyterlab, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    out, _ = study
+    screenshot = Path(__file__).resolve().parents[1] / "outputs" / "screenshots" / "jupyterlab-quick.png"
+    seen = open_in_jupyterlab(out / "notebooks" / "04_evaluate-lenet.ipynb", screenshot)
+    assert seen["outputs"] > 0 and seen["images"] > 0 and seen["broken"] == 0 and seen["errors"] == 0
+    assert screenshot.stat().st_size > 20_000
+
+
 def test_summary_agrees_with_the_runs_predictions(study):
     from sklearn.metrics import f1_score
 
