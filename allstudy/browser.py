@@ -206,6 +206,8 @@ def open_in_jupyterlab(notebook: str | os.PathLike, screenshot: str | os.PathLik
     from playwright.sync_api import sync_playwright
 
     notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise FileNotFoundError(f"no notebook at {notebook}; run the study first (allstudy run)")
     Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
     with jupyterlab(notebook.parent, timeout_s) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
