@@ -158,6 +158,8 @@ def model_panel(info: dict) -> str:
         + (f" (chosen for {_pct(abstention.get('target_accuracy'))} accuracy; test coverage "
            f"{_pct(abstention.get('test_coverage'))})" if abstention.get("target_accuracy") is not None else "") + ".",
         f"- Out-of-distribution check: {_escape(str(info.get('ood')))}.",
+        f"- Runs on: {_escape(str(info.get('runtime_note', info.get('runtime', 'keras'))))}; Grad-CAM from the "
+        "Keras model.",
         f"- Model file saved {date}; folder `{info['model_dir']}`.", "",
         f"## Test metrics ({test.get('n', '?')} held-out fields)",
         "| metric | value | 95 % CI |", "|---|---|---|",

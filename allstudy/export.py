@@ -130,12 +130,15 @@ def find_test_split(model_dir: str | os.PathLike, meta: dict, split_csv: str | o
 # --------------------------------------------------------------------------------- the graph
 
 
-def forward_function(model, input_size: int):
+def forward_function(model, input_size: int, embedding: bool = False):
     """The model's forward pass as a ``tf.function`` of one input, float32 (None, S, S, 3), named ``image``.
 
     For a :func:`allstudy.models.with_tta` model: each of its Dihedral views of the batch, stacked on the
     batch axis, through its single-view network once, averaged per image. Otherwise the model itself.
+    It returns the probabilities; with ``embedding``, a dict of them and of the out-of-distribution
+    guard's embedding (:func:`allstudy.ood.embedding_model`, pooled) of the identity view, from the same pass.
     """
+    import keras
     import tensorflow as tf
 
     from allstudy.models import Dihedral, single_view
@@ -144,15 +147,27 @@ def forward_function(model, input_size: int):
     views = [layer for layer in model.layers if isinstance(layer, Dihedral)]
     spec = tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name="image")
     tta = single is not model and bool(views)
+    network = single if tta else model
+    identity = [view.k for view in views].index(0) if tta else 0  # where the unturned view sits in the stack
+    if embedding:
+        from allstudy.ood import embedding_model, pooled
+
+        network = keras.Model(network.inputs[0], [network.outputs[0], embedding_model(model)[0].outputs[0]])
 
     def forward(image):
         with _statistics_from_variables(model):
-            if not tta:
-                return model(image, training=False)
             n = tf.shape(image)[0]
-            stacked = tf.concat([tf.reshape(view(image), (-1, input_size, input_size, 3)) for view in views], axis=0)
-            probabilities = single(stacked, training=False)
-            return tf.reduce_mean(tf.reshape(probabilities, (len(views), n, -1)), axis=0)
+            batch = image
+            if tta:
+                batch = tf.concat([tf.reshape(view(image), (-1, input_size, input_size, 3)) for view in views], 0)
+            outputs = network(batch, training=False)
+            probabilities, features = outputs if embedding else (outputs, None)
+            probabilities = tf.cast(probabilities, tf.float32)
+            if tta:
+                probabilities = tf.reduce_mean(tf.reshape(probabilities, (len(views), n, -1)), axis=0)
+            if not embedding:
+                return probabilities
+            return {"probabilities": probabilities, "embedding": pooled(features[identity * n:(identity + 1) * n])}
 
     return tf.function(forward, input_signature=[spec], autograph=False)  # no Python control flow to convert
 
@@ -344,7 +359,7 @@ def export_model(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
                 raise ExportUnavailable(f"ONNX export needs tf2onnx, onnx and onnxruntime ({err}); install them "
                                         "with pip install -e '.[export]'") from None
     started = time.perf_counter()
-    predictor = Predictor(model_dir, batch_size=batch_size)
+    predictor = Predictor(model_dir, batch_size=batch_size, runtime="keras")  # the reference is Keras
     meta, size = predictor.meta, predictor.input_size
     split = find_test_split(model_dir, meta, split_csv, data)
     paths, labels = split.paths[:limit or None], split.labels[:limit or None]

@@ -13,9 +13,14 @@ optionally, ``ood.json`` (an :class:`allstudy.ood.OODGuard`). The answer's ``ver
 * ``uncertain`` when the calibrated confidence is below model.json's abstention threshold;
 * otherwise ``malignant`` (any B-ALL subtype) or ``benign``.
 
-The forward pass is one ``tf.function`` with a fixed input signature, traced and warmed up when the
-Predictor is made; it returns the probabilities and, with a guard, the model's embedding in the same
-call.
+The forward pass returns the probabilities and, with a guard, the model's embedding in the same call,
+and is warmed up when the Predictor is made. It runs in one of two runtimes (``runtime``):
+
+* ``tflite``: the folder's ``serving.tflite`` in LiteRT (:mod:`allstudy.serving`), when its
+  ``serving.json`` vouches for it and for this model.keras; the default on a CPU when present;
+* ``keras``: :func:`allstudy.export.forward_function` of the Keras model, one ``tf.function`` with a
+  fixed input signature (the test-time views stacked on the batch axis, one pass); always used for
+  Grad-CAM, and when a GPU is visible.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from allstudy.images import ImageProblem, check_image, read_rgb, to_rgb
 #: Keys model.json must have for prediction (see allstudy.modelcard.model_json).
 REQUIRED_KEYS = ("classes", "input_size", "input_mode", "temperature", "abstention")
 VERDICTS = ("benign", "malignant", "uncertain", "out-of-distribution")
+RUNTIMES = ("auto", "keras", "tflite")
 UNCERTAIN_MESSAGE = "uncertain: refer for expert review"
 OOD_MESSAGE = "outside what this model was trained on"
 _RUN_FIRST = "run `python -m allstudy run` first (it writes OUTDIR/models/chosen/), or pass --model a model folder"
@@ -110,16 +116,21 @@ class Predictor:
     """The model of a model folder, ready to answer (see the module docstring).
 
     ``gradcam`` adds a Grad-CAM overlay of the single-view model to each answer; ``batch_size`` is
-    the batch :meth:`predict_batch` uses by default (the forward pass is warmed up with it).
+    the batch :meth:`predict_batch` uses by default (the forward pass is warmed up with it); ``runtime``
+    is ``auto`` (``tflite`` when the folder's serving file is vouched for and no GPU is visible, else
+    ``keras``), ``keras`` or ``tflite`` (an error when the serving file cannot be used).
     """
 
-    def __init__(self, model_dir: str | os.PathLike, gradcam: bool = False, batch_size: int = 32):
+    def __init__(self, model_dir: str | os.PathLike, gradcam: bool = False, batch_size: int = 32,
+                 runtime: str = "auto"):
         import keras
         import tensorflow as tf
 
         from allstudy.atomic import read_json
         from allstudy.models import single_view  # importing it registers the Dihedral layer for loading
 
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         folder = Path(model_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} does not exist; {_RUN_FIRST}")
@@ -161,7 +172,7 @@ class Predictor:
                 raise ValueError(f"{folder / 'ood.json'} was fitted for {self.guard.input_size}-px "
                                  f"{self.guard.input_mode} inputs, the model takes {self.input_size}-px "
                                  f"{self.input_mode} ones; fit the guard again (allstudy.ood.fit_guard)")
-        self._build_forward(tf)
+        self._build_forward(tf, runtime)
         self._explainer = None
         if gradcam:
             from allstudy.explain import gradcam_for
@@ -171,39 +182,51 @@ class Predictor:
 
     # ------------------------------------------------------------------ the hot path
 
-    def _build_forward(self, tf) -> None:
-        """The forward pass as one tf.function of fixed signature, traced and warmed up here."""
-        from allstudy.models import single_view
+    def _build_forward(self, tf, runtime: str) -> None:
+        """The forward pass in the chosen runtime, warmed up here at batch 1 and at the default batch size."""
+        from allstudy.export import forward_function
+        from allstudy.serving import load_serving
 
-        self.traces = 0
-        from allstudy.ood import embedding_model, pooled
-
-        model, embed, combined, dim = self.model, None, None, 0
-        if self.guard is not None:
-            import keras
-
-            embed = embedding_model(model)[0]
-            if single_view(model) is model:  # one pass gives both
-                combined = keras.Model(model.inputs[0], [model.outputs[0], embed.outputs[0]])
-            dim = int(self.guard.embedding.mean.shape[0])
-
-        def forward(images):
-            self.traces += 1
-            if combined is not None:
-                probabilities, features = combined(images, training=False)
+        self._serving, self.runtime_note = None, "Keras, one compiled tf.function"
+        if runtime != "keras":
+            gpu = bool(tf.config.list_physical_devices("GPU"))
+            runner, why = load_serving(self.model_dir) if runtime == "tflite" or not gpu else (None, "a GPU is visible")
+            if runner is None and runtime == "tflite":
+                raise ValueError(f"runtime 'tflite' is not available: {why}")
+            if runner is not None:
+                self._serving, self.runtime_note = runner, why
             else:
-                probabilities = model(images, training=False)
-                features = embed(images, training=False) if embed is not None else None
-            features = pooled(features) if features is not None else tf.zeros((tf.shape(images)[0], 0))
-            return tf.cast(probabilities, tf.float32), features
+                self.runtime_note += f" ({why})"
+        self.runtime = "keras" if self._serving is None else "tflite"
+        embedding = self.guard is not None
+        function = self._keras_function = forward_function(self.model, self.input_size, embedding=embedding)
 
-        self._forward = tf.function(forward, input_signature=[
-            tf.TensorSpec((None, self.input_size, self.input_size, 3), tf.float32)])
+        def keras_forward(images):
+            out = function(images)
+            if embedding:
+                return out["probabilities"].numpy(), out["embedding"].numpy()
+            return out.numpy(), np.zeros((len(images), 0), np.float32)
+
+        self._keras_forward = keras_forward
         for n in sorted({1, self.batch_size}):
-            _, features = self._forward(tf.zeros((n, self.input_size, self.input_size, 3)))
-        if self.guard is not None and features.shape[-1] != dim:
-            raise ValueError(f"{self.model_dir / 'ood.json'} was fitted on {dim}-dimensional embeddings, the model "
-                             f"gives {features.shape[-1]}; fit the guard again for this model")
+            _, features = self._run(np.zeros((n, self.input_size, self.input_size, 3), np.float32))
+        if embedding:
+            dim = int(self.guard.embedding.mean.shape[0])
+            if features.shape[-1] != dim:
+                raise ValueError(f"{self.model_dir / 'ood.json'} was fitted on {dim}-dimensional embeddings, the "
+                                 f"model gives {features.shape[-1]}; fit the guard again for this model")
+
+    @property
+    def traces(self) -> int:
+        """How often the Keras forward pass was traced (once, with its fixed input signature)."""
+        return int(self._keras_function.experimental_get_tracing_count())
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, embeddings) of one batch in the Predictor's runtime."""
+        if self._serving is None:
+            return self._keras_forward(batch)
+        probabilities, features = self._serving(batch)
+        return probabilities, features if self.guard is not None else np.zeros((len(batch), 0), np.float32)
 
     def model_input(self, image) -> np.ndarray:
         """The (S, S, 3) uint8 input the model sees for ``image`` (raises ImageProblem when unreadable)."""
@@ -226,9 +249,9 @@ class Predictor:
         step = max(1, int(batch_size or self.batch_size))
         probabilities, features = [], []
         for start in range(0, len(inputs), step):
-            p, f = self._forward(inputs[start:start + step])
-            probabilities.append(p.numpy())
-            features.append(f.numpy())
+            p, f = self._run(inputs[start:start + step])
+            probabilities.append(p)
+            features.append(f)
         if not probabilities:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         return np.concatenate(probabilities), np.concatenate(features)
@@ -322,7 +345,7 @@ class Predictor:
             "metrics": meta.get("metrics", {}), "provenance": meta.get("provenance", {}),
             "intended_use": meta.get("intended_use", "research and teaching; not a diagnostic device"),
             "ood": ood, "ood_thresholds": None if self.guard is None else self.guard.thresholds,
-            "gradcam": self._explainer is not None,
+            "gradcam": self._explainer is not None, "runtime": self.runtime, "runtime_note": self.runtime_note,
         }
 
 

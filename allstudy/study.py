@@ -218,7 +218,24 @@ def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], c
     write_model_dir(found[chosen], out / "models" / "chosen", chosen, params[chosen], evaluations[chosen], info,
                     {"rows": control_rows})
     fit_chosen_guard(out / "models" / "chosen", prepared, params[chosen], out / "cache")
+    write_chosen_serving(out / "models" / "chosen", prepared, params[chosen], out / "cache")
     return result
+
+
+#: Validation fields the serving file is checked on when the study writes it (allstudy export checks the test split).
+SERVING_CHECK_FIELDS = 64
+
+
+def write_chosen_serving(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> dict:
+    """Write the model folder's serving file (allstudy.serving), checked on validation fields; reused while
+    model.keras is unchanged."""
+    from allstudy.ood import model_inputs
+    from allstudy.pipeline import load_images
+    from allstudy.serving import write_serving
+
+    paths = prepared.split.loc[prepared.split["split"] == "val", "path"].tolist()[:SERVING_CHECK_FIELDS]
+    fields = load_images(prepared.root, paths, params["input_size"], cache_dir)
+    return write_serving(model_dir, model_inputs(fields, params["config"].get("input_mode", "original")))
 
 
 def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:

@@ -370,3 +370,88 @@ def test_cli_exits_2_when_nothing_is_readable_or_the_model_is_missing(folders, t
     assert main(["predict", str(tmp_path / "junk"), "--model", str(tmp_path / "no-model"), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "does not exist" in error[0] and "allstudy run" in error[0]
+
+
+# --------------------------------------------------------------------------------------- the serving runtime
+
+
+@pytest.fixture(scope="module")
+def served(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the ``guarded`` folder with its serving file, checked on the validation fields."""
+    from allstudy.serving import write_serving
+
+    folder = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(folders["guarded"], folder)
+    facts = write_serving(folder, _load(folders["val"]), quiet=True)
+    assert facts["accepted"] and facts["argmax_agreement"] == 1.0 and facts["max_abs_diff"] <= 1e-4
+    return folder
+
+
+def test_the_serving_file_answers_as_the_keras_model(served, folders):
+    from allstudy.predict import Predictor
+
+    lite, reference = Predictor(served), Predictor(served, runtime="keras")
+    assert (lite.runtime, reference.runtime) == ("tflite", "keras")
+    assert lite.info["runtime"] == "tflite" and "LiteRT" in lite.info["runtime_note"]
+    paths = folders["fresh"][:9] + [SHARED_DATA / "nowhere.jpg"]
+    for a, b in zip(lite.predict_batch(paths, batch_size=4), reference.predict_batch(paths)):
+        assert (a.label, a.verdict, a.error) == (b.label, b.verdict, b.error)
+        if a.ok:
+            np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-4)
+            assert a.ood_scores == pytest.approx(b.ood_scores, rel=1e-3, abs=1e-3)
+    single = lite.predict(paths[0])
+    assert single.probabilities == pytest.approx(lite.predict_batch(paths[:3])[0].probabilities, abs=1e-6)
+
+
+def test_a_stale_or_altered_serving_file_is_not_used(served, folders, tmp_path):
+    from allstudy.predict import Predictor
+    from allstudy.serving import SERVING_FILE, load_serving
+
+    stale = tmp_path / "stale"
+    shutil.copytree(served, stale)
+    shutil.copyfile(folders["abstaining"] / "model.keras", stale / "model.keras")  # another model
+    shutil.copyfile(folders["abstaining"] / "model.json", stale / "model.json")
+    shutil.copyfile(folders["abstaining"] / "ood.json", stale / "ood.json")
+    runner, why = load_serving(stale)
+    assert runner is None and "stale" in why
+    predictor = Predictor(stale)
+    assert predictor.runtime == "keras" and "stale" in predictor.info["runtime_note"]
+    with pytest.raises(ValueError, match="runtime 'tflite' is not available.*stale"):
+        Predictor(stale, runtime="tflite")
+
+    altered = tmp_path / "altered"
+    shutil.copytree(served, altered)
+    with open(altered / SERVING_FILE, "r+b") as handle:
+        handle.seek(-64, os.SEEK_END)
+        handle.write(b"\0" * 64)
+    runner, why = load_serving(altered)
+    assert runner is None and "not the file" in why
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Predictor(served, runtime="onnx")
+
+
+def test_a_serving_file_that_disagrees_is_not_written(folders, tmp_path, monkeypatch):
+    import allstudy.serving as serving
+
+    folder = tmp_path / "model"
+    shutil.copytree(folders["plain"], folder)
+    monkeypatch.setattr(serving, "MAX_PROBABILITY_DIFF", -1.0)  # no file can pass
+    facts = serving.write_serving(folder, _load(folders["val"][:4]), quiet=True)
+    assert not facts["accepted"] and facts["n_images"] == 4
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.keras"]  # nothing half-written
+    with pytest.raises(ValueError, match="held-out fields"):
+        serving.write_serving(folder, np.zeros((0, SIZE, SIZE, 3), np.float32))
+
+
+def test_the_serving_runtime_is_safe_from_several_threads(served, folders):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from allstudy.predict import Predictor
+
+    predictor = Predictor(served)
+    paths = folders["fresh"][:12]
+    expected = [predictor.predict(p).probabilities for p in paths]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda p: predictor.predict_batch([p] * (1 + paths.index(p) % 3))[0], paths))
+    for answer, probabilities in zip(answers, expected):
+        assert answer.probabilities == pytest.approx(probabilities, abs=1e-6)

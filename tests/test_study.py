@@ -157,6 +157,13 @@ def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
     images = load_images(root, test["path"].tolist(), meta["input_size"]).astype("float32")
     expected = test[[f"p_{c}" for c in meta["classes"]]].to_numpy()
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
+    serving = json.loads((folder / "serving.json").read_text())   # the LiteRT file the Predictor serves with
+    assert serving["accepted"] and serving["argmax_agreement"] == 1.0 and serving["n_images"] > 0
+    from allstudy.predict import Predictor
+
+    predictor = Predictor(folder)
+    assert predictor.runtime == "tflite"
+    np.testing.assert_allclose(predictor.forward(images)[0], expected, atol=1e-4)
 
 
 def test_a_second_run_reuses_every_step(study):
