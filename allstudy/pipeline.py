@@ -61,26 +61,35 @@ def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir:
     return cached_array(Path(cache_dir) / f"images-{size}px-{key}{suffix}.npy", decode)
 
 
-def augment(images, seed=None, colour: bool = True):
-    """Random flips, 90-degree rotations and (with ``colour``) mild colour jitter, on a batch of 0..255 float images."""
+def augment(images, seed, colour: bool = True):
+    """Random flips, 90-degree rotations and (with ``colour``) mild colour jitter, on a batch of 0..255 float images.
+
+    ``seed`` is a shape-[2] integer tensor; the ops are stateless, so the same seed gives the same
+    augmentation, and tf.data may run batches in parallel even with TensorFlow's op determinism on
+    (stateful random ops force it to run them one at a time).
+    """
     import tensorflow as tf
 
-    images = tf.image.random_flip_left_right(images, seed=seed)
-    images = tf.image.random_flip_up_down(images, seed=seed)
-    images = tf.image.rot90(images, k=tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed))
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 7)
+    images = tf.image.stateless_random_flip_left_right(images, seeds[0])
+    images = tf.image.stateless_random_flip_up_down(images, seeds[1])
+    images = tf.image.rot90(images, k=tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32))
     if not colour:
         return images
     images = images / 255.0
-    images = tf.image.random_brightness(images, 0.08, seed=seed)
-    images = tf.image.random_contrast(images, 0.9, 1.1, seed=seed)
-    images = tf.image.random_saturation(images, 0.9, 1.1, seed=seed)
-    images = tf.image.random_hue(images, 0.02, seed=seed)
+    images = tf.image.stateless_random_brightness(images, 0.08, seeds[3])
+    images = tf.image.stateless_random_contrast(images, 0.9, 1.1, seeds[4])
+    images = tf.image.stateless_random_saturation(images, 0.9, 1.1, seeds[5])
+    images = tf.image.stateless_random_hue(images, 0.02, seeds[6])
     return tf.clip_by_value(images, 0.0, 1.0) * 255.0
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False,
                  augmented: bool = False, seed: int = 0, colour_jitter: bool = True):
-    """A batched, prefetched tf.data pipeline of float32 0..255 images (and one-hot labels when given)."""
+    """A batched, prefetched tf.data pipeline of float32 0..255 images (and one-hot labels when given).
+
+    Shuffling and augmentation follow ``seed``: each pass (epoch) draws anew, and a run repeats exactly.
+    """
     import tensorflow as tf
 
     data = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
@@ -89,9 +98,11 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
     data = data.batch(batch_size)
     cast = (lambda x: tf.cast(x, tf.float32)) if labels is None else (lambda x, y: (tf.cast(x, tf.float32), y))
     data = data.map(cast, num_parallel_calls=tf.data.AUTOTUNE)
-    if augmented:
-        data = data.map((lambda x: augment(x, colour=colour_jitter)) if labels is None
-                        else (lambda x, y: (augment(x, colour=colour_jitter), y)),
+    if augmented:  # one stateless seed per batch, from a seeded stream that draws anew each epoch
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        data = tf.data.Dataset.zip(data, seeds)
+        data = data.map((lambda x, s: augment(x, s, colour=colour_jitter)) if labels is None
+                        else (lambda xy, s: (augment(xy[0], s, colour=colour_jitter), xy[1])),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
 

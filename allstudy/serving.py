@@ -179,3 +179,67 @@ class _Rejected(Exception):
     def __init__(self, facts: dict):
         super().__init__("the serving file differs from the Keras model")
         self.facts = facts
+
+
+# ----------------------------------------------------------------------------- bulk inference
+
+
+#: Largest accepted difference, relative to the largest magnitude, of a bulk LiteRT output from Keras.
+MAX_BULK_DIFF = 1e-3
+
+
+class LiteRTModel:
+    """A one-input, one-output Keras model converted in memory to TFLite and run by LiteRT (XNNPACK).
+
+    For bulk inference on a CPU, such as the frozen backbone's features in transfer learning: about
+    2-3 times the throughput of ``model.predict`` on this study's backbones. Inputs are float32
+    (N, S, S, 3) images as the Keras model takes them.
+    """
+
+    def __init__(self, model, threads: int | None = None):
+        import tensorflow as tf
+        from ai_edge_litert.interpreter import Interpreter
+
+        from allstudy.export import _statistics_from_variables, to_tflite
+
+        size = tuple(model.input_shape[1:])
+
+        def forward(image):
+            with _statistics_from_variables(model):
+                return model(image, training=False)
+
+        function = tf.function(forward, input_signature=[tf.TensorSpec((None, *size), tf.float32, name="image")],
+                               autograph=False)
+        interpreter = Interpreter(model_content=to_tflite(model, function, (False,))[0],
+                                  num_threads=threads or os.cpu_count() or 1)
+        self._runner = interpreter.get_signature_runner()
+        self._output = next(iter(self._runner.get_output_details()))
+
+    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The model's output for ``images``, in batches of ``batch_size``."""
+        return np.concatenate([self._runner(image=np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))
+                               [self._output].copy() for i in range(0, len(images), batch_size)])
+
+
+def bulk_predictor(model, check_images: np.ndarray, batch_size: int = 32):
+    """``predict(images) -> outputs`` for bulk inference: LiteRT on a CPU when it agrees with Keras on
+    ``check_images`` (within :data:`MAX_BULK_DIFF`), else the Keras model's own ``predict``; and its name."""
+    import tensorflow as tf
+
+    def keras_predict(images):
+        return model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+
+    if tf.config.list_physical_devices("GPU") or not litert_available():
+        return keras_predict, "keras"
+    try:
+        lite = LiteRTModel(model)
+    except Exception as err:  # a converter limitation: Keras still works, say so and go on
+        print(f"note: LiteRT cannot run {model.name} ({type(err).__name__}: {err}); using Keras")
+        return keras_predict, "keras"
+    check = np.asarray(check_images, np.float32)
+    expected, got = keras_predict(check), lite.predict(check, batch_size)
+    difference = float(np.abs(expected - got).max() / max(float(np.abs(expected).max()), 1e-12))
+    if difference > MAX_BULK_DIFF:
+        print(f"note: LiteRT differs from Keras on {model.name} (relative {difference:.1e}); using Keras")
+        return keras_predict, "keras"
+    return (lambda images: lite.predict(images, batch_size)), "litert"

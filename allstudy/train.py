@@ -211,10 +211,23 @@ def _features_dir(config: TrainConfig, built: Built, data: PreparedData, cache_d
     return Path(cache_dir) / f"features-{config.arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _features(built: Built, images: np.ndarray, path: Path, batch_size: int, view: int = 0) -> np.ndarray:
-    """Backbone features of one dihedral view of the images, computed once and cached in ``path``."""
-    return cached_array(path, lambda: built.features.predict(make_dataset(dihedral(images, view), None, batch_size),
-                                                             verbose=0))
+class _FeatureExtractor:
+    """The frozen backbone's features of images: LiteRT on a CPU (checked against Keras on the first
+    images it sees, :func:`allstudy.serving.bulk_predictor`), else Keras; set up only when needed."""
+
+    def __init__(self, built: Built, batch_size: int):
+        self.built, self.batch_size, self._predict, self.runtime = built, batch_size, None, None
+
+    def __call__(self, images: np.ndarray, path: Path, view: int = 0) -> np.ndarray:
+        """Features of one dihedral view of the images, computed once and cached in ``path``."""
+        def compute():
+            if self._predict is None:
+                from allstudy.serving import bulk_predictor
+
+                self._predict, self.runtime = bulk_predictor(self.built.features, images[:8], self.batch_size)
+            return self._predict(dihedral(images, view))
+
+        return cached_array(path, compute)
 
 
 def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
@@ -278,13 +291,15 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         copy_weights(trained, built.model)
         return stage_rows
 
-    features = None
+    features, feature_runtime = None, None
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
         # Phase 1 on cached features of every dihedral view: the views are the augmentation.
         where = _features_dir(config, built, data, cache_dir, size) or work
-        features = {s: np.stack([_features(built, images[s], where / f"features-{s}-view{k}.npy", batch, k)
+        extract = _FeatureExtractor(built, batch)
+        features = {s: np.stack([extract(images[s], where / f"features-{s}-view{k}.npy", k)
                                  for k in tqdm(views, desc=f"{s} features", unit="view", disable=not progress)])
                     for s in images}
+        feature_runtime = extract.runtime or "cached"   # litert, keras, or all read from the cache
         head_x = {s: f.reshape(-1, f.shape[-1]) for s, f in features.items()}
         head_y = {s: np.tile(y, (len(views), 1)) for s, y in onehot.items()}
         steps = config.head_epochs * -(-len(head_x["train"]) // batch)
@@ -332,6 +347,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
               "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
               "epochs_run": len(history), "tta_views": config.tta_views, "prediction_check_max_abs_diff": check,
+              "feature_runtime": feature_runtime,
               "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
               "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
     write_json(params_path, params)  # last: its presence marks a finished run

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -96,6 +97,10 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     assert list(result.history["stage"]) == ["head"] * 2
     # predictions come from cached features; the saved 8-view model computes the same
     assert result.params["tta_views"] == 8 and result.params["prediction_check_max_abs_diff"] <= 1e-4
+    from allstudy.serving import litert_available
+
+    # the features came from LiteRT on this CPU, and the Keras model computes the same from the images
+    assert result.params["feature_runtime"] == ("litert" if litert_available() else "keras")
     model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
     assert model.name == "mobilenet_tta8"
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
@@ -105,6 +110,23 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     images = load_images(prepared.root, test["path"].tolist()[:5], 64).astype("float32")
     expected = test[[c for c in test if c.startswith("p_")]].to_numpy()[:5]
     assert abs(model.predict(images, verbose=0) - expected).max() < 1e-4
+
+
+def test_bulk_features_use_keras_when_litert_disagrees(tiny_mobilenet_weights, monkeypatch):
+    import allstudy.serving as serving
+    from allstudy.models import build_model
+
+    features = build_model("mobilenet", 4, 64, str(tiny_mobilenet_weights), alpha=0.25).features
+    images = np.random.default_rng(0).uniform(0, 255, (5, 64, 64, 3)).astype(np.float32)
+    expected = features.predict(images, verbose=0)
+    if serving.litert_available():
+        predict, runtime = serving.bulk_predictor(features, images[:2], batch_size=2)
+        assert runtime == "litert"
+        np.testing.assert_allclose(predict(images), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    monkeypatch.setattr(serving, "MAX_BULK_DIFF", -1.0)  # nothing can agree: Keras it is
+    predict, runtime = serving.bulk_predictor(features, images[:2], batch_size=2)
+    assert runtime == "keras"
+    np.testing.assert_allclose(predict(images), expected, rtol=1e-6)
 
 
 def test_unknown_schedule_and_view_count_are_clear_errors(prepared, tmp_path):
