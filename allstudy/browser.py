@@ -13,13 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,39 +158,19 @@ _NOTEBOOK_SHOWN = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def jupyterlab(root: str | os.PathLike, timeout_s: float = 120):
     """A JupyterLab server on 127.0.0.1 serving ``root`` (no token: loopback only, for the check); yields its URL."""
-    port = _free_port()
+    from allstudy.processes import free_port, local_server
+
+    port = free_port()
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                f"--ServerApp.root_dir={Path(root).resolve()}", "--IdentityProvider.token=", "--allow-root"]
     with tempfile.TemporaryDirectory(prefix="allstudy-jupyter-") as home:
         env = {**os.environ, "JUPYTER_CONFIG_DIR": home, "JUPYTER_RUNTIME_DIR": home}
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/api/status", timeout=5):
-                        break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"JupyterLab did not start: {' '.join(command)}") from None
-                    time.sleep(0.5)
+        with local_server(command, f"{url}/api/status", timeout_s, "JupyterLab", env=env):
             yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
 
 
 def open_in_jupyterlab(notebook: str | os.PathLike, screenshot: str | os.PathLike, timeout_s: float = 180) -> dict:

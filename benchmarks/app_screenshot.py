@@ -17,15 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from allstudy.app import launch
+    from allstudy.processes import free_port
 
-    app = launch(args.model, port=args.port or _free_port(), prevent_thread_lock=True, quiet=True)
+    app = launch(args.model, port=args.port or free_port(), prevent_thread_lock=True, quiet=True)
     try:
         if app.allstudy_dir is None:  # the app started without a model: its how-to page, nothing to upload
             print(f"cannot take the screenshot: no usable model in {args.model} (the app shows how to make one)",

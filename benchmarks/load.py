@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,12 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fields(folder: Path, n: int) -> list[Path]:
@@ -40,27 +32,6 @@ def _fields(folder: Path, n: int) -> list[Path]:
         paths.append(folder / f"field-{i:02d}-{label}.jpg")
         render_field(label, np.random.default_rng([1, i]), 224).save(paths[-1], quality=90)
     return paths
-
-
-def start_server(model: str, port: int, log) -> subprocess.Popen:
-    """``allstudy serve`` in a process of its own; returns once it answers HTTP (or raises)."""
-    import httpx
-
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen([sys.executable, "-m", "allstudy", "serve", "--model", model, "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with status {process.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"the app did not answer within 180 s; see {log.name}")
 
 
 def one_request(client, path: Path) -> tuple[float, str]:
@@ -105,6 +76,7 @@ def run_load(url: str, paths: list[Path], requests: int, concurrency: int) -> di
 
 def main() -> None:
     from allstudy.atomic import write_json
+    from allstudy.processes import free_port, local_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model folder")
@@ -113,18 +85,14 @@ def main() -> None:
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="load-") as scratch, open(Path(scratch) / "server.log", "w") as log:
         paths = _fields(Path(scratch), 16)
-        process = start_server(args.model, port, log)
-        try:
-            figures = run_load(f"http://127.0.0.1:{port}/", paths, args.requests, args.concurrency)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        command = [sys.executable, "-m", "allstudy", "serve", "--model", args.model, "--port", str(port)]
+        url = f"http://127.0.0.1:{port}/"
+        with local_server(command, url, 180, f"the app (log: {log.name})", log=log, env=env):
+            figures = run_load(url, paths, args.requests, args.concurrency)
     figures.update({"cores": os.cpu_count(), "model": str(args.model)})
     print(f"{figures['requests']} /predict requests, {figures['concurrency']} concurrent, {os.cpu_count()} cores: "
           f"{figures['errors']} errors; latency p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "

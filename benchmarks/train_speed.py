@@ -1,8 +1,8 @@
 """Training speed on this machine: images/s per architecture, and cached features vs recomputing.
 
 1. For every architecture at its profile's input size: training images/s over a fixed number of
-   batches after a warm-up (for transfer models, both the backbone's feature extraction and a
-   fine-tuning step), and the parameter count.
+   batches after a warm-up (for transfer models, also the backbone's feature extraction, in Keras and
+   in LiteRT as training runs it on a CPU, and a fine-tuning step), and the parameter count.
 2. For a transfer model (MobileNet alpha 0.25 by default): the wall time to reach the same
    validation accuracy (a) training the head on backbone features computed once and cached, and
    (b) training the same head with the frozen backbone recomputed on every batch of every epoch.
@@ -37,6 +37,7 @@ def main() -> None:
     from allstudy.models import build_model, unfreeze_top
     from allstudy.pipeline import load_images, make_dataset
     from allstudy.profiles import ARCHITECTURES, train_config
+    from allstudy.serving import LiteRTModel, litert_available
     from allstudy.study import prepare_study_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,7 +56,8 @@ def main() -> None:
     figures: dict = {"cores": os.cpu_count(), "profile": args.profile, "architectures": {}}
     rng = np.random.default_rng(0)
 
-    print(f"{'architecture':14s} {'px':>4s} {'params':>12s} {'train img/s':>12s} {'features img/s':>15s}")
+    print(f"{'architecture':14s} {'px':>4s} {'params':>12s} {'train img/s':>12s} {'features img/s':>15s} "
+          f"{'LiteRT img/s':>13s}")
     for arch in ARCHITECTURES:
         config = train_config(args.profile, arch)
         built = build_model(arch, len(classes), config.input_size, config.weights, config.alpha, config.dropout,
@@ -67,13 +69,18 @@ def main() -> None:
         if built.weights is not None:
             row["features_images_per_s"] = _throughput(lambda: built.features.predict_on_batch(x), args.batches,
                                                        config.batch_size)
+            if litert_available():
+                lite = LiteRTModel(built.features)
+                row["features_litert_images_per_s"] = _throughput(lambda: lite.predict(x, config.batch_size),
+                                                                  args.batches, config.batch_size)
             unfreeze_top(built.backbone, built.arch.fine_tune_layers)
         built.model.compile(optimizer="adam", loss="categorical_crossentropy")
         row["train_images_per_s"] = _throughput(lambda: built.model.train_on_batch(x, y), args.batches,
                                                 config.batch_size)
         figures["architectures"][arch] = row
         print(f"{arch:14s} {built.input_size:4d} {row['params']:12,d} {row['train_images_per_s']:12.1f} "
-              f"{row.get('features_images_per_s', float('nan')):15.1f}", flush=True)
+              f"{row.get('features_images_per_s', float('nan')):15.1f} "
+              f"{row.get('features_litert_images_per_s', float('nan')):13.1f}", flush=True)
 
     # Cached features vs recomputing the frozen backbone every epoch, to the same validation accuracy.
     config = train_config(args.profile, args.transfer_arch)

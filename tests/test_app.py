@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +16,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from allstudy.classes import TALEQANI_CLASSES  # noqa: E402
+from allstudy.processes import free_port, local_server  # noqa: E402
 from test_predict import BROKEN, _encode, _fields, _load, _meta  # noqa: E402  (the same fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # from gradio's queue, not ours
@@ -26,12 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning") 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "outputs" / "screenshots" / "app.png"
 VERDICTS = {"benign", "malignant", "uncertain", "out-of-distribution"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _client(url: str):
@@ -80,22 +72,12 @@ def test_without_a_model_the_app_starts_and_says_how_to_make_one(tmp_path, field
     import httpx
     from gradio_client import handle_file
 
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(tmp_path / "missing"),
-                                "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the app did not start within 120 s"
-            time.sleep(0.5)
+    command = [sys.executable, str(ROOT / "app.py"), "--model", str(tmp_path / "missing"), "--port", str(port)]
+    with open(tmp_path / "app.log", "w") as log, local_server(
+            command, url, 120, f"the app (log: {tmp_path / 'app.log'})", log=log, cwd=tmp_path,
+            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}):
         config = httpx.get(url + "config", timeout=10).text
         assert "No trained model yet" in config and "make study" in config
         assert "python -m allstudy run --data DIR --profile cpu" in config
@@ -105,13 +87,6 @@ def test_without_a_model_the_app_starts_and_says_how_to_make_one(tmp_path, field
         assert "make study" in answer["error"] and "python -m allstudy run --data DIR --profile cpu" in answer["error"]
         rows = client.predict([handle_file(str(field))], api_name="/predict_batch")
         assert [r["file"] for r in rows] == ["field.png"] and "make study" in rows[0]["error"]
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --------------------------------------------------------------------------------------- with a model
@@ -121,7 +96,7 @@ def test_without_a_model_the_app_starts_and_says_how_to_make_one(tmp_path, field
 def app(model_dir):
     from allstudy.app import launch
 
-    served = launch(model_dir, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    served = launch(model_dir, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield served
     served.close()
 
