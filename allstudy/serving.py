@@ -63,15 +63,10 @@ class ServingRunner:
             return out["probabilities"].copy(), out["embedding"].copy()
 
 
-def _sha256(path: Path) -> str:
-    from allstudy.export import sha256_file
-
-    return sha256_file(path)
-
-
 def load_serving(model_dir: str | os.PathLike) -> tuple[ServingRunner | None, str]:
     """(runner, why) for a model folder: the runner when its serving file is vouched for, else None and why not."""
     from allstudy.atomic import read_json
+    from allstudy.export import sha256_file
 
     folder = Path(model_dir)
     record, file = folder / SERVING_JSON, folder / SERVING_FILE
@@ -81,9 +76,9 @@ def load_serving(model_dir: str | os.PathLike) -> tuple[ServingRunner | None, st
         facts = read_json(record)
     except ValueError as err:
         return None, f"{record} is unreadable ({err})"
-    if facts.get("model_sha256") != _sha256(folder / "model.keras"):
+    if facts.get("model_sha256") != sha256_file(folder / "model.keras"):
         return None, f"{record} describes another model.keras: {SERVING_FILE} is stale"
-    if facts.get("file_sha256") != _sha256(file):
+    if facts.get("file_sha256") != sha256_file(file):
         return None, f"{file} is not the file {record} vouches for"
     if not litert_available():
         return None, "LiteRT is not installed (pip install ai-edge-litert)"
