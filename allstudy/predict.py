@@ -288,10 +288,10 @@ class Predictor:
             calibrated = apply_temperature(raw, self.temperature)
             scores, flags, stats = None, np.zeros(len(where), bool), None
             if self.guard is not None:
-                from allstudy.ood import image_statistics
+                from allstudy.ood import fine_detail, image_statistics
 
                 stats = image_statistics(np.stack(fields))
-                scores = self.guard.score({"stats": stats, "embedding": features})
+                scores = self.guard.score({"stats": stats, "embedding": features, "focus": fine_detail(np.stack(fields))})
                 flags = self.guard.flags(scores)
             explain = self._explainer is not None and gradcam is not False
             heatmaps = self._gradcam(inputs, calibrated.argmax(axis=1)) if explain else None
@@ -335,7 +335,8 @@ class Predictor:
             fit = self.guard.fit_info
             ood = (f"guard from ood.json: image statistics and the model's embedding, each flagged above the "
                    f"{self.guard.quantile:.1%} quantile of {fit.get('n_val', '?')} validation fields "
-                   f"(fitted on {fit.get('n_train', '?')} training fields)")
+                   f"(fitted on {fit.get('n_train', '?')} training fields), and a focus check flagging less fine "
+                   f"detail than all but {1 - self.guard.quantile:.1%} of them")
         return {
             "model_dir": str(self.model_dir), "run": meta.get("run"), "arch": meta.get("arch"),
             "weights": meta.get("weights"), "classes": self.classes, "display_names": self.display_names,

@@ -240,16 +240,18 @@ def write_chosen_serving(model_dir: Path, prepared: PreparedData, params: dict, 
 
 def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:
     """Fit the out-of-distribution guard of a model folder on its training fields (validation sets the
-    thresholds) and write ``ood.json``; reused while the model file is unchanged."""
+    thresholds) and write ``ood.json``; reused while the model file and the guard's format are unchanged."""
     import keras
 
     import allstudy.models  # noqa: F401  (registers the layers the saved model uses)
+    from allstudy.ood import FORMAT as GUARD_FORMAT
     from allstudy.ood import OODGuard, fit_guard
     from allstudy.pipeline import load_images
 
     target, stamp_path = model_dir / "ood.json", model_dir / ".ood.stamp.json"
-    stamp = hashlib.sha256((model_dir / "model.keras").read_bytes()).hexdigest()
-    if target.exists() and stamp_path.exists() and read_json(stamp_path).get("model_sha256") == stamp:
+    stamp = {"model_sha256": hashlib.sha256((model_dir / "model.keras").read_bytes()).hexdigest(),
+             "guard_format": GUARD_FORMAT}
+    if target.exists() and stamp_path.exists() and read_json(stamp_path) == stamp:
         return target
     print("fitting the out-of-distribution guard of the chosen model")
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
@@ -257,7 +259,7 @@ def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cach
                              params["input_size"], cache_dir) for s in ("train", "val")}
     guard: OODGuard = fit_guard(model, images["train"], images["val"], params["config"].get("input_mode", "original"))
     guard.save(target)
-    write_json(stamp_path, {"model_sha256": stamp})
+    write_json(stamp_path, stamp)
     return target
 
 

@@ -128,10 +128,12 @@ def test_thresholds_are_the_validation_quantile(data):
     for name in ("stats", "embedding"):
         assert getattr(guard, name).threshold == pytest.approx(np.quantile(scores[name], ood.QUANTILE))
         assert (scores[name] > getattr(guard, name).threshold).mean() <= 1 / len(data["val"])
+    assert guard.focus_threshold == pytest.approx(np.quantile(scores["focus"], 1 - ood.QUANTILE))  # one-sided, low
+    assert (scores["focus"] < guard.focus_threshold).mean() <= 1 / len(data["val"])
     fit = guard.fit_info
     assert fit["n_train"] == 80 and fit["n_val"] == 40
     assert fit["embedding_components"] == 8     # one per 10 training fields (at most N_COMPONENTS)
-    assert fit["val_flag_rate"]["either"] <= 2 / 40
+    assert fit["val_flag_rate"]["either"] <= 3 / 40
 
 
 def test_unseen_in_distribution_fields_are_rarely_flagged(data):
@@ -158,6 +160,17 @@ def test_photos_cells_on_black_and_other_stains_are_flagged(data):
         assert guard.is_ood(fields).mean() >= 0.8, name   # measured: 100 %, 97 %, 100 % at 48 px
 
 
+def test_blurred_fields_are_flagged_as_out_of_focus(data):
+    from PIL import ImageFilter
+
+    guard, fresh = data["guard"], data["fresh"]
+    blurred = np.stack([np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(1.5))) for f in fresh])
+    scores = guard.score(blurred)
+    assert (scores["focus"] < guard.focus_threshold).all()
+    assert guard.reason({k: float(v[0]) for k, v in scores.items()}).count("out of focus") == 1
+    assert ood.fine_detail(fresh).min() > ood.fine_detail(blurred).max()
+
+
 def test_scores_of_images_equal_scores_of_precomputed_features(data):
     guard = data["guard"]
     fields = data["fresh"][:6]
@@ -174,7 +187,7 @@ def test_the_reason_names_the_most_unusual_statistic(data):
     scores = {k: float(v[0]) for k, v in guard.score(cell).items()}
     reason = guard.reason(scores, ood.image_statistics(cell)[0])
     assert reason.startswith("its colours and brightness are unlike the training fields (most of all the ")
-    assert guard.reason({"stats": 0.0, "embedding": 0.0}) == ""
+    assert guard.reason({"stats": 0.0, "embedding": 0.0, "focus": guard.focus_threshold + 1.0}) == ""
 
 
 def test_fit_errors_are_clear(data):
