@@ -18,8 +18,8 @@ Mahalanobis distances to the training split's distribution and a focus check:
   most one per :data:`FIELDS_PER_COMPONENT` training fields: a 32-dimensional covariance from 80
   fields would fit them too closely, and new in-distribution fields would score far above them).
 
-* **focus** (:func:`fine_detail`): the log mean |Laplacian| of L* on the field at the model's input
-  size. One-sided: an input is flagged when it has less fine detail than all but
+* **focus** (:func:`fine_detail`): the log mean |Laplacian| of the field's grey image at the model's
+  input size. One-sided: an input is flagged when it has less fine detail than all but
   ``1 - QUANTILE`` of the validation fields. Blur hides in the 64-px statistics, and
   the embedding barely notices it, yet it ruins the answers: on the 412 Taleqani test fields a
   Gaussian blur of radius 2 takes the chosen EfficientNet from 99.0 % to 35.7 % accuracy while the
@@ -44,9 +44,9 @@ Measured on the real Taleqani fields with the ``cpu`` study's chosen EfficientNe
 input                                flagged    of which by focus   the model's accuracy on them
 ===================================  =========  ==================  ============================
 the test fields as they are          1.5 %      0.5 %               99.0 %
-Gaussian blur, radius 1 / 1.5        8 / 65 %   7 / 64 %            84 / 59 %
+Gaussian blur, radius 1 / 1.5        7 / 59 %   6 / 58 %            84 / 59 %
 Gaussian blur, radius 2 / 3          100 %      100 %               36 / 20 %
-zoomed 2x / 3x (centre crop)         83 / 100 %                     43 / 22 %
+zoomed 2x / 3x (centre crop)         79 / 100 %                     43 / 22 %
 grey / under-exposed (x0.6)          93 / 100 %
 re-saved as JPEG quality 20          19 %                           39 %
 C-NMC sample cells, skimage photos,  100 %
@@ -145,12 +145,14 @@ def image_statistics(images) -> np.ndarray:
 
 
 def fine_detail(images) -> np.ndarray:
-    """(N,) log mean |Laplacian| of L* of RGB uint8 fields (N, H, W, 3) as given: low when out of focus or blurred."""
+    """(N,) log mean |Laplacian| of the grey (luma) image of RGB uint8 fields (N, H, W, 3) as given: low when out
+    of focus or blurred."""
+    from PIL import Image
     from scipy.ndimage import laplace
-    from skimage.color import rgb2lab
 
     images = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
-    values = [np.abs(laplace(rgb2lab(np.asarray(f, np.float32) / 255.0)[..., 0])).mean() for f in images]
+    values = [np.abs(laplace(np.asarray(Image.fromarray(np.asarray(f, np.uint8)).convert("L"), np.float32))).mean()
+              for f in images]
     return np.log(np.asarray(values, np.float64) + 1e-3)
 
 
