@@ -38,7 +38,8 @@ statistic, and a new in-distribution field exceeds each threshold with probabili
 ``max(0.005, 1 / (n + 1))`` (some 2-5 % in all with the few dozen fields of the synthetic default).
 
 Measured on the real Taleqani fields with the ``cpu`` study's chosen EfficientNet-Lite0 at 224 px
-(fitted on 1921 training and 411 validation fields; variants of the 412 test fields, and other inputs):
+(fitted on 1921 training and 411 validation fields; variants of the 412 test fields, and other inputs;
+``benchmarks/ood_variants.py --study OUTDIR --shared ../shared/data``):
 
 ===================================  =========  ==================  ============================
 input                                flagged    of which by focus   the model's accuracy on them

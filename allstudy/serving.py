@@ -17,6 +17,7 @@ Grad-CAM always uses the Keras model. The full check on the test split is ``alls
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -41,18 +42,17 @@ def litert_available() -> bool:
 
 
 class ServingRunner:
-    """``serving.tflite`` in LiteRT: ``runner(batch) -> (probabilities (N, k), embedding (N, d))``.
+    """``serving.tflite`` (its path or its bytes) in LiteRT: ``runner(batch) -> (probabilities (N, k), embedding (N, d))``.
 
     One interpreter answers single images and one the batches, so that the two do not re-plan each
     other's tensors; a lock makes calls from several threads (the app's queue) safe.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
-        self._interpreters = [Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-                              for _ in range(2)]
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+        self._interpreters = [Interpreter(**source, num_threads=threads or os.cpu_count() or 1) for _ in range(2)]
         self._runners = [i.get_signature_runner() for i in self._interpreters]
         self._lock = threading.Lock()
 
@@ -99,8 +99,8 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
     import keras
 
     import allstudy.models  # noqa: F401  (registers the layers the saved model uses)
-    from allstudy.atomic import read_json, write_json
-    from allstudy.export import forward_function, run_batched, sha256_file
+    from allstudy.atomic import atomic_path, read_json, write_json
+    from allstudy.export import forward_function, run_batched, sha256_file, to_tflite
 
     folder = Path(model_dir)
     record, file = folder / SERVING_JSON, folder / SERVING_FILE
@@ -127,53 +127,33 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
         return np.concatenate([out["probabilities"].numpy(), out["embedding"].numpy()], axis=1)
 
     reference = run_batched(keras_forward, inputs, batch_size, "keras", quiet=True)
-    try:
-        facts = _convert_and_check(model, function, file, model_sha, inputs, reference, batch_size)
-    except _Rejected as rejected:
+    flatbuffer = to_tflite(model, function, (False,))[0]
+    runner = ServingRunner(flatbuffer)
+    served = run_batched(lambda b: np.concatenate(runner(b), axis=1), inputs, batch_size, "litert", quiet=True)
+    k = int(model.output_shape[-1])
+    p_ref, p_lite, e_ref, e_lite = reference[:, :k], served[:, :k], reference[:, k:], served[:, k:]
+    facts = {
+        "model_sha256": model_sha, "file_sha256": hashlib.sha256(flatbuffer).hexdigest(), "file_bytes": len(flatbuffer),
+        "n_images": int(len(inputs)),
+        "argmax_agreement": float(np.mean(p_ref.argmax(1) == p_lite.argmax(1))),
+        "max_abs_diff": float(np.abs(p_ref - p_lite).max()),
+        "embedding_max_rel_diff": float(np.abs(e_ref - e_lite).max() / max(np.abs(e_ref).max(), 1e-12)),
+        "limits": {"max_abs_diff": MAX_PROBABILITY_DIFF, "embedding_max_rel_diff": MAX_EMBEDDING_DIFF},
+    }
+    facts["accepted"] = bool(facts["argmax_agreement"] == 1.0 and facts["max_abs_diff"] <= MAX_PROBABILITY_DIFF
+                             and facts["embedding_max_rel_diff"] <= MAX_EMBEDDING_DIFF)
+    if not facts["accepted"]:
         print(f"warning: {SERVING_FILE} was not written: on {len(inputs)} fields it differs from the Keras model "
-              f"(agreement {rejected.facts['argmax_agreement']:.4f}, max |dp| {rejected.facts['max_abs_diff']:.1e}); "
+              f"(agreement {facts['argmax_agreement']:.4f}, max |dp| {facts['max_abs_diff']:.1e}); "
               "the Predictor will use the Keras model")
-        return rejected.facts
+        return facts
+    with atomic_path(file) as tmp:
+        tmp.write_bytes(flatbuffer)
     write_json(record, facts)     # last: its presence vouches for the file
     if not quiet:
         print(f"  {SERVING_FILE}: {facts['file_bytes'] / 1e6:.1f} MB, max |dp| {facts['max_abs_diff']:.1e} "
               f"on {facts['n_images']} fields")
     return facts
-
-
-def _convert_and_check(model, function, file: Path, model_sha: str, inputs: np.ndarray, reference: np.ndarray,
-                       batch_size: int) -> dict:
-    """Write ``file`` from ``function`` and return its parity facts; raise _Rejected (no file left) when off."""
-    from allstudy.atomic import atomic_path
-    from allstudy.export import run_batched, sha256_file, to_tflite
-
-    with atomic_path(file) as tmp:
-        tmp.write_bytes(to_tflite(model, function, (False,))[0])
-        runner = ServingRunner(tmp)
-        served = run_batched(lambda b: np.concatenate(runner(b), axis=1), inputs, batch_size, "litert", quiet=True)
-        k = int(model.output_shape[-1])
-        p_ref, p_lite = reference[:, :k], served[:, :k]
-        e_ref, e_lite = reference[:, k:], served[:, k:]
-        facts = {
-            "model_sha256": model_sha, "file_sha256": sha256_file(tmp), "file_bytes": tmp.stat().st_size,
-            "n_images": int(len(inputs)),
-            "argmax_agreement": float(np.mean(p_ref.argmax(1) == p_lite.argmax(1))),
-            "max_abs_diff": float(np.abs(p_ref - p_lite).max()),
-            "embedding_max_rel_diff": float(np.abs(e_ref - e_lite).max() / max(np.abs(e_ref).max(), 1e-12)),
-            "limits": {"max_abs_diff": MAX_PROBABILITY_DIFF, "embedding_max_rel_diff": MAX_EMBEDDING_DIFF},
-        }
-        facts["accepted"] = bool(facts["argmax_agreement"] == 1.0
-                                 and facts["max_abs_diff"] <= MAX_PROBABILITY_DIFF
-                                 and facts["embedding_max_rel_diff"] <= MAX_EMBEDDING_DIFF)
-        if not facts["accepted"]:
-            raise _Rejected(facts)  # leaves no file behind
-    return facts
-
-
-class _Rejected(Exception):
-    def __init__(self, facts: dict):
-        super().__init__("the serving file differs from the Keras model")
-        self.facts = facts
 
 
 # ----------------------------------------------------------------------------- bulk inference
@@ -192,19 +172,11 @@ class LiteRTModel:
     """
 
     def __init__(self, model, threads: int | None = None):
-        import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
-        from allstudy.export import _statistics_from_variables, to_tflite
+        from allstudy.export import forward_function, to_tflite
 
-        size = tuple(model.input_shape[1:])
-
-        def forward(image):
-            with _statistics_from_variables(model):
-                return model(image, training=False)
-
-        function = tf.function(forward, input_signature=[tf.TensorSpec((None, *size), tf.float32, name="image")],
-                               autograph=False)
+        function = forward_function(model, int(model.input_shape[1]))
         interpreter = Interpreter(model_content=to_tflite(model, function, (False,))[0],
                                   num_threads=threads or os.cpu_count() or 1)
         self._runner = interpreter.get_signature_runner()
