@@ -425,8 +425,8 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, proba_calibrated: np.ndar
 # ----------------------------------------------------------------------------- cost
 
 
-def inference_cost(model, input_size: int, n_images: int = 32, batch_size: int = 16,
-                   model_path: str | os.PathLike | None = None, repeats: int = 5) -> dict:
+def inference_cost(model, input_size: int, n_images: int = 16, batch_size: int = 16,
+                   model_path: str | os.PathLike | None = None, repeats: int = 3) -> dict:
     """Inference cost on this machine: median ms per image of a compiled forward pass, parameters, file size.
 
     Random input in the 0-255 range (the models rescale internally); one warm-up call builds and

@@ -202,6 +202,7 @@ def build_model(name: str, n_classes: int, input_size: int | None = None, weight
         _inference_mode(backbone)
     else:
         _fast_batchnorm(backbone)
+        _he_initialise(backbone)
     # Pretrained: called with training=False, and (since Keras 3 passes the outer call's training flag
     # down anyway) made deterministic by _inference_mode. From scratch, BatchNorm must learn.
     features = backbone(x, training=False) if pretrained else backbone(x)
@@ -249,6 +250,23 @@ def _inference_mode(backbone) -> None:
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
+
+
+def _he_initialise(backbone) -> None:
+    """From scratch, draw the convolution kernels from He's normal initialiser (ReLU networks).
+
+    keras.applications builds them with Glorot's, which halves the signal at every ReLU: fine with
+    BatchNorm (ResNet50), but VGG16 has none, and through its 13 plain convolutions it learned slowly:
+    on the real fields at 32 px (Adam 3e-4, cosine), Glorot's kernels took 12 epochs to reach 87 %
+    validation accuracy, He's 4 epochs to reach 85 %. A larger learning rate (1e-3) instead left
+    Glorot's VGG16 near chance, like the collapse the Pak Heart J study reported (34 %).
+    """
+    import keras
+
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel = layer.kernel
+            kernel.assign(keras.initializers.HeNormal()(kernel.shape, kernel.dtype))
 
 
 def _fast_batchnorm(backbone, momentum: float = 0.9) -> None:

@@ -440,13 +440,15 @@ class OODGuard:
 
 
 def fit_guard(model, train_images: np.ndarray, val_images: np.ndarray, input_mode: str = "original",
-              quantile: float = QUANTILE, n_components: int = N_COMPONENTS) -> OODGuard:
+              quantile: float = QUANTILE, n_components: int = N_COMPONENTS,
+              train_embedding: np.ndarray | None = None) -> OODGuard:
     """Fit the guard on the training fields and set its thresholds on the validation fields.
 
     ``train_images`` and ``val_images`` are RGB uint8 fields (N, S, S, 3) at the model's input size,
     as :func:`allstudy.pipeline.load_images` gives them in ``original`` mode; ``input_mode`` is the
     model's (model.json), applied before the embedding. ``model`` is the deployable model (with or
-    without test-time augmentation).
+    without test-time augmentation). ``train_embedding``: the training fields' embeddings when already
+    computed (a transfer model's cached backbone features of the upright view), else computed here.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), not {quantile}")
@@ -458,8 +460,13 @@ def fit_guard(model, train_images: np.ndarray, val_images: np.ndarray, input_mod
         if fields.ndim != 4 or fields.shape[1:] != (embedder.input_size, embedder.input_size, 3):
             raise ValueError(f"{name} fields must be (N, {embedder.input_size}, {embedder.input_size}, 3) at the "
                              f"model's input size, got {fields.shape}")
+    if train_embedding is None:
+        train_embedding = embedder(model_inputs(train, input_mode))
+    elif np.shape(train_embedding) != (len(train), embedder.dim):
+        raise ValueError(f"train_embedding must be ({len(train)}, {embedder.dim}), one embedding per training field, "
+                         f"got {np.shape(train_embedding)}")
     floors = np.array([floor for _, _, floor in STATISTICS])
-    train_features = {"stats": image_statistics(train), "embedding": embedder(model_inputs(train, input_mode))}
+    train_features = {"stats": image_statistics(train), "embedding": np.asarray(train_embedding, np.float32)}
     guard = OODGuard(Gaussian.fit(train_features["stats"], floors),
                      Gaussian.fit(train_features["embedding"], 0.0, n_components), -math.inf,
                      embedder.input_size, input_mode, quantile, embedder.layer)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from allstudy.atomic import atomic_path, read_json, write_json, write_text
 from allstudy.data import PreparedData, prepare
 from allstudy.profiles import get_profile, train_config
@@ -238,6 +240,20 @@ def write_chosen_serving(model_dir: Path, prepared: PreparedData, params: dict, 
     return write_serving(model_dir, model_inputs(fields, params["config"].get("input_mode", "original")))
 
 
+def cached_train_embedding(params: dict, prepared: PreparedData, cache_dir: Path):
+    """A transfer run's cached backbone features of the upright training fields: the embedding its guard reads
+    (the head's input), as training computed them; None for a model trained on images, a fine-tuned backbone
+    (the features no longer describe it) or a missing cache."""
+    from allstudy.train import features_dir
+
+    if not params.get("feature_runtime") or params["config"].get("epochs", 0) > 0:
+        return None
+    folder = features_dir(cache_dir, params["config"], params.get("weights_sha256") or params.get("weights_file"),
+                          params["input_size"], params["data_hash"])
+    path = folder / "features-train-view0.npy" if folder else None
+    return np.load(path) if path and path.exists() else None
+
+
 def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:
     """Fit the out-of-distribution guard of a model folder on its training fields (validation sets the
     thresholds) and write ``ood.json``; reused while the model file and the guard's format are unchanged."""
@@ -257,7 +273,8 @@ def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cach
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
     images = {s: load_images(prepared.root, prepared.split.loc[prepared.split["split"] == s, "path"].tolist(),
                              params["input_size"], cache_dir) for s in ("train", "val")}
-    guard: OODGuard = fit_guard(model, images["train"], images["val"], params["config"].get("input_mode", "original"))
+    guard: OODGuard = fit_guard(model, images["train"], images["val"], params["config"].get("input_mode", "original"),
+                                train_embedding=cached_train_embedding(params, prepared, cache_dir))
     guard.save(target)
     write_json(stamp_path, stamp)
     return target

@@ -202,13 +202,16 @@ def _sha256(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _features_dir(config: TrainConfig, built: Built, data: PreparedData, cache_dir, size: int) -> Path | None:
-    """Where a backbone's features of this data are cached for reuse by other runs (None: no cache_dir)."""
+def features_dir(cache_dir, config: dict, weights_key: str | None, size: int, data_hash: str) -> Path | None:
+    """Where a backbone's features of this data are cached for reuse by other runs (None: no cache_dir).
+
+    ``config`` is the run's :class:`TrainConfig` as a dict (params.json's ``config``); ``weights_key``
+    the weights file's sha256, or ``"imagenet"`` for Keras' download. Files: ``features-<split>-view<k>.npy``.
+    """
     if cache_dir is None:
         return None
-    key = "|".join(map(str, [config.arch, _sha256(built.weights) or built.weights, config.alpha, size,
-                             config.input_mode, data.info["data_hash"]]))
-    return Path(cache_dir) / f"features-{config.arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    key = "|".join(map(str, [config["arch"], weights_key, config["alpha"], size, config["input_mode"], data_hash]))
+    return Path(cache_dir) / f"features-{config['arch']}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 class _FeatureExtractor:
@@ -294,7 +297,8 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     features, feature_runtime = None, None
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
         # Phase 1 on cached features of every dihedral view: the views are the augmentation.
-        where = _features_dir(config, built, data, cache_dir, size) or work
+        where = features_dir(cache_dir, asdict(config), _sha256(built.weights) or built.weights, size,
+                             data.info["data_hash"]) or work
         extract = _FeatureExtractor(built, batch)
         features = {s: np.stack([extract(images[s], where / f"features-{s}-view{k}.npy", k)
                                  for k in tqdm(views, desc=f"{s} features", unit="view", disable=not progress)])

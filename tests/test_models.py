@@ -425,6 +425,22 @@ def test_from_scratch_batchnorm_follows_the_weights_quickly():
     assert batch_norms and all(layer.momentum == 0.9 for layer in batch_norms)
 
 
+def test_from_scratch_convolutions_start_from_he_initialisation():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    convolutions = [layer for layer in build_model("vgg16", 2, 32, weights=None).backbone.layers
+                    if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convolutions) == 13
+    for layer in convolutions:  # He: std sqrt(2 / fan_in); Glorot's uniform kernels have std sqrt(2 / (fan_in + fan_out))
+        kernel = layer.kernel.numpy()
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        assert kernel.std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.15), layer.name
+    keras.utils.set_random_seed(0)
+    again = build_model("vgg16", 2, 32, weights=None).backbone.get_layer(convolutions[5].name).kernel.numpy()
+    np.testing.assert_array_equal(again, convolutions[5].kernel.numpy())  # seeded: a run repeats
+
+
 # 7b. Test-time augmentation: the dihedral views, inside the saved model ------------------------------------
 
 def test_the_eight_dihedral_views_are_distinct_symmetries():

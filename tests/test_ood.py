@@ -222,6 +222,16 @@ def test_json_round_trip_and_atomic_save(data, tmp_path):
     assert len(saved["embedding"]["pca_components"]) == 8 and saved["input_size"] == SIZE
 
 
+def test_a_guard_fitted_on_given_training_embeddings_is_the_same_guard(data):
+    embedding = ood.embedder_for(data["model"])(data["train"])
+    given = ood.fit_guard(data["model"], data["train"], data["val"], train_embedding=embedding)
+    assert given.thresholds == pytest.approx(data["guard"].thresholds, rel=1e-5)
+    np.testing.assert_allclose(given.score(data["fresh"])["embedding"], data["guard"].score(data["fresh"])["embedding"],
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="one embedding per training field"):
+        ood.fit_guard(data["model"], data["train"], data["val"], train_embedding=embedding[:-1])
+
+
 def test_a_loaded_guard_without_model_takes_precomputed_features_only(data, tmp_path):
     guard = ood.OODGuard.load(data["guard"].save(tmp_path / "ood.json"))
     with pytest.raises(ValueError, match="attach"):

@@ -112,6 +112,29 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     assert abs(model.predict(images, verbose=0) - expected).max() < 1e-4
 
 
+def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(prepared, tmp_path,
+                                                                              tiny_mobilenet_weights):
+    import keras
+
+    from allstudy import ood
+    from allstudy.pipeline import load_images
+    from allstudy.study import cached_train_embedding
+
+    config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
+                         epochs=0, batch_size=16, tta_views=8)
+    result = train(config, prepared, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    params = dict(result.params)
+    cached = cached_train_embedding(params, prepared, tmp_path / "cache")
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    paths = prepared.split.loc[prepared.split["split"] == "train", "path"].tolist()
+    expected = ood.embedder_for(model)(load_images(prepared.root, paths, 64))
+    assert cached.shape == expected.shape
+    np.testing.assert_allclose(cached, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
+    assert cached_train_embedding({**params, "config": {**params["config"], "epochs": 2}}, prepared,
+                                  tmp_path / "cache") is None  # a fine-tuned backbone: the features are stale
+    assert cached_train_embedding(params, prepared, tmp_path / "elsewhere") is None
+
+
 def test_bulk_features_use_keras_when_litert_disagrees(tiny_mobilenet_weights, monkeypatch):
     import allstudy.serving as serving
     from allstudy.models import build_model
