@@ -95,14 +95,17 @@ def _thumbnail(grey: np.ndarray, params: DuplicateParams) -> np.ndarray:
     return (thumb - thumb.mean()) / (thumb.std() + 1e-6)
 
 
-#: Pairs compared per inverse FFT call. Measured on 2744 64-px thumbnails (2 cores): blocks of 256 take
-#: 3.3-3.5 s per 120 fields against 7.6-8.4 s for each field's whole row of pairs at once (cache misses).
+#: Pairs compared per inverse FFT call: blocks that stay in cache beat each field's whole row of pairs at
+#: once (``benchmarks/scan_speed.py`` times both side by side on the same thumbnails).
 _BLOCK = 256
 
 
 def phase_correlation_candidates(thumbs: np.ndarray, labels: np.ndarray, params: DuplicateParams,
-                                 progress: bool = False) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, peak)`` with ``i < j`` whose phase-correlation peak exceeds the threshold."""
+                                 progress: bool = False, block: int = _BLOCK) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, peak)`` with ``i < j`` whose phase-correlation peak exceeds the threshold.
+
+    ``block`` pairs go through each inverse FFT; the pairs found do not depend on it.
+    """
     n = len(thumbs)
     spectra = scipy.fft.rfft2(thumbs.astype(np.float32), workers=-1)
     spectra /= np.abs(spectra) + 1e-3
@@ -116,12 +119,12 @@ def phase_correlation_candidates(thumbs: np.ndarray, labels: np.ndarray, params:
             others = others[labels[others] == labels[i]]
             if len(others) == 0:
                 continue
-        for start in range(0, len(others), _BLOCK):  # blocks that stay in cache: 2.3x faster than all at once
-            block = others[start:start + _BLOCK]
-            surface = scipy.fft.irfft2(spectra[i][None] * np.conj(spectra[block]), s=shape, workers=-1)
-            peaks = surface.reshape(len(block), -1).max(axis=1)
+        for start in range(0, len(others), block):
+            chunk = others[start:start + block]
+            surface = scipy.fft.irfft2(spectra[i][None] * np.conj(spectra[chunk]), s=shape, workers=-1)
+            peaks = surface.reshape(len(chunk), -1).max(axis=1)
             for j in np.nonzero(peaks > params.candidate_peak)[0]:
-                found.append((i, int(block[j]), float(peaks[j])))
+                found.append((i, int(chunk[j]), float(peaks[j])))
     return found
 
 

@@ -303,3 +303,14 @@ def test_every_duplicate_param_is_documented():
         assert lines[above].strip().startswith("#:"), f"{name} has no #: comment"
         seen.add(name)
     assert seen == names
+
+
+def test_candidate_pairs_do_not_depend_on_the_block_size(scene: Scene):
+    params = DuplicateParams()
+    usable = scene.manifest.usable.sort_values("path").reset_index(drop=True)
+    thumbs = np.stack([duplicates._thumbnail(duplicates._grey(scene.manifest.root / p), params) for p in usable["path"]])
+    labels = usable["class"].to_numpy()
+    whole_rows = duplicates.phase_correlation_candidates(thumbs, labels, params, block=len(thumbs))
+    assert len(whole_rows) >= len(scene.recaptures)  # the re-captures at least are candidates
+    for block in (1, 7, duplicates._BLOCK):
+        assert duplicates.phase_correlation_candidates(thumbs, labels, params, block=block) == whole_rows
