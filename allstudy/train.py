@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"            # default, mirrored, multiworker, tpu
     restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
+    ema_momentum: float = 0.0            # > 0: validate, keep and deploy an exponential moving average of the weights
     tta_views: int = 1                   # dihedral views averaged at prediction (1, 4, 8); transfer heads train on them
     input_mode: str = "original"         # or a variant of allstudy.segment.INPUT_MODES (segmented, controls)
 
@@ -103,17 +104,21 @@ def _use_mixed_precision_if_gpu() -> bool:
     return False
 
 
-def _optimizer(name: str, learning_rate: float, momentum: float, schedule: str = "constant", steps: int = 0):
+def _optimizer(name: str, learning_rate: float, momentum: float, schedule: str = "constant", steps: int = 0,
+               ema_momentum: float = 0.0):
     import keras
 
+    if not 0.0 <= ema_momentum < 1.0:
+        raise ValueError(f"ema_momentum must be in [0, 1), not {ema_momentum}; 0 turns the weight average off")
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
     elif schedule != "constant":
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose constant or cosine")
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.Adam(learning_rate, **ema)
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+        return keras.optimizers.SGD(learning_rate, momentum=momentum, **ema)
     raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
 
 
@@ -161,6 +166,13 @@ def _best_epoch(rows: list[dict]) -> int:
     return rows[-1]["epoch"] if rows else 0
 
 
+def _use_average(model):
+    """``model`` with its optimizer's weight average (if it keeps one) as its trainable weights."""
+    if getattr(model.optimizer, "use_ema", False) and model.optimizer.built:
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    return model
+
+
 def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, stage: str,
                   class_weight: dict | None = None, verbose: int = 2, strategy=None, restore_best: bool = True):
     """Fit ``model`` for ``epochs`` epochs, resuming from ``stage_dir`` when an earlier fit was cut off.
@@ -183,14 +195,20 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
                 model = keras.saving.load_model(checkpoint, safe_mode=True)
             rows, initial_epoch = state["history"], int(state["epoch"])
             print(f"{stage}: resuming after epoch {initial_epoch} of {epochs} ({checkpoint.name})")
+    callbacks = [_EpochCheckpoint(stage_dir, rows, stage)]
+    if getattr(model.optimizer, "use_ema", False):
+        # A weight average: validation (hence the best epoch) measures the average; checkpoints keep the raw
+        # weights with the average in the optimizer's state, so a resumed fit goes on exactly where it was.
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights())
     if initial_epoch < epochs:
         model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=initial_epoch,
                   class_weight=class_weight, verbose=verbose, shuffle=False,  # the tf.data pipeline shuffles
-                  callbacks=[_EpochCheckpoint(stage_dir, rows, stage)])
+                  callbacks=callbacks)
+    _use_average(model)
     best = _best_epoch(rows)
     if restore_best and rows and best != rows[-1]["epoch"] and (stage_dir / "best.keras").exists():
         print(f"{stage}: keeping the weights of epoch {best} (best validation accuracy)")
-        copy_weights(keras.saving.load_model(stage_dir / "best.keras", safe_mode=True), model)
+        copy_weights(_use_average(keras.saving.load_model(stage_dir / "best.keras", safe_mode=True)), model)
     for row in rows:
         row["best"] = row["epoch"] == best
     return model, rows
@@ -284,7 +302,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         steps = config.epochs * -(-len(images["train"]) // batch)
         with strategy.scope():
             built.model.compile(optimizer=_optimizer(config.optimizer, learning_rate, config.momentum,
-                                                     config.lr_schedule, steps),
+                                                     config.lr_schedule, steps, config.ema_momentum),
                                 loss="categorical_crossentropy", metrics=["accuracy"])
         trained, stage_rows = fit_resumable(
             built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed,

@@ -220,3 +220,53 @@ def test_unknown_strategy_is_a_clear_error(prepared, tmp_path):
     with pytest.raises(ValueError, match="unknown strategy"):
         train(TrainConfig("lenet", input_size=48, epochs=1, strategy="cluster"), prepared, tmp_path / "run",
               progress=False)
+
+
+def _tiny_ema_model():
+    import keras
+
+    from allstudy.train import _optimizer
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=_optimizer("adam", 0.05, 0.9, ema_momentum=0.8), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_a_weight_average_is_what_validation_sees_what_is_kept_and_what_a_resumed_fit_continues(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from allstudy.train import _use_average, fit_resumable
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype("float32")
+    y = keras.utils.to_categorical((x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int), 3)
+    train_data = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(16)
+    val_data = tf.data.Dataset.from_tensor_slices((x[64:], y[64:])).batch(16)
+
+    whole, rows = fit_resumable(_tiny_ema_model(), train_data, val_data, 4, tmp_path / "whole", "train", verbose=0,
+                                restore_best=False)
+    # validation measured the average, and the model kept is the average, not the last raw weights
+    assert whole.evaluate(val_data, verbose=0, return_dict=True)["accuracy"] == pytest.approx(rows[-1]["val_accuracy"])
+    raw = keras.saving.load_model(tmp_path / "whole" / "epoch-0004.keras", safe_mode=True)
+    assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), whole.get_weights()))
+    averaged = _use_average(raw).get_weights()
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(averaged, whole.get_weights()))
+
+    # cut off after epoch 2, then the same call resumes: the average goes on as if never interrupted
+    fit_resumable(_tiny_ema_model(), train_data, val_data, 2, tmp_path / "cut", "train", verbose=0, restore_best=False)
+    resumed, resumed_rows = fit_resumable(_tiny_ema_model(), train_data, val_data, 4, tmp_path / "cut", "train",
+                                          verbose=0, restore_best=False)
+    assert [r["epoch"] for r in resumed_rows] == [1, 2, 3, 4]
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(resumed.get_weights(), whole.get_weights()))
+
+
+def test_a_weight_average_momentum_outside_0_1_is_a_clear_error():
+    from allstudy.train import _optimizer
+
+    with pytest.raises(ValueError, match="ema_momentum"):
+        _optimizer("adam", 1e-3, 0.9, ema_momentum=1.0)
+
