@@ -270,3 +270,22 @@ def test_a_weight_average_momentum_outside_0_1_is_a_clear_error():
     with pytest.raises(ValueError, match="ema_momentum"):
         _optimizer("adam", 1e-3, 0.9, ema_momentum=1.0)
 
+
+
+def test_a_run_with_a_weight_average_keeps_the_average_its_validation_measured(prepared, tmp_path, monkeypatch):
+    import allstudy.train
+
+    made = []
+    original = allstudy.train._optimizer
+
+    def recording(*args, **kwargs):
+        optimizer = original(*args, **kwargs)
+        made.append(optimizer)
+        return optimizer
+
+    monkeypatch.setattr(allstudy.train, "_optimizer", recording)
+    result = train(TrainConfig("lenet", input_size=48, epochs=4, batch_size=16, ema_momentum=0.5), prepared,
+                   tmp_path / "run", progress=False)
+    assert [o.use_ema for o in made] == [True] and result.params["config"]["ema_momentum"] == 0.5
+    best = result.history[result.history["best"]]["val_accuracy"].iloc[0]
+    assert result.metrics["accuracy"]["val"] == pytest.approx(best, abs=1e-6)
