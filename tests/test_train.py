@@ -271,7 +271,6 @@ def test_a_weight_average_momentum_outside_0_1_is_a_clear_error():
         _optimizer("adam", 1e-3, 0.9, ema_momentum=1.0)
 
 
-
 def test_a_run_with_a_weight_average_keeps_the_average_its_validation_measured(prepared, tmp_path, monkeypatch):
     import allstudy.train
 
