@@ -68,10 +68,10 @@ def _train(args: argparse.Namespace) -> int:
     result = train_architecture(args.data, args.out, args.profile, args.arch, weights_dir=args.weights_dir,
                                 weights=args.weights, epochs=args.epochs, input_size=args.input_size,
                                 strategy=args.strategy, batch_size=args.batch_size, input_mode=args.input_mode,
-                                tta_views=args.tta_views, run_name=args.run_name)
+                                tta_views=args.tta_views, run_name=args.run_name, split=args.split)
     accuracy = result.metrics.get("accuracy", {})
-    print(f"{args.arch}: validation accuracy {accuracy.get('val', float('nan')):.2%}, "
-          f"{result.params['train_seconds']:.0f} s; run in {result.run_dir}")
+    print(f"{args.arch}: validation accuracy {accuracy.get('val', float('nan')):.2%}, test accuracy "
+          f"{accuracy.get('test', float('nan')):.2%}, {result.params['train_seconds']:.0f} s; run in {result.run_dir}")
     return 0
 
 
@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on the fields (original) or a variant: segmented leukocytes, or a control's input")
     train.add_argument("--tta-views", type=int, choices=[1, 4, 8], help="dihedral views averaged at prediction")
     train.add_argument("--run-name", help="run folder under OUT/runs (default: the architecture)")
+    train.add_argument("--split", choices=["grouped", "image"], default="grouped",
+                       help="grouped: the study's split (overlapping fields never cross); image: the published studies' "
+                            "image-level split, to measure what its leak is worth (run ARCH-image-split)")
     train.set_defaults(func=_train)
 
     run = commands.add_parser("run", help="run the whole study (notebooks via papermill)")

@@ -78,6 +78,8 @@ def run_summary(evaluation: dict, params: dict) -> dict:
         "arch": params["arch"], "weights": params["config"]["weights"] or "none",
         "input_size": params["input_size"], "input_mode": params["config"].get("input_mode", "original"),
         "tta_views": params["config"].get("tta_views", 1),
+        "split_protocol": params.get("split_protocol", "grouped"),
+        "leaked_fields": params.get("leaked_fields", {"val": 0, "test": 0}),
         "test": {"accuracy": test["accuracy"], "accuracy_ci": test["accuracy_ci"],
                  "macro_f1": test["macro_f1"], "macro_f1_ci": test["macro_f1_ci"],
                  "balanced_accuracy": test["balanced_accuracy"],

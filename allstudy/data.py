@@ -17,7 +17,7 @@ from allstudy import __version__
 from allstudy.atomic import read_json, write_csv, write_json
 from allstudy.duplicates import DuplicateParams, find_links, groups_of, params_dict
 from allstudy.manifest import Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
-from allstudy.split import DEFAULT_FRACTIONS, make_split, split_counts
+from allstudy.split import DEFAULT_FRACTIONS, image_level_split, leaked_fields, make_split, split_counts
 
 #: Bump when the cached files' meaning changes, so that old caches are rebuilt.
 CACHE_VERSION = 1
@@ -120,3 +120,19 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
                 "split_counts": split_counts(split).to_dict()}
         write_json(info_path, info)
     return PreparedData(image_root, table, links, split, info)
+
+
+def with_image_level_split(prepared: PreparedData, seed: int = 0,
+                           fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> PreparedData:
+    """``prepared`` with the published studies' image-level split in place of the grouped one: a control that
+    measures what their protocol's leak is worth, never the study's own figures.
+
+    ``info["leaked_fields"]`` counts the validation and test fields that overlap a training field. A run's
+    identity holds its split (:func:`allstudy.train.split_hash`), so no run of the grouped split is reused for it;
+    the cached backbone features are per field and serve both.
+    """
+    split = image_level_split(prepared.manifest, seed=seed, fractions=fractions)
+    leaked = leaked_fields(split, prepared.split.set_index("path")["group"])
+    info = {**prepared.info, "split": {"seed": seed, "fractions": list(fractions), "protocol": "image-level"},
+            "split_counts": split_counts(split).to_dict(), "leaked_fields": leaked}
+    return PreparedData(prepared.root, prepared.manifest, prepared.links, split, info)

@@ -88,3 +88,25 @@ def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     counts = pd.crosstab(split["class"], split["split"]).reindex(columns=list(SPLITS), fill_value=0)
     counts.loc["total"] = counts.sum()
     return counts
+
+
+def image_level_split(table: pd.DataFrame, seed: int = 0,
+                      fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> pd.DataFrame:
+    """The published studies' protocol: a stratified split of the fields that ignores duplicate and overlap
+    groups and subjects (every field is its own group), so re-captures of one slide region can land in both
+    training and test. For measuring what that leak is worth (:func:`leaked_fields`), never for the study's
+    figures. Same columns as :func:`make_split`, ``subject`` blank."""
+    return make_split(table.assign(subject=""), pd.DataFrame({"a": [], "b": []}), seed=seed, fractions=fractions)
+
+
+def leaked_fields(split: pd.DataFrame, groups: pd.Series) -> dict[str, int]:
+    """Per evaluation split, how many fields share a duplicate/overlap group with a training field.
+
+    ``groups`` maps each path to its group (the ``group`` column of a :func:`make_split` table, by path).
+    Zero for every split of :func:`make_split`; what :func:`image_level_split` leaks.
+    """
+    group = split["path"].map(groups)
+    if group.isna().any():
+        raise ValueError(f"{int(group.isna().sum())} paths of the split have no group; pass the groups of the same data")
+    seen_in_training = set(group[split["split"] == "train"])
+    return {s: int(group[split["split"] == s].isin(seen_in_training).sum()) for s in ("val", "test")}

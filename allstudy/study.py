@@ -173,16 +173,25 @@ def render_report(notebooks: list[Path], title: str = "allstudy report") -> str:
 
 def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, profile: str, arch: str,
                        weights_dir: str | os.PathLike | None = None, progress: bool = True, run_name: str | None = None,
-                       **overrides):
+                       split: str = "grouped", **overrides):
     """Train one architecture of the profile on the study's data into ``out/runs/<run_name or arch>/``.
 
-    A finished run with the same parameters and data is reused as it is.
+    A finished run with the same parameters and data is reused as it is. ``split="image"`` trains on the
+    published studies' image-level split instead (:func:`allstudy.data.with_image_level_split`; default
+    run name ``<arch>-image-split``), to measure what their protocol's leak is worth.
     """
+    from allstudy.data import with_image_level_split
     from allstudy.train import train
 
+    if split not in ("grouped", "image"):
+        raise ValueError(f"split must be 'grouped' (the study's) or 'image' (the published protocol), not {split!r}")
     deterministic_ops()
     prepared = prepare_study_data(data, out, profile, progress=False)
     config = train_config(profile, arch, **overrides)
+    if split == "image":
+        settings = get_profile(profile)
+        prepared = with_image_level_split(prepared, settings["seed"], tuple(settings["fractions"]))
+        run_name = run_name or f"{arch}-image-split"
     return train(config, prepared, Path(out) / "runs" / (run_name or arch), cache_dir=Path(out) / "cache",
                  progress=progress, weights_dir=weights_dir)
 
@@ -244,14 +253,17 @@ def cached_train_embedding(params: dict, prepared: PreparedData, cache_dir: Path
     """A transfer run's cached backbone features of the upright training fields: the embedding its guard reads
     (the head's input), as training computed them; None for a model trained on images, a fine-tuned backbone
     (the features no longer describe it) or a missing cache."""
-    from allstudy.train import features_dir
+    from allstudy.train import feature_rows, features_dir
 
     if not params.get("feature_runtime") or params["config"].get("epochs", 0) > 0:
         return None
     folder = features_dir(cache_dir, params["config"], params.get("weights_sha256") or params.get("weights_file"),
                           params["input_size"], params["data_hash"])
-    path = folder / "features-train-view0.npy" if folder else None
-    return np.load(path) if path and path.exists() else None
+    path = folder / "features-view0.npy" if folder else None
+    if not (path and path.exists()):
+        return None
+    features = np.load(path)
+    return features[feature_rows(prepared.split)["train"]] if len(features) == len(prepared.split) else None
 
 
 def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:
@@ -289,7 +301,7 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     ``out/comparison.csv`` and ``out/models/chosen/``. ``strategy`` (mirrored, multiworker, tpu) is
     the training notebooks' ``tf.distribute`` strategy; None: TensorFlow's default (one device).
     """
-    from allstudy.controls import BASELINES, CONTROL_RUNS, run_baseline
+    from allstudy.controls import BASELINES, CONTROL_RUNS, IMAGE_SPLIT_RUN, run_baseline
 
     started = time.perf_counter()
     out = Path(out).resolve()
@@ -317,7 +329,8 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
         results.append(execute_notebook("04_evaluate", {**evaluation, "run": arch}, out, data_hash, force=force,
                                         output_name=f"04_evaluate-{arch}"))
 
-    # Validity controls: shortcut baselines, then the chosen architecture on other inputs (one view each).
+    # Validity controls: shortcut baselines, the chosen architecture on other inputs (one view each), and on the
+    # published image-level split.
     from allstudy.compare import choose, evaluate_run, finished_runs
 
     found = finished_runs(out, architectures)
@@ -333,6 +346,12 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
             "03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": run_name, "input_mode": mode,
                          "tta_views": 1, **training}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
         controls.append(run_name)
+    # The published protocol: the chosen architecture as it is (its views), on the image-level split.
+    run_name = f"control-{chosen}-{IMAGE_SPLIT_RUN}"
+    results.append(execute_notebook(
+        "03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": run_name, "split": "image",
+                     **training}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
+    controls.append(run_name)
 
     summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
     summary_hash = hashlib.sha256((out / "summary.json").read_bytes()).hexdigest()

@@ -32,6 +32,7 @@ from allstudy.models import (DIHEDRAL_VIEWS, Built, build_model, copy_weights, d
                              unfreeze_top, with_tta)
 from allstudy.pipeline import class_weights, load_images, make_dataset
 from allstudy.provenance import code_version, package_versions
+from allstudy.split import SPLITS
 
 
 @dataclass(frozen=True)
@@ -224,12 +225,26 @@ def features_dir(cache_dir, config: dict, weights_key: str | None, size: int, da
     """Where a backbone's features of this data are cached for reuse by other runs (None: no cache_dir).
 
     ``config`` is the run's :class:`TrainConfig` as a dict (params.json's ``config``); ``weights_key``
-    the weights file's sha256, or ``"imagenet"`` for Keras' download. Files: ``features-<split>-view<k>.npy``.
+    the weights file's sha256, or ``"imagenet"`` for Keras' download. Files: ``features-view<k>.npy``, one row
+    per field of the data in path order (:func:`feature_rows`), whatever the split.
     """
     if cache_dir is None:
         return None
     key = "|".join(map(str, [config["arch"], weights_key, config["alpha"], size, config["input_mode"], data_hash]))
     return Path(cache_dir) / f"features-{config['arch']}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def feature_rows(split: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each split's fields (in the split table's order) as row numbers of the feature files, which hold every
+    field of the data in path order: any split of the same data reads the same files."""
+    paths = np.sort(split["path"].to_numpy())
+    return {s: np.searchsorted(paths, split.loc[split["split"] == s, "path"].to_numpy()) for s in SPLITS}
+
+
+def split_hash(split: pd.DataFrame) -> str:
+    """A fingerprint of which field is in which split (part of a run's identity)."""
+    rows = sorted(zip(split["path"], split["split"]))
+    return hashlib.sha256("\n".join(f"{p}\t{s}" for p, s in rows).encode()).hexdigest()[:16]
 
 
 class _FeatureExtractor:
@@ -248,7 +263,23 @@ class _FeatureExtractor:
                 self._predict, self.runtime = bulk_predictor(self.built.features, images[:8], self.batch_size)
             return self._predict(dihedral(images, view))
 
-        return cached_array(path, compute)
+        features = cached_array(path, compute)
+        if len(features) != len(images):  # not these fields (a cache from other code): compute them again
+            path.unlink()
+            features = cached_array(path, compute)
+        return features
+
+    def by_split(self, images: dict[str, np.ndarray], split: pd.DataFrame, views, folder: Path,
+                 progress: bool) -> dict[str, np.ndarray]:
+        """Each split's features of every view, shape (views, fields, features), from per-view files that hold
+        every field of the data in path order (:func:`feature_rows`)."""
+        rows = feature_rows(split)
+        every = np.empty((len(split), *next(iter(images.values())).shape[1:]), np.uint8)
+        for name, part in images.items():
+            every[rows[name]] = part
+        per_view = [self(every, folder / f"features-view{k}.npy", k)
+                    for k in tqdm(views, desc="features", unit="view", disable=not progress)]
+        return {name: np.stack([features[rows[name]] for features in per_view]) for name in images}
 
 
 def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
@@ -258,7 +289,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
 
     run_dir = Path(run_dir)
     params_path = run_dir / "params.json"
-    identity = {"config": asdict(config), "data_hash": data.info["data_hash"],
+    identity = {"config": asdict(config), "data_hash": data.info["data_hash"], "split_hash": split_hash(data.split),
                 "code_source": code_version()["training_source_sha256"]}
     if params_path.exists() and (run_dir / "model.keras").exists():
         params = read_json(params_path)
@@ -318,9 +349,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         where = features_dir(cache_dir, asdict(config), _sha256(built.weights) or built.weights, size,
                              data.info["data_hash"]) or work
         extract = _FeatureExtractor(built, batch)
-        features = {s: np.stack([extract(images[s], where / f"features-{s}-view{k}.npy", k)
-                                 for k in tqdm(views, desc=f"{s} features", unit="view", disable=not progress)])
-                    for s in images}
+        features = extract.by_split(images, data.split, views, where, progress)
         feature_runtime = extract.runtime or "cached"   # litert, keras, or all read from the cache
         head_x = {s: f.reshape(-1, f.shape[-1]) for s, f in features.items()}
         head_y = {s: np.tile(y, (len(views), 1)) for s, y in onehot.items()}
@@ -369,7 +398,8 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
               "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
               "epochs_run": len(history), "tta_views": config.tta_views, "prediction_check_max_abs_diff": check,
-              "feature_runtime": feature_runtime,
+              "feature_runtime": feature_runtime, "split_protocol": data.info.get("split", {}).get("protocol", "grouped"),
+              "leaked_fields": data.info.get("leaked_fields", {"val": 0, "test": 0}),
               "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
               "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
     write_json(params_path, params)  # last: its presence marks a finished run

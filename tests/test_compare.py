@@ -133,6 +133,10 @@ def test_control_table_puts_the_chosen_model_first(runs):
     rows = control_table({"control-x-background": entries["sequential"]}, entries["vgg16"])
     assert [r["control"] for r in rows] == ["chosen model", "control-x-background"]
     assert "masked out" in rows[1]["sees"]
+    leaky = {**entries["vgg16"], "split_protocol": "image-level", "leaked_fields": {"val": 5, "test": 7}}
+    row = control_table({"control-x-image-split": leaky}, entries["vgg16"])[1]
+    assert row["split_protocol"] == "image-level" and row["leaked_test_fields"] == 7
+    assert "image-level split (7 of its test fields overlap a training field)" in row["sees"]
 
 
 def test_control_findings_read_the_summary():
@@ -142,4 +146,7 @@ def test_control_findings_read_the_summary():
     lines = control_findings({"data": {"classes": {"a": 30, "b": 70}}, "controls": {"rows": rows}})
     assert len(lines) == 3 and "**95.0%**" in lines[0] and "70.0%" in lines[0]
     assert "**96.0%**" in lines[1] and "+1.0 points" in lines[2]
+    rows.append({"control": "control-x-image-split", "accuracy": 0.995, "leaked_test_fields": 31})
+    leak = control_findings({"data": {"classes": {"a": 30, "b": 70}}, "controls": {"rows": rows}})[3]
+    assert "**99.5%**" in leak and "against 99.0%" in leak and "+0.5 points" in leak and "31 fields overlap" in leak
     assert control_findings({"data": {}, "controls": {"rows": []}}) == []

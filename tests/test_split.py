@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from allstudy.split import _folds_for, assign_groups, check_split, make_split, split_counts
+from allstudy.split import (_folds_for, assign_groups, check_split, image_level_split, leaked_fields, make_split,
+                            split_counts)
 
 
 def _table(n_per_class: int = 100, classes=("A", "B", "C"), subjects: bool = False) -> pd.DataFrame:
@@ -84,3 +85,23 @@ def test_too_few_groups_is_a_clear_error():
 def test_assign_groups_merges_links_and_subjects():
     groups = assign_groups(["a", "b", "c", "d"], ["", "", "S1", "S1"], _links([("a", "b")]))
     assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+
+
+def test_the_image_level_split_lets_overlapping_fields_cross_and_counts_them():
+    table = _table(100)
+    pairs = [(f"A/{i:04d}.jpg", f"A/{i + 1:04d}.jpg") for i in range(0, 100, 5) for i in range(i, i + 4)]
+    grouped = make_split(table, _links(pairs), seed=3)
+    groups = grouped.set_index("path")["group"]
+    assert leaked_fields(grouped, groups) == {"val": 0, "test": 0}
+    leaky = image_level_split(table, seed=3)
+    assert leaky["group"].tolist() == leaky["path"].tolist()
+    assert (image_level_split(_table(100, subjects=True), seed=3)["subject"] == "").all()
+    assert split_counts(leaky).loc["total"].tolist() == split_counts(grouped).loc["total"].tolist()
+    leaked = leaked_fields(leaky, groups)
+    # A field leaks when a field of its overlap chain is in training: count them by hand.
+    chain_in_training = {groups[p] for p, s in zip(leaky["path"], leaky["split"]) if s == "train"}
+    for name in ("val", "test"):
+        part = leaky[leaky["split"] == name]
+        assert leaked[name] == sum(groups[p] in chain_in_training for p in part["path"]) > 0
+    with pytest.raises(ValueError, match="no group"):
+        leaked_fields(leaky, groups.iloc[:10])

@@ -37,7 +37,8 @@ def test_notebooks_are_committed_clean():
 def test_every_step_executes_without_error_and_renders(study):
     out, results = study
     chosen = json.loads((out / "summary.json").read_text())["chosen"]
-    controls = [f"03_train-control-{chosen}-{c}" for c in ("original", "background", "segmented", "mitigated")]
+    controls = [f"03_train-control-{chosen}-{c}"
+                for c in ("original", "background", "segmented", "mitigated", "image-split")]
     assert [r.name for r in results] == (["01_explore", "02_preprocess"] + [f"03_train-{a}" for a in ARCHS]
                                          + [f"04_evaluate-{a}" for a in ARCHS] + controls + ["05_compare"])
     for result in results:
@@ -137,6 +138,16 @@ def test_summary_agrees_with_the_runs_predictions(study):
     assert set(comparison["run"]) == set(ARCHS) and comparison["chosen"].sum() == 1
     assert [r["control"] for r in summary["controls"]["rows"]][:3] == [
         "chosen model", "control-colour-statistics", "control-scale-bar-corner"]
+    # the published protocol's control: the chosen architecture on the image-level split, whose leak it counts
+    leaky = summary["controls"]["rows"][-1]
+    assert leaky["control"] == f"control-{summary['chosen']}-image-split" and leaky["split_protocol"] == "image-level"
+    split = pd.read_csv(out / "data" / "splits.csv", keep_default_na=False)
+    predictions = pd.read_csv(out / "runs" / leaky["control"] / "predictions.csv", keep_default_na=False)
+    group = split.set_index("path")["group"]
+    trained = set(group[split.set_index("path").index.difference(predictions["path"])])
+    test = predictions.loc[predictions["split"] == "test", "path"]
+    assert leaky["leaked_test_fields"] == int(test.map(group).isin(trained).sum()) > 0
+    assert f"{leaky['leaked_test_fields']} of its test fields overlap a training field" in leaky["sees"]
 
 
 def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
@@ -177,3 +188,11 @@ def test_unknown_profile_and_missing_data_are_clear_errors(tmp_path):
         run(None, profile="fast", out=tmp_path)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         run(tmp_path / "nowhere", profile="quick", out=tmp_path)
+
+
+def test_an_unknown_split_protocol_is_a_clear_error(tmp_path):
+    from allstudy.study import train_architecture
+
+    with pytest.raises(ValueError, match="'grouped'.*'image'"):
+        train_architecture(None, tmp_path, "quick", "lenet", split="patient")
+    assert not any(tmp_path.iterdir())  # refused before any work

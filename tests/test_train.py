@@ -288,3 +288,42 @@ def test_a_run_with_a_weight_average_keeps_the_average_its_validation_measured(p
     assert [o.use_ema for o in made] == [True] and result.params["config"]["ema_momentum"] == 0.5
     best = result.history[result.history["best"]]["val_accuracy"].iloc[0]
     assert result.metrics["accuracy"]["val"] == pytest.approx(best, abs=1e-6)
+
+
+def test_a_run_on_the_published_image_level_split_is_a_run_of_its_own(prepared, tmp_path):
+    from allstudy.data import with_image_level_split
+    from allstudy.split import leaked_fields
+
+    leaky = with_image_level_split(prepared, seed=0, fractions=(0.6, 0.2, 0.2))
+    assert not leaky.split.set_index("path")["split"].equals(prepared.split.set_index("path")["split"])
+    assert leaky.info["leaked_fields"] == leaked_fields(leaky.split, prepared.split.set_index("path")["group"])
+    assert sum(leaky.info["leaked_fields"].values()) > 0  # the synthetic default has re-captures: some cross
+    config = TrainConfig("sequential", input_size=32, epochs=1, batch_size=16)
+    train(config, prepared, tmp_path / "run", progress=False)
+    result = train(config, leaky, tmp_path / "run", progress=False)
+    assert not result.skipped  # the same data, another split: never the grouped split's run
+    params = json.loads((tmp_path / "run" / "params.json").read_text())
+    assert params["split_protocol"] == "image-level" and params["leaked_fields"] == leaky.info["leaked_fields"]
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    expected = leaky.split[leaky.split["split"] != "train"]
+    assert sorted(zip(predictions["split"], predictions["path"])) == sorted(zip(expected["split"], expected["path"]))
+
+
+def test_cached_features_are_per_field_so_another_split_of_the_data_reuses_them(prepared, tmp_path,
+                                                                                tiny_mobilenet_weights):
+    from allstudy.data import with_image_level_split
+
+    config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
+                         epochs=0, batch_size=16, tta_views=4)
+    grouped = train(config, prepared, tmp_path / "grouped", cache_dir=tmp_path / "cache", progress=False)
+    files = sorted((tmp_path / "cache").glob("features-*/features-view*.npy"))
+    assert [f.name for f in files] == [f"features-view{k}.npy" for k in range(4)]
+    assert all(len(np.load(f)) == len(prepared.split) for f in files)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    leaky = train(config, with_image_level_split(prepared, 0, (0.6, 0.2, 0.2)), tmp_path / "leaky",
+                  cache_dir=tmp_path / "cache", progress=False)
+    assert leaky.params["feature_runtime"] == "cached"  # every view read from the grouped run's files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    # a field's probabilities depend on the head, not on where the field's features were read from
+    for run in (grouped, leaky):
+        assert run.params["prediction_check_max_abs_diff"] <= 1e-4
