@@ -218,7 +218,7 @@ def test_summary_and_every_run_carry_their_provenance(uninterrupted):
     assert provenance["code_version"]["version"] and provenance["code_version"]["source_sha256"]
     assert provenance["packages"]["keras"] and provenance["packages"]["numpy"] and provenance["packages"]["python"]
     runs = sorted((out / "runs").glob("*/params.json"))
-    assert len(runs) == 1 + 2 + 4  # the architecture, two baselines, four trained controls
+    assert len(runs) == 1 + 2 + 5  # the architecture, two baselines, five trained controls (4 inputs, 1 split)
     for path in runs:
         params = json.loads(path.read_text())
         assert params["data_hash"] == data_hash, path
