@@ -6,6 +6,8 @@ EXTRAS ?= cpu,dev
 DATA ?=
 PROFILE ?= quick
 OUT ?= outputs
+# Notebooks executed at once: 2 keeps both cores of a 2-core machine busy (about twice the memory: JOBS=1 below 16 GB).
+JOBS ?= 2
 # ImageNet weight files that load offline (see data/README.md); the team keeps them beside the project.
 WEIGHTS_DIR ?= $(wildcard ../shared/weights)
 
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 study: venv ## the whole study; DATA=/path/to/images PROFILE=cpu for real data
-	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)" \
+	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)" --jobs $(JOBS) \
 		$(if $(WEIGHTS_DIR),--weights-dir "$(WEIGHTS_DIR)")
 
 # Debian's Chromium for the real-browser checks (Playwright drives it; its own download needs the internet).

@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     from allstudy.study import run
 
     results = run(args.data, profile=args.profile, out=args.out, force=args.force, weights_dir=args.weights_dir,
-                  architectures=args.arch, strategy=args.strategy)
+                  architectures=args.arch, strategy=args.strategy, jobs=args.jobs)
     out = Path(args.out).resolve()
     print(f"\nThe study is done. The report: {out / 'report.html'}\n"
           f"Figures: {out / 'summary.json'}, {out / 'comparison.csv'}; chosen model: {out / 'models' / 'chosen'}\n"
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
     run.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"],
                      help="tf.distribute strategy of every training step (default: one device)")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once, each in its own kernel; "
+                     "2 keeps both cores of a 2-core machine busy and needs about twice the memory "
+                     "(default: %(default)s)")
     run.set_defaults(func=_run)
 
     predict = commands.add_parser("predict", help="classify image files with a model folder, into a CSV")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import numpy as np
 
 from allstudy.atomic import atomic_path, read_json, write_json, write_text
 from allstudy.data import PreparedData, prepare
+from allstudy.parallel import run_chains
 from allstudy.profiles import get_profile, train_config
 from allstudy.provenance import code_version, package_versions
 from allstudy.synthetic import generate_dataset
@@ -72,8 +74,12 @@ def _stamp(notebook: Path, parameters: dict, data_hash: str) -> str:
 
 
 def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, force: bool = False,
-                     output_name: str | None = None) -> StepResult:
-    """Execute ``notebooks/<name>.ipynb`` with papermill into ``out/notebooks/`` and render HTML; skip if fresh."""
+                     output_name: str | None = None, progress: bool = True) -> StepResult:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``out/notebooks/`` and render HTML; skip if fresh.
+
+    ``progress``: papermill's progress bar per cell; without it (steps running side by side) one line
+    when the step starts and one when it ends.
+    """
     import papermill
 
     source = NOTEBOOKS / f"{name}.ipynb"
@@ -94,7 +100,7 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
     with atomic_path(target) as tmp:
         try:
             papermill.execute_notebook(str(source), str(tmp), parameters=parameters, cwd=str(NOTEBOOKS),
-                                       progress_bar=True, kernel_name="python3")
+                                       progress_bar=progress, kernel_name="python3")
         except papermill.PapermillExecutionError as err:
             with contextlib.suppress(OSError):
                 os.replace(tmp, failed)  # keep the executed copy with its traceback for the user
@@ -103,6 +109,8 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
     write_text(html, render_html(target))
     seconds = time.perf_counter() - start
     write_json(stamp_path, {"stamp": stamp, "seconds": round(seconds, 1), "parameters": parameters})
+    if not progress:
+        print(f"{name}: done in {seconds:.0f} s")
     return StepResult(name, target, html, False, seconds)
 
 
@@ -294,15 +302,19 @@ def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cach
 
 def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str | os.PathLike = "outputs",
         force: bool = False, weights_dir: str | os.PathLike | None = None,
-        architectures: list[str] | None = None, strategy: str | None = None) -> list[StepResult]:
+        architectures: list[str] | None = None, strategy: str | None = None, jobs: int = 1) -> list[StepResult]:
     """Run the whole study (01 to 05, controls, report); return the executed steps.
 
     With no ``data``, the embedded synthetic default. Writes ``out/report.html``, ``out/summary.json``,
     ``out/comparison.csv`` and ``out/models/chosen/``. ``strategy`` (mirrored, multiworker, tpu) is
     the training notebooks' ``tf.distribute`` strategy; None: TensorFlow's default (one device).
+    ``jobs`` notebooks execute at once (each architecture trains then evaluates in one chain; the
+    controls run side by side); every result is the same whatever ``jobs`` is.
     """
     from allstudy.controls import BASELINES, CONTROL_RUNS, IMAGE_SPLIT_RUN, run_baseline
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
     started = time.perf_counter()
     out = Path(out).resolve()
     prepared = prepare_study_data(data, out, profile)
@@ -312,25 +324,25 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     base = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
     training = {"strategy": strategy} if strategy else {}  # only when given: unchanged steps stay reused
     reference = reference_segmentation(prepared.root)
-    results = [
-        execute_notebook("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
-                                        "duplicate_groups_shown": settings["explore_duplicate_groups"]},
-                         out, data_hash, force=force),
-        execute_notebook("02_preprocess", {**base, "reference_dir": str(reference) if reference else None,
-                                           "max_compared": settings["preprocess_max_compared"]},
-                         out, data_hash, force=force),
-    ]
+
+    def step(name: str, parameters: dict, output_name: str | None = None):
+        return functools.partial(execute_notebook, name, parameters, out, data_hash, force=force,
+                                 output_name=output_name, progress=jobs == 1)
+
     architectures = architectures or settings["architectures"]
-    for arch in architectures:
-        results.append(execute_notebook("03_train", {**base, "arch": arch, "weights_dir": weights_dir, **training},
-                                        out, data_hash, force=force, output_name=f"03_train-{arch}"))
     evaluation = {"out_dir": str(out), "n_resamples": settings["bootstrap_resamples"], "seed": settings["seed"]}
-    for arch in architectures:
-        results.append(execute_notebook("04_evaluate", {**evaluation, "run": arch}, out, data_hash, force=force,
-                                        output_name=f"04_evaluate-{arch}"))
+    explore, preprocess, *trained = run_chains(
+        [[step("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
+                              "duplicate_groups_shown": settings["explore_duplicate_groups"]})],
+         [step("02_preprocess", {**base, "reference_dir": str(reference) if reference else None,
+                                 "max_compared": settings["preprocess_max_compared"]})]]
+        + [[step("03_train", {**base, "arch": arch, "weights_dir": weights_dir, **training}, f"03_train-{arch}"),
+            step("04_evaluate", {**evaluation, "run": arch}, f"04_evaluate-{arch}")] for arch in architectures],
+        jobs)
+    results = explore + preprocess + [chain[0] for chain in trained] + [chain[1] for chain in trained]
 
     # Validity controls: shortcut baselines, the chosen architecture on other inputs (one view each), and on the
-    # published image-level split.
+    # published image-level split (the chosen architecture as it is, with its views).
     from allstudy.compare import choose, evaluate_run, finished_runs
 
     found = finished_runs(out, architectures)
@@ -340,18 +352,14 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     for name in BASELINES:
         print(f"control: {name} baseline")
         controls.append(run_baseline(name, prepared, out, out / "cache", settings["seed"]).name)
-    for suffix, (mode, _) in CONTROL_RUNS.items():
-        run_name = f"control-{chosen}-{suffix}"
-        results.append(execute_notebook(
-            "03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": run_name, "input_mode": mode,
-                         "tta_views": 1, **training}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
-        controls.append(run_name)
-    # The published protocol: the chosen architecture as it is (its views), on the image-level split.
-    run_name = f"control-{chosen}-{IMAGE_SPLIT_RUN}"
-    results.append(execute_notebook(
-        "03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": run_name, "split": "image",
-                     **training}, out, data_hash, force=force, output_name=f"03_train-{run_name}"))
-    controls.append(run_name)
+    variants = {f"control-{chosen}-{suffix}": {"input_mode": mode, "tta_views": 1}
+                for suffix, (mode, _) in CONTROL_RUNS.items()}
+    variants[f"control-{chosen}-{IMAGE_SPLIT_RUN}"] = {"split": "image"}
+    for chain in run_chains([[step("03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": name,
+                                                 **variant, **training}, f"03_train-{name}")]
+                             for name, variant in variants.items()], jobs):
+        results += chain
+    controls += list(variants)
 
     summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
     summary_hash = hashlib.sha256((out / "summary.json").read_bytes()).hexdigest()

@@ -21,7 +21,7 @@ ARCHS = ARCHITECTURES
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return out, run(None, profile="quick", out=out)
+    return out, run(None, profile="quick", out=out, jobs=2)  # two notebooks at once, as `make study` runs them
 
 
 def test_notebooks_are_committed_clean():

@@ -1,0 +1,74 @@
+"""Chains of steps side by side (the study's --jobs): order of results, real overlap, and failures."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from allstudy.parallel import run_chains
+
+
+def _step(log: list, name: str, seconds: float = 0.0, error: Exception | None = None):
+    def call():
+        log.append(f"start {name}")
+        time.sleep(seconds)
+        if error:
+            raise error
+        log.append(f"end {name}")
+        return name
+    return call
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_results_come_in_the_order_of_the_chains_whatever_finishes_first(jobs):
+    log = []
+    chains = [[_step(log, "a1", 0.2), _step(log, "a2")], [_step(log, "b1", 0.05), _step(log, "b2")], [_step(log, "c1")]]
+    assert run_chains(chains, jobs) == [["a1", "a2"], ["b1", "b2"], ["c1"]]
+    for chain in ("a", "b"):  # within a chain, in order
+        assert log.index(f"end {chain}1") < log.index(f"start {chain}2")
+    if jobs > 1:  # b ran while a slept
+        assert log.index("end b2") < log.index("end a1")
+
+
+def test_two_jobs_run_two_steps_at_once():
+    meet = threading.Barrier(2, timeout=10)  # passes only when both steps are running together
+    chains = [[lambda: meet.wait() is not None], [lambda: meet.wait() is not None]]
+    assert run_chains(chains, jobs=2) == [[True], [True]]
+
+
+def test_a_failure_is_raised_and_stops_what_has_not_started():
+    log = []
+    chains = [[_step(log, "a1", 0.3), _step(log, "a2")],
+              [_step(log, "b1", error=RuntimeError("b1 broke"))],
+              [_step(log, "c1")]]
+    with pytest.raises(RuntimeError, match="b1 broke"):
+        run_chains(chains, jobs=2)
+    assert "end a1" in log  # the step running when b1 failed was let finish ...
+    assert "start a2" not in log and "start c1" not in log  # ... and nothing new started
+
+
+def test_one_job_runs_in_the_calling_thread_and_stops_at_the_first_failure():
+    log = []
+    threads = []
+    chains = [[lambda: threads.append(threading.current_thread()) or "x"],
+              [_step(log, "b1", error=ValueError("bad"))], [_step(log, "c1")]]
+    with pytest.raises(ValueError, match="bad"):
+        run_chains(chains, jobs=1)
+    assert threads == [threading.main_thread()] and "start c1" not in log
+
+
+def test_jobs_below_one_is_a_clear_error():
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        run_chains([], jobs=0)
+
+
+def test_the_study_takes_jobs_from_the_command_line_and_refuses_zero_before_any_work(tmp_path):
+    from allstudy.cli import build_parser
+    from allstudy.study import run
+
+    assert build_parser().parse_args(["run", "--jobs", "2"]).jobs == 2
+    assert build_parser().parse_args(["run"]).jobs == 1
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        run(None, out=tmp_path / "out", jobs=0)
+    assert not (tmp_path / "out").exists()
