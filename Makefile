@@ -6,7 +6,7 @@ EXTRAS ?= cpu,dev
 DATA ?=
 PROFILE ?= quick
 OUT ?= outputs
-# Notebooks executed at once: 2 keeps both cores of a 2-core machine busy (about twice the memory: JOBS=1 below 16 GB).
+# Notebooks executed at once, each in its own kernel: 2 keeps both cores of a 2-core machine busy (README: Time).
 JOBS ?= 2
 # ImageNet weight files that load offline (see data/README.md); the team keeps them beside the project.
 WEIGHTS_DIR ?= $(wildcard ../shared/weights)

@@ -210,9 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
     run.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"],
                      help="tf.distribute strategy of every training step (default: one device)")
-    run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once, each in its own kernel; "
-                     "2 keeps both cores of a 2-core machine busy and needs about twice the memory "
-                     "(default: %(default)s)")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once, each in its own kernel, "
+                     "with the same results; 2 keeps both cores of a 2-core machine busy (default: %(default)s)")
     run.set_defaults(func=_run)
 
     predict = commands.add_parser("predict", help="classify image files with a model folder, into a CSV")
