@@ -6,7 +6,7 @@ The study's notebooks each run in their own kernel process, so threads here only
 """
 from __future__ import annotations
 
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+import threading
 from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -15,35 +15,57 @@ T = TypeVar("T")
 def run_chains(chains: Sequence[Sequence[Callable[[], T]]], jobs: int = 1) -> list[list[T]]:
     """Call each chain's steps in order, up to ``jobs`` chains at once, chains started in the order given.
 
-    Returns each chain's results, in the order of ``chains``. When a step raises, the chains not yet
-    started are dropped, the ones running finish their current step and stop, and the first error
-    raised is raised again here.
+    Returns each chain's results, in the order of ``chains``. When a step raises, or the caller is
+    interrupted (Ctrl-C), the chains not yet started are dropped, the ones running finish their current
+    step and stop, and the error is raised again here. A second Ctrl-C leaves the running steps: their
+    threads are daemons, and a notebook's kernel ends with the process that started it.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     if jobs == 1:
         return [[step() for step in chain] for chain in chains]
 
-    failed = []  # set once a step has raised: the other chains stop after their current step
+    results: list = [None] * len(chains)
+    errors: list[BaseException] = []
+    waiting = iter(range(len(chains)))
+    lock = threading.Lock()
+    stop = threading.Event()  # a step raised or the caller was interrupted: start nothing more
 
-    def run_chain(chain: Sequence[Callable[[], T]]) -> list[T]:
-        results = []
-        for step in chain:
-            if failed:
-                break
-            try:
-                results.append(step())
-            except BaseException:
-                failed.append(True)
-                raise
-        return results
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                index = next(waiting, None)
+            if index is None:
+                return
+            done = []
+            for step in chains[index]:
+                if stop.is_set():
+                    return
+                try:
+                    done.append(step())
+                except BaseException as err:
+                    with lock:
+                        errors.append(err)
+                    stop.set()
+                    return
+            results[index] = done
 
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="allstudy-step") as pool:
-        futures = [pool.submit(run_chain, chain) for chain in chains]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        errors = [f for f in futures if f in done and f.exception() is not None]
-        if errors:
-            failed.append(True)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise errors[0].exception()
-    return [f.result() for f in futures]
+    threads = [threading.Thread(target=worker, name=f"allstudy-step-{n}", daemon=True)
+               for n in range(min(jobs, len(chains)))]
+    for thread in threads:
+        thread.start()
+    try:
+        _join(threads)
+    except BaseException:
+        stop.set()
+        print("interrupted: waiting for the running steps to end (Ctrl-C again to leave them)", flush=True)
+        _join(threads)
+        raise
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join()

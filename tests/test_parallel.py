@@ -72,3 +72,33 @@ def test_the_study_takes_jobs_from_the_command_line_and_refuses_zero_before_any_
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         run(None, out=tmp_path / "out", jobs=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupt_starts_nothing_more_and_lets_the_running_steps_end(monkeypatch, capsys):
+    import allstudy.parallel
+
+    log = []
+    both_running = threading.Barrier(3, timeout=10)  # the two first steps and the runner
+    join = allstudy.parallel._join
+    calls = []
+
+    def first(name):
+        def call():
+            both_running.wait()
+            return _step(log, name, 0.3)()
+        return call
+
+    def interrupted_join(threads):
+        calls.append(True)
+        if len(calls) == 1:  # Ctrl-C while the runner waits on its running steps
+            both_running.wait()
+            raise KeyboardInterrupt
+        join(threads)
+
+    monkeypatch.setattr(allstudy.parallel, "_join", interrupted_join)
+    chains = [[first("a1"), _step(log, "a2")], [first("b1"), _step(log, "b2")], [_step(log, "c1")]]
+    with pytest.raises(KeyboardInterrupt):
+        run_chains(chains, jobs=2)
+    assert "end a1" in log and "end b1" in log  # the running steps ended ...
+    assert not {"start a2", "start b2", "start c1"} & set(log)  # ... and nothing new started
+    assert "interrupted: waiting for the running steps to end" in capsys.readouterr().out
