@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from allstudy.atomic import write_json
+
 
 def tree_rss(process: psutil.Process) -> int:
     """Resident memory of ``process`` and all its descendants, in bytes."""
@@ -104,8 +106,7 @@ def main() -> None:
         print(f"--jobs {jobs} vs --jobs {first}: {ratio:.2f}x the speed; "
               f"{'the same' if same else 'DIFFERENT'} figures for all {len(results[jobs]['figures'])} runs")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":
