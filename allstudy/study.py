@@ -99,8 +99,11 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
     failed = target.with_name(f"{name}.failed.ipynb")
     with atomic_path(target) as tmp:
         try:
-            papermill.execute_notebook(str(source), str(tmp), parameters=parameters, cwd=str(NOTEBOOKS),
-                                       progress_bar=progress, kernel_name="python3")
+            # The kernel starts in notebooks/ (nbclient's resources path), as in Jupyter. Not papermill's
+            # ``cwd``: that changes the whole process's directory, which steps running side by side in
+            # threads then restore in the wrong order, leaving the caller in notebooks/.
+            papermill.execute_notebook(str(source), str(tmp), parameters=parameters, progress_bar=progress,
+                                       kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
         except papermill.PapermillExecutionError as err:
             with contextlib.suppress(OSError):
                 os.replace(tmp, failed)  # keep the executed copy with its traceback for the user

@@ -102,3 +102,35 @@ def test_an_interrupt_starts_nothing_more_and_lets_the_running_steps_end(monkeyp
     assert "end a1" in log and "end b1" in log  # the running steps ended ...
     assert not {"start a2", "start b2", "start c1"} & set(log)  # ... and nothing new started
     assert "interrupted: waiting for the running steps to end" in capsys.readouterr().out
+
+
+def test_notebooks_side_by_side_start_in_notebooks_and_leave_the_callers_directory(tmp_path, monkeypatch):
+    """papermill's ``cwd`` changes the whole process's directory: when a step that started second ended last, it
+    "restored" notebooks/, and `make study` then printed its paths under notebooks/outputs/."""
+    import os
+
+    import nbformat
+
+    import allstudy.study
+    from allstudy.study import execute_notebook
+
+    notebooks, caller = tmp_path / "notebooks", tmp_path / "caller"
+    notebooks.mkdir()
+    caller.mkdir()
+    cell = nbformat.v4.new_code_cell("where, seconds = '', 0.0")
+    cell.metadata["tags"] = ["parameters"]
+    book = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(
+        "import os, pathlib, time\ntime.sleep(seconds)\npathlib.Path(where).write_text(os.getcwd())")])
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, notebooks / "where.ipynb")
+    monkeypatch.setattr(allstudy.study, "NOTEBOOKS", notebooks)
+    monkeypatch.chdir(caller)
+
+    def notebook(k: int, seconds: float):
+        return lambda: execute_notebook("where", {"where": str(tmp_path / f"cwd-{k}.txt"), "seconds": seconds},
+                                        tmp_path / "out", "data", output_name=f"where-{k}", progress=False)
+
+    # The second starts while the first runs (a kernel takes over a second to start) and ends after it.
+    run_chains([[notebook(0, 0.0)], [lambda: time.sleep(0.5), notebook(1, 3.0)]], jobs=2)
+    assert os.getcwd() == str(caller)
+    assert {(tmp_path / f"cwd-{k}.txt").read_text() for k in range(2)} == {str(notebooks)}
