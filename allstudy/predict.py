@@ -288,10 +288,12 @@ class Predictor:
             calibrated = apply_temperature(raw, self.temperature)
             scores, flags, stats = None, np.zeros(len(where), bool), None
             if self.guard is not None:
-                from allstudy.ood import fine_detail, image_statistics
+                from allstudy.ood import compression_artefacts, fine_detail, image_statistics
 
-                stats = image_statistics(np.stack(fields))
-                scores = self.guard.score({"stats": stats, "embedding": features, "focus": fine_detail(np.stack(fields))})
+                stack = np.stack(fields)
+                stats = image_statistics(stack)
+                scores = self.guard.score({"stats": stats, "embedding": features, "focus": fine_detail(stack),
+                                           "compression": compression_artefacts(stack)})
                 flags = self.guard.flags(scores)
             explain = self._explainer is not None and gradcam is not False
             heatmaps = self._gradcam(inputs, calibrated.argmax(axis=1)) if explain else None
@@ -335,8 +337,9 @@ class Predictor:
             fit = self.guard.fit_info
             ood = (f"guard from ood.json: image statistics and the model's embedding, each flagged above the "
                    f"{self.guard.quantile:.1%} quantile of {fit.get('n_val', '?')} validation fields "
-                   f"(fitted on {fit.get('n_train', '?')} training fields), and a focus check flagging less fine "
-                   f"detail than all but {1 - self.guard.quantile:.1%} of them")
+                   f"(fitted on {fit.get('n_train', '?')} training fields), a focus check flagging less fine "
+                   f"detail than all but {1 - self.guard.quantile:.1%} of them, and a compression check flagging "
+                   f"stronger JPEG block edges than all but {1 - self.guard.quantile:.1%} of them")
         return {
             "model_dir": str(self.model_dir), "run": meta.get("run"), "arch": meta.get("arch"),
             "weights": meta.get("weights"), "classes": self.classes, "display_names": self.display_names,

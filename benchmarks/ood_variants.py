@@ -35,6 +35,10 @@ def _jpeg(image, quality: int):
     return Image.open(io.BytesIO(buffer.getvalue()))
 
 
+def _enlarged_jpeg(image, factor: int, quality: int):
+    return _jpeg(image.resize((image.width * factor, image.height * factor), 3), quality)   # 3: bicubic
+
+
 def variants(fields: list) -> dict:
     """name -> altered copies of the fields (PIL images)."""
     from PIL import Image, ImageFilter
@@ -46,7 +50,10 @@ def variants(fields: list) -> dict:
         out[f"zoomed {factor}x (centre crop)"] = [_zoom(f, factor) for f in fields]
     out["grey"] = [f.convert("L").convert("RGB") for f in fields]
     out["under-exposed (x0.6)"] = [Image.fromarray((np.asarray(f) * 0.6).astype(np.uint8)) for f in fields]
-    out["re-saved as JPEG quality 20"] = [_jpeg(f, 20) for f in fields]
+    for quality in (75, 50, 20):
+        out[f"re-saved as JPEG quality {quality}"] = [_jpeg(f, quality) for f in fields]
+    for quality in (75, 20):
+        out[f"enlarged 2x, JPEG quality {quality}"] = [_enlarged_jpeg(f, 2, quality) for f in fields]
     return out
 
 
@@ -54,7 +61,8 @@ def measure(predictor, images: list, labels=None) -> dict:
     answers = predictor.predict_batch(images)
     flagged = np.array([a.verdict == "out-of-distribution" for a in answers])
     row = {"n": len(answers), "flagged": float(flagged.mean()),
-           "flagged_by_focus": float(np.mean(["out of focus" in a.message for a in answers]))}
+           "flagged_by_focus": float(np.mean(["out of focus" in a.message for a in answers])),
+           "flagged_by_compression": float(np.mean(["JPEG-compressed" in a.message for a in answers]))}
     if labels is not None:
         right = np.array([a.label == c for a, c in zip(answers, labels)])
         row["accuracy"] = float(right.mean())
@@ -94,11 +102,12 @@ def main() -> None:
 
     print(f"{predictor.meta.get('arch')}, guard fitted on {predictor.guard.fit_info.get('n_train')} training fields; "
           f"{len(fields)} test fields")
-    print(f"{'input':40s} {'flagged':>8s} {'by focus':>9s} {'accuracy':>9s} {'unflagged':>10s}")
+    print(f"{'input':40s} {'flagged':>8s} {'by focus':>9s} {'by JPEG':>8s} {'accuracy':>9s} {'unflagged':>10s}")
     for name, row in rows.items():
         accuracy = f"{row['accuracy']:9.1%}" if "accuracy" in row else " " * 9
         kept = row.get("accuracy_unflagged")
-        print(f"{name:40s} {row['flagged']:8.1%} {row['flagged_by_focus']:9.1%} {accuracy} "
+        print(f"{name:40s} {row['flagged']:8.1%} {row['flagged_by_focus']:9.1%} "
+              f"{row['flagged_by_compression']:8.1%} {accuracy} "
               f"{'' if kept is None else format(kept, '10.1%')}")
     if args.out:
         write_json(args.out, {"study": str(study), "rows": rows})

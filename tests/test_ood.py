@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 from allstudy import ood  # noqa: E402
 
 SIZE = 32
+SHARED_TALEQANI = Path(__file__).resolve().parents[2] / "shared" / "data" / "all-taleqani"
 
 
 def _load(root: Path) -> np.ndarray:
@@ -45,6 +46,17 @@ def _hue_shift(fields: np.ndarray, shift: float) -> np.ndarray:
     hsv = rgb2hsv(fields)
     hsv[..., 0] = (hsv[..., 0] + shift) % 1.0
     return (hsv2rgb(hsv) * 255 + 0.5).astype(np.uint8)
+
+
+def _jpeg(fields: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    out = []
+    for field in fields:
+        buffer = io.BytesIO()
+        Image.fromarray(field).save(buffer, "JPEG", quality=quality)
+        out.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+    return np.stack(out)
 
 
 def _cell_on_black(seed: int) -> np.ndarray:
@@ -130,10 +142,12 @@ def test_thresholds_are_the_validation_quantile(data):
         assert (scores[name] > getattr(guard, name).threshold).mean() <= 1 / len(data["val"])
     assert guard.focus_threshold == pytest.approx(np.quantile(scores["focus"], 1 - ood.QUANTILE))  # one-sided, low
     assert (scores["focus"] < guard.focus_threshold).mean() <= 1 / len(data["val"])
+    assert guard.compression_threshold == pytest.approx(np.quantile(scores["compression"], ood.QUANTILE))  # high
+    assert (scores["compression"] > guard.compression_threshold).mean() <= 1 / len(data["val"])
     fit = guard.fit_info
     assert fit["n_train"] == 80 and fit["n_val"] == 40
     assert fit["embedding_components"] == 8     # one per 10 training fields (at most N_COMPONENTS)
-    assert fit["val_flag_rate"]["either"] <= 3 / 40
+    assert fit["val_flag_rate"]["either"] <= 4 / 40   # at most one of the 40 per check
 
 
 def test_unseen_in_distribution_fields_are_rarely_flagged(data):
@@ -171,6 +185,37 @@ def test_blurred_fields_are_flagged_as_out_of_focus(data):
     assert ood.fine_detail(fresh).min() > ood.fine_detail(blurred).max()
 
 
+def test_compression_artefacts_measure_steps_at_the_jpeg_block_edges():
+    smooth = np.tile(np.linspace(0, 255, 64, dtype=np.float32)[None, :, None], (64, 1, 3)).astype(np.uint8)
+    blocky = np.repeat(np.repeat(np.random.default_rng(0).integers(0, 256, (8, 8, 1)), 8, 0), 8, 1)
+    blocky = np.repeat(blocky, 3, axis=2).astype(np.uint8)           # flat 8 x 8 blocks: steps only at their edges
+    shifted = np.roll(blocky, 3, axis=(0, 1))                        # the same blocks off JPEG's grid
+    values = ood.compression_artefacts(np.stack([smooth, blocky, shifted]))
+    assert abs(values[0]) < 0.05 and values[1] > 5 and values[2] < 0
+    assert ood.compression_artefacts(np.zeros((12, 12, 3), np.uint8)).tolist() == [0.0]   # under two blocks a side
+
+
+def test_heavily_compressed_fields_are_flagged(data):
+    guard, fresh = data["guard"], data["fresh"]
+    compressed = _jpeg(fresh, 10)
+    scores = guard.score(compressed)
+    assert (scores["compression"] > guard.compression_threshold).all()
+    assert guard.reason({k: float(v[0]) for k, v in scores.items()}).count("JPEG-compressed") == 1
+    assert ood.compression_artefacts(fresh).max() < scores["compression"].min()
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_TALEQANI.is_dir(), reason=f"real data not found at {SHARED_TALEQANI} (../shared/data)")
+def test_real_fields_re_saved_at_lower_jpeg_quality_stand_out():
+    """Every 20th Taleqani field (224 px, about JPEG quality 95) against itself re-saved at quality 50 and 20."""
+    paths = sorted(SHARED_TALEQANI.rglob("*.jpg"))[::20]
+    fields = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    original = ood.compression_artefacts(fields)
+    assert len(fields) > 100 and np.abs(original).max() < 0.2
+    assert np.quantile(original, 0.99) < np.quantile(ood.compression_artefacts(_jpeg(fields, 50)), 0.01)
+    assert original.max() < ood.compression_artefacts(_jpeg(fields, 20)).min()
+
+
 def test_scores_of_images_equal_scores_of_precomputed_features(data):
     guard = data["guard"]
     fields = data["fresh"][:6]
@@ -187,7 +232,8 @@ def test_the_reason_names_the_most_unusual_statistic(data):
     scores = {k: float(v[0]) for k, v in guard.score(cell).items()}
     reason = guard.reason(scores, ood.image_statistics(cell)[0])
     assert reason.startswith("its colours and brightness are unlike the training fields (most of all the ")
-    assert guard.reason({"stats": 0.0, "embedding": 0.0, "focus": guard.focus_threshold + 1.0}) == ""
+    assert guard.reason({"stats": 0.0, "embedding": 0.0, "focus": guard.focus_threshold + 1.0,
+                         "compression": guard.compression_threshold - 1.0}) == ""
 
 
 def test_fit_errors_are_clear(data):

@@ -143,7 +143,8 @@ def test_verdicts_and_messages(predictor, folders):
     assert answer.verdict == "uncertain" and answer.message == UNCERTAIN_MESSAGE
     assert answer.label in TALEQANI_CLASSES and answer.confidence < 1.0
     # ... but out-of-distribution takes precedence over everything.
-    answer = predictor._answer(np.array([0.97, 0.01, 0.01, 0.01]), {"stats": 99.0, "embedding": 0.0, "focus": 9.0}, "a cat", None, "")
+    scores = {"stats": 99.0, "embedding": 0.0, "focus": 9.0, "compression": 0.0}
+    answer = predictor._answer(np.array([0.97, 0.01, 0.01, 0.01]), scores, "a cat", None, "")
     assert answer.verdict == "out-of-distribution"
     assert answer.message == "outside what this model was trained on: a cat"
 
@@ -153,7 +154,7 @@ def test_in_distribution_fields_pass_the_guard_at_the_documented_rate(predictor,
     flagged = np.mean([a.verdict == "out-of-distribution" for a in answers])
     # 40 validation fields set the thresholds: about 1/41 per score is expected (see allstudy.ood)
     assert len(answers) == 100 and flagged <= 0.1, flagged
-    assert all(set(a.ood_scores) == {"stats", "embedding", "focus"} for a in answers)
+    assert all(set(a.ood_scores) == {"stats", "embedding", "focus", "compression"} for a in answers)
     assert all(a.verdict in ("benign", "malignant") for a in answers if a.verdict != "out-of-distribution")
 
 
