@@ -36,7 +36,9 @@ def _jpeg(image, quality: int):
 
 
 def _enlarged_jpeg(image, factor: int, quality: int):
-    return _jpeg(image.resize((image.width * factor, image.height * factor), 3), quality)   # 3: bicubic
+    from PIL import Image
+
+    return _jpeg(image.resize((image.width * factor, image.height * factor), Image.Resampling.BICUBIC), quality)
 
 
 def variants(fields: list) -> dict:
