@@ -152,9 +152,21 @@ def _field_statistics(image: np.ndarray) -> np.ndarray:
     ], dtype=np.float64)
 
 
+def _fields(images) -> list:
+    """A list of fields from an array (N, H, W, 3), one field (H, W, 3) or a list of them."""
+    return list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
+
+
+def _grey(field) -> np.ndarray:
+    """The grey (luma) image of an RGB uint8 field, as float32."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.asarray(field, np.uint8)).convert("L"), np.float32)
+
+
 def image_statistics(images) -> np.ndarray:
     """(N, len(STAT_NAMES)) statistics of RGB uint8 fields (N, H, W, 3) or a list of (H, W, 3); see the module."""
-    images = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
+    images = _fields(images)
     if not images:
         return np.zeros((0, len(STATISTICS)))
     return np.stack([_field_statistics(image) for image in images])
@@ -163,12 +175,9 @@ def image_statistics(images) -> np.ndarray:
 def fine_detail(images) -> np.ndarray:
     """(N,) log mean |Laplacian| of the grey (luma) image of RGB uint8 fields (N, H, W, 3) as given: low when out
     of focus or blurred."""
-    from PIL import Image
     from scipy.ndimage import laplace
 
-    images = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
-    values = [np.abs(laplace(np.asarray(Image.fromarray(np.asarray(f, np.uint8)).convert("L"), np.float32))).mean()
-              for f in images]
+    values = [np.abs(laplace(_grey(field))).mean() for field in _fields(images)]
     return np.log(np.asarray(values, np.float64) + 1e-3)
 
 
@@ -184,12 +193,9 @@ def compression_artefacts(images) -> np.ndarray:
     neighbouring grey pixels across the edges of the 8 x 8 blocks to the mean step inside them, averaged
     over rows and columns. About 0 for an uncompressed or lightly compressed field, higher the stronger the
     compression at this size; 0 for fields under two blocks a side."""
-    from PIL import Image
-
-    images = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
     values = []
-    for image in images:
-        grey = np.asarray(Image.fromarray(np.asarray(image, np.uint8)).convert("L"), np.float32)
+    for field in _fields(images):
+        grey = _grey(field)
         if min(grey.shape) < 2 * JPEG_BLOCK:
             values.append(0.0)
             continue
