@@ -14,7 +14,7 @@ file with Pillow before the function runs, so an empty, truncated or non-image f
 with a generic error; here the Predictor reads it by content and says what is wrong.
 
 API (gradio_client): ``/predict`` (a file → a JSON object ``label, display, verdict, malignant,
-confidence, probabilities, message, error``) and ``/predict_batch`` (files → a list of rows with the
+confidence, probabilities, message, prediction_set, reason, error``) and ``/predict_batch`` (files → a list of rows with the
 CSV columns of ``allstudy predict``, ``path`` named ``file``: see :func:`api_row`). With no usable model folder the app still starts: the page and
 both endpoints say how to make one.
 """
@@ -100,19 +100,21 @@ def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
 
 
-def verdict_line(prediction: Prediction, threshold: float) -> str:
-    """The verdict in words (Markdown), with the calibrated confidence."""
+def verdict_line(prediction: Prediction) -> str:
+    """The verdict in words (Markdown): the answer, the prediction set, and for a referral why."""
     if prediction.error:
         return f"### Cannot read this file\n{_escape(prediction.error)}"
-    confidence = f"calibrated confidence {_pct(prediction.confidence)}"
-    if prediction.verdict == "uncertain":
-        return (f"### {_escape(prediction.message)}\nThe most likely class, {_escape(prediction.display)}, has "
-                f"{confidence}: below this model's threshold of {_pct(threshold)}.")
+    confidence = f"calibrated probability {_pct(prediction.confidence)}"
     if prediction.verdict == "out-of-distribution":
         head, _, reason = prediction.message.partition(": ")
         return (f"### {_escape(head)}\n{_escape(reason)}. The class probabilities below are not meaningful for "
                 f"such an image (top: {_escape(prediction.display)}, {confidence}).")
-    return f"### {_escape(prediction.message)}\n{confidence}"
+    names = " · ".join(_escape(name) for name in prediction.prediction_set) or "empty"
+    if prediction.verdict == "uncertain":
+        return (f"### {_escape(prediction.message)}\n{_escape(prediction.reason[:1].upper() + prediction.reason[1:])}."
+                f"\n\nPrediction set: {names} (most likely: {_escape(prediction.display)}, {confidence}).")
+    why = f"\n\n{_escape(prediction.reason[:1].upper() + prediction.reason[1:])}." if prediction.verdict == "benign" else ""
+    return f"### {_escape(prediction.message)}\n{confidence}; prediction set: {names}.{why}"
 
 
 def result_json(prediction: Prediction) -> dict:
@@ -121,7 +123,12 @@ def result_json(prediction: Prediction) -> dict:
             "malignant": prediction.malignant if prediction.ok else None,
             "confidence": prediction.confidence if prediction.ok else None,
             "probabilities": dict(prediction.probabilities), "message": prediction.message,
+            "prediction_set": list(prediction.prediction_set), "reason": prediction.reason,
             "error": prediction.error}
+
+
+def _count(entry: dict) -> str:
+    return f"{entry['count']} of {entry['n']}" if entry.get("n") else "n/a"
 
 
 def model_panel(info: dict) -> str:
@@ -131,7 +138,8 @@ def model_panel(info: dict) -> str:
     provenance = info.get("provenance", {})
     data = provenance.get("data") or {}
     code = provenance.get("code_version") or {}
-    abstention = info.get("abstention") or {}
+    policy = info.get("decision") or {}
+    decided = info.get("metrics", {}).get("decision", {})
     saved = Path(info["model_dir"]) / "model.keras"
     date = (datetime.fromtimestamp(saved.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             if saved.exists() else "unknown")
@@ -153,10 +161,14 @@ def model_panel(info: dict) -> str:
         f"{info['input_size']}×{info['input_size']} RGB, {info['input_mode']} fields; prediction averages "
         f"{info.get('tta_views', 1)} dihedral view(s).",
         f"- Classes: {classes}.",
-        f"- Calibration: temperature {info['temperature']:.3f} (fitted on the validation split); the answer is "
-        f"*uncertain* below a calibrated confidence of {_pct(info['abstention_threshold'])}"
-        + (f" (chosen for {_pct(abstention.get('target_accuracy'))} accuracy; test coverage "
-           f"{_pct(abstention.get('test_coverage'))})" if abstention.get("target_accuracy") is not None else "") + ".",
+        f"- Calibration: temperature {info['temperature']:.3f} (fitted on the validation split).",
+        f"- Decision: *benign* only when leukemia is ruled out at the {_pct(1 - policy.get('alpha', 0))} level "
+        f"(calibrated probability of leukemia below {policy.get('rule_out', 0):.4f}); *malignant* when a benign field "
+        f"is ruled out at the {_pct(1 - policy.get('alpha_benign', 0))} level; otherwise *uncertain: refer for "
+        f"expert review*. Fitted on {policy.get('calibration', {}).get('n', '?')} validation fields; "
+        f"{_escape(str(policy.get('assumption', '')))}."
+        + (f" On test: {_count(decided['malignant_called_benign'])} malignant fields called benign, "
+           f"{_count(decided['referred'])} fields referred." if decided else ""),
         f"- Out-of-distribution check: {_escape(str(info.get('ood')))}.",
         f"- Runs on: {_escape(str(info.get('runtime_note', info.get('runtime', 'keras'))))}; Grad-CAM from the "
         "Keras model.",
@@ -166,6 +178,14 @@ def model_panel(info: dict) -> str:
         *(f"| {label} | {value} | {bounds} |" for label, value, bounds in rows),
         f"| balanced accuracy | {_pct(test.get('balanced_accuracy'))} | |",
         f"| ECE before / after calibration | {_pct(metrics.get('ece_before'))} / {_pct(metrics.get('ece_after'))} | |",
+        *((f"| malignant fields called benign | {_count(decided['malignant_called_benign'])} | "
+           f"{_pct(decided['malignant_called_benign']['ci'][0])} – {_pct(decided['malignant_called_benign']['ci'][1])} |",
+           f"| fields referred | {_count(decided['referred'])} | "
+           f"{_pct(decided['referred']['ci'][0])} – {_pct(decided['referred']['ci'][1])} |",
+           f"| accuracy of the answered fields | {_pct(decided['answered_accuracy']['rate'])} | "
+           f"{_pct(decided['answered_accuracy']['ci'][0])} – {_pct(decided['answered_accuracy']['ci'][1])} |")
+          if decided and decided["referred"]["n"] and decided["malignant_called_benign"]["n"]
+          and decided["answered_accuracy"]["n"] else ()),
         "", "## Data provenance",
         "- Data: " + ", ".join(f"{k} `{v}`" for k, v in data.items() if v is not None) + ".",
         f"- Data hash `{provenance.get('data_hash')}`.",
@@ -311,7 +331,7 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
             return None, None, "", None, None, None
         prediction = predict_files(predictor, [path], gradcam=True)[0]
         if not prediction.ok:
-            return None, None, verdict_line(prediction, predictor.threshold), None, None, result_json(prediction)
+            return None, None, verdict_line(prediction), None, None, result_json(prediction)
         from allstudy.images import read_rgb
 
         rgb = read_rgb(path)
@@ -321,7 +341,7 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
             _log.exception("segmentation view failed for %s", path)
             segmented = None
         probabilities = {predictor.display_names[c]: p for c, p in prediction.probabilities.items()}
-        return (_thumbnail(rgb), probabilities, verdict_line(prediction, predictor.threshold),
+        return (_thumbnail(rgb), probabilities, verdict_line(prediction),
                 _display(prediction.gradcam), segmented, result_json(prediction))
 
     def predict(path) -> dict:

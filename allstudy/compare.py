@@ -32,6 +32,25 @@ PUBLISHED = [
 ]
 
 
+#: Changes whenever evaluation.json gains or changes content, so that cached evaluations are redone.
+EVALUATION_FORMAT = 2
+
+
+def decision_summary(evaluation: dict) -> dict:
+    """The decision policy's test figures as summary.json records them (counts, rates and 95 % intervals)."""
+    policy, test = evaluation["decision"]["policy"], evaluation["decision"]["test"]
+    missed, referred, answered = test["malignant_called_benign"], test["referred"], test["answered_accuracy"]
+    return {"alpha": policy["alpha"], "alpha_benign": policy["alpha_benign"], "rule_out": policy["rule_out"],
+            "benign_limit": policy["benign_limit"], "n_calibration": policy["calibration"]["n"],
+            "malignant_called_benign": missed["count"], "malignant_called_benign_rate": missed["rate"],
+            "malignant_called_benign_ci": missed["ci"], "n_malignant": missed["n"],
+            "benign_called_malignant": test["benign_called_malignant"]["count"],
+            "referred": referred["count"], "referral_rate": referred["rate"], "referral_rate_ci": referred["ci"],
+            "referral_rate_per_class": {c: r["rate"] for c, r in test["referred_per_class"].items()},
+            "answered_accuracy": answered["rate"], "answered_accuracy_ci": answered["ci"],
+            "answered_macro_f1": test["answered_macro_f1"], "answered_macro_f1_ci": test["answered_macro_f1_ci"]}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -42,7 +61,8 @@ def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int 
     predictions = run_dir / "predictions.csv"
     if not predictions.exists():
         raise FileNotFoundError(f"{predictions} is missing; train the run first (allstudy train --arch ...)")
-    key = {"predictions_sha256": _sha256(predictions), "n_resamples": n_resamples, "seed": seed}
+    key = {"predictions_sha256": _sha256(predictions), "n_resamples": n_resamples, "seed": seed,
+           "format": EVALUATION_FORMAT}
     cached = run_dir / "evaluation.json"
     if cached.exists():
         previous = read_json(cached)
@@ -90,7 +110,8 @@ def run_summary(evaluation: dict, params: dict) -> dict:
                  "ece": calibrated["ece"], "ece_ci": calibrated["ece_ci"], "ece_uncalibrated": test["ece"]},
         "val": {"accuracy": evaluation["val"]["accuracy"], "macro_f1": evaluation["val"]["macro_f1"]},
         "temperature": evaluation["temperature"],
-        "abstention_threshold": evaluation["abstention"]["threshold"],
+        "decision": decision_summary(evaluation),
+        "tradeoff": evaluation["decision"]["tradeoff"],
         # the run's own wall time (features included); epochs summed across resumes when it was interrupted
         "train_seconds": max(params.get("train_seconds") or 0.0, params.get("epoch_seconds_total") or 0.0),
         "params": params["params"],
@@ -118,6 +139,9 @@ def comparison_table(summary_: dict, dataset: str = "Taleqani 4-class") -> pd.Da
                      "accuracy_ci_high": test["accuracy_ci"][1], "macro_f1": test["macro_f1"],
                      "malignant_sensitivity": test["malignant_sensitivity"],
                      "malignant_specificity": test["malignant_specificity"], "ece": test["ece"],
+                     "malignant_called_benign": run["decision"]["malignant_called_benign"],
+                     "referral_rate": run["decision"]["referral_rate"],
+                     "answered_accuracy": run["decision"]["answered_accuracy"],
                      "train_seconds": run["train_seconds"], "params": run["params"],
                      "chosen": name == summary_["chosen"],
                      "published_accuracy": "; ".join(f"{v:.1%} {k}" for k, v in published.items()) or "",
@@ -142,6 +166,45 @@ def metrics_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
     rows.append({"metric": "ece (temperature-scaled)", "value": calibrated["ece"],
                  "ci_low": (calibrated.get("ece_ci") or [None])[0], "ci_high": (calibrated.get("ece_ci") or [None, None])[1]})
     return pd.DataFrame(rows).set_index("metric")
+
+
+def decision_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
+    """What the decision policy did on one split: each count with its rate and 95 % interval."""
+    part = evaluation["decision"][split]
+    entries = [("malignant fields called benign", part["malignant_called_benign"]),
+               ("benign fields called malignant", part["benign_called_malignant"]),
+               ("fields referred", part["referred"]),
+               *((f"  referred, true {c}", r) for c, r in part["referred_per_class"].items()),
+               ("answered fields correct", part["answered_accuracy"])]
+    rows = [{"": name, "count": e["count"], "of": e["n"], "rate": e["rate"],
+             "ci_low": (e["ci"] or [None])[0], "ci_high": (e["ci"] or [None, None])[1]} for name, e in entries]
+    ci = part["answered_macro_f1_ci"] or [None, None]
+    rows.append({"": "macro-F1 of the answered fields", "count": None, "of": None, "rate": part["answered_macro_f1"],
+                 "ci_low": ci[0], "ci_high": ci[1]})
+    return pd.DataFrame(rows).set_index("")
+
+
+def _interval(ci) -> str:
+    return f"{ci[0]:.1%}–{ci[1]:.1%}" if ci else ""
+
+
+def decision_rows(summary_: dict) -> pd.DataFrame:
+    """Every run's decision policy on test, one row each, from summary.json."""
+    rows = []
+    for name, run in summary_["runs"].items():
+        d = run["decision"]
+        rows.append({"run": name, "α": d["alpha"], "rule-out below": round(d["rule_out"], 4),
+                     "malignant called benign": f"{d['malignant_called_benign']} of {d['n_malignant']}",
+                     "95 % CI (rate)": _interval(d["malignant_called_benign_ci"]),
+                     "referred": f"{d['referred']} ({d['referral_rate']:.1%})",
+                     "95 % CI": _interval(d["referral_rate_ci"]),
+                     **{f"referred {c}": f"{r:.1%}" if r is not None else "" for c, r in
+                        d["referral_rate_per_class"].items()},
+                     "answered accuracy": f"{d['answered_accuracy']:.1%}" if d["answered_accuracy"] is not None else "",
+                     "95 % CI ": _interval(d["answered_accuracy_ci"]),
+                     "answered macro-F1": round(d["answered_macro_f1"], 3) if d["answered_macro_f1"] is not None
+                     else None, "chosen": name == summary_["chosen"]})
+    return pd.DataFrame(rows)
 
 
 def per_class_table(evaluation: dict, split: str = "test") -> pd.DataFrame:

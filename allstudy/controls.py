@@ -112,6 +112,10 @@ def control_table(controls: dict[str, dict], chosen: dict) -> list[dict]:
         return {"control": name, "sees": sees, "arch": entry["arch"], "input_mode": entry["input_mode"],
                 "tta_views": entry["tta_views"], "accuracy": test["accuracy"], "accuracy_ci": test["accuracy_ci"],
                 "macro_f1": test["macro_f1"], "macro_f1_ci": test["macro_f1_ci"],
+                "malignant_called_benign": entry["decision"]["malignant_called_benign"],
+                "referral_rate": entry["decision"]["referral_rate"],
+                "referral_rate_ci": entry["decision"]["referral_rate_ci"],
+                "answered_accuracy": entry["decision"]["answered_accuracy"],
                 "split_protocol": entry.get("split_protocol", "grouped"),
                 "leaked_test_fields": entry.get("leaked_fields", {}).get("test", 0)}
 

@@ -1,4 +1,4 @@
-"""Metrics of one trained run: accuracy, per-class scores, ROC/PR, calibration, bootstrap CIs, cost.
+"""Metrics of one trained run: accuracy, per-class scores, ROC/PR, calibration, the decision policy, CIs, cost.
 
 Every metric reads a run's ``predictions.csv`` (see :func:`allstudy.train._predict`): labels ``y`` are
 class indices into the sorted class list and ``proba`` is the (n, k) matrix of ``p_<class>`` columns;
@@ -21,6 +21,7 @@ from scipy import optimize, special, stats
 from sklearn import metrics as skm
 
 from allstudy.classes import is_malignant
+from allstudy.decision import ALPHA_GRID, VERDICTS, DecisionPolicy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -253,42 +254,90 @@ def bootstrap_ci(y: np.ndarray, proba: np.ndarray, statistic: Callable[[np.ndarr
     return float(low), float(high)
 
 
-# ----------------------------------------------------------------------------- abstention
+# ----------------------------------------------------------------------------- the decision policy
 
 
-def abstention_threshold(y_val: np.ndarray, proba_val: np.ndarray, target_accuracy: float = 0.99) -> float:
-    """The lowest top-probability threshold whose accepted val predictions reach ``target_accuracy``.
+def proportion(hits: np.ndarray, confidence: float = 0.95) -> dict:
+    """A count of ``hits`` among its fields: count, n, rate and its exact (Clopper-Pearson) interval.
 
-    Predictions with top probability >= threshold are accepted, the rest are referred to a person;
-    pass calibrated val probabilities. The threshold is 0.0 when every prediction may be accepted,
-    otherwise one of the observed confidences, and 1.0 when no threshold reaches the target. Pair it
-    with :func:`coverage_at` (fraction accepted) and :func:`selective_accuracy`.
+    Exact rather than bootstrap: a bootstrap interval of 0 misses in 340 fields would be [0, 0].
     """
-    y_val, proba_val = np.asarray(y_val), np.asarray(proba_val, dtype=np.float64)
-    confidence = proba_val.max(axis=1)
-    correct = proba_val.argmax(axis=1) == y_val
-    if correct.mean() >= target_accuracy:
-        return 0.0
-    order = np.argsort(-confidence, kind="stable")
-    confidence, correct = confidence[order], correct[order]
-    accuracy = np.cumsum(correct) / np.arange(1, len(correct) + 1)
-    last_of_value = np.r_[confidence[1:] != confidence[:-1], True]  # a threshold accepts all ties
-    reaching = np.nonzero(last_of_value & (accuracy >= target_accuracy))[0]
-    return float(confidence[reaching[-1]]) if len(reaching) else 1.0
+    hits = np.asarray(hits, dtype=bool)
+    count, n = int(hits.sum()), int(hits.size)
+    if n == 0:
+        return {"count": 0, "n": 0, "rate": None, "ci": None}
+    interval = stats.binomtest(count, n).proportion_ci(confidence_level=confidence, method="exact")
+    return {"count": count, "n": n, "rate": count / n, "ci": [float(interval.low), float(interval.high)]}
 
 
-def coverage_at(proba: np.ndarray, threshold: float) -> float:
-    """The fraction of predictions whose top probability is >= ``threshold`` (accepted, not referred)."""
-    return float((np.asarray(proba).max(axis=1) >= threshold).mean())
+def _answered_macro_f1(policy: DecisionPolicy) -> Callable[[np.ndarray, np.ndarray], float]:
+    labels = np.arange(len(policy.classes))
+
+    def statistic(y: np.ndarray, proba: np.ndarray) -> float:
+        decisions = policy.decide(proba)
+        answered = ~decisions.referred
+        if not answered.any():
+            return np.nan
+        return float(skm.f1_score(y[answered], decisions.label[answered], labels=labels, average="macro",
+                                  zero_division=0))
+
+    return statistic
 
 
-def selective_accuracy(y: np.ndarray, proba: np.ndarray, threshold: float) -> float | None:
-    """The accuracy of the accepted predictions (top probability >= ``threshold``); None if none is accepted."""
-    proba = np.asarray(proba)
-    accepted = proba.max(axis=1) >= threshold
-    if not accepted.any():
-        return None
-    return float(skm.accuracy_score(np.asarray(y)[accepted], proba[accepted].argmax(axis=1)))
+def decision_metrics(y: np.ndarray, proba: np.ndarray, policy: DecisionPolicy, n_resamples: int = 1000,
+                     seed: int = 0, confidence: float = 0.95) -> dict:
+    """What the policy does on one split's calibrated probabilities, each count with its 95 % interval.
+
+    Keys: n, verdicts {verdict: count}, malignant_called_benign and benign_called_malignant (among the
+    true malignant / benign fields), referred and referred_per_class {class: ...} (each a
+    :func:`proportion`), answered_accuracy (:func:`proportion` of the answered fields: benign for
+    benign, the most probable named subtype for malignant), answered_macro_f1 with its bootstrap
+    ``answered_macro_f1_ci``, set_coverage (true class inside the prediction set) and mean_set_size.
+    """
+    y, proba = np.asarray(y, dtype=np.intp), np.asarray(proba, dtype=np.float64)
+    decisions = policy.decide(proba)
+    malignant = np.array(policy.malignant)[y]
+    verdict, referred = decisions.verdict, decisions.referred
+    answered = ~referred
+    correct = decisions.label == y
+    macro_f1 = _answered_macro_f1(policy)
+    f1 = macro_f1(y, proba)
+    low, high = _bootstrap(y, proba, macro_f1, n_resamples, seed, confidence)[0]
+    return {
+        "n": int(len(y)),
+        "verdicts": {v: int((verdict == v).sum()) for v in VERDICTS},
+        "malignant_called_benign": proportion((verdict == "benign")[malignant], confidence),
+        "benign_called_malignant": proportion((verdict == "malignant")[~malignant], confidence),
+        "referred": proportion(referred, confidence),
+        "referred_per_class": {c: proportion(referred[y == i], confidence) for i, c in enumerate(policy.classes)},
+        "answered_accuracy": proportion(correct[answered], confidence),
+        "answered_macro_f1": None if np.isnan(f1) else f1,
+        "answered_macro_f1_ci": None if np.isnan(f1) or np.isnan(low) else [float(low), float(high)],
+        "set_coverage": float(decisions.sets[np.arange(len(y)), y].mean()) if len(y) else None,
+        "mean_set_size": float(decisions.sets.sum(axis=1).mean()) if len(y) else None,
+    }
+
+
+def tradeoff(y_val: np.ndarray, proba_val: np.ndarray, y_test: np.ndarray, proba_test: np.ndarray,
+             classes: list[str], alphas: tuple[float, ...] = ALPHA_GRID) -> list[dict]:
+    """Referral against missed malignant fields for each level ``alpha`` (fitted on val, applied to both).
+
+    One row per alpha: the rule-out threshold and, for val and test, the fields referred and the
+    malignant fields called benign (counts and rates).
+    """
+    rows = []
+    for alpha in alphas:
+        policy = DecisionPolicy.fit(y_val, proba_val, classes, alpha=alpha)
+        row = {"alpha": alpha, "rule_out": policy.rule_out}
+        for split, y, proba in (("val", y_val, proba_val), ("test", y_test, proba_test)):
+            decisions = policy.decide(proba)
+            missed = (decisions.verdict == "benign") & np.array(policy.malignant)[np.asarray(y)]
+            row.update({f"{split}_referred": int(decisions.referred.sum()),
+                        f"{split}_referred_rate": float(decisions.referred.mean()),
+                        f"{split}_missed": int(missed.sum()),
+                        f"{split}_missed_rate": float(missed.sum() / max(1, np.array(policy.malignant)[y].sum()))})
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------- one run
@@ -312,12 +361,12 @@ def evaluate(frame: pd.DataFrame, classes: list[str], n_resamples: int = 1000, s
 
         {"classes": [...], "temperature": T, "ece_before": test ECE, "ece_after": calibrated test ECE,
          "val": M, "test": M, "test_calibrated": M,
-         "abstention": {"target_accuracy", "threshold", "val_coverage", "val_accuracy",
-                        "test_coverage", "test_accuracy"},
+         "decision": {"policy": DecisionPolicy.to_json(), "val": D, "test": D, "tradeoff": [...]},
          "bootstrap": {"n_resamples", "seed", "confidence", "method"}}
 
-    where M is :func:`classification_metrics` plus ``<metric>_ci`` for :data:`CI_METRICS`, and the
-    abstention threshold (target 99 %) is chosen on calibrated val probabilities.
+    where M is :func:`classification_metrics` plus ``<metric>_ci`` for :data:`CI_METRICS`, and D is
+    :func:`decision_metrics` of the decision policy fitted on the calibrated val probabilities
+    (:mod:`allstudy.decision`), with its :func:`tradeoff` over a grid of levels.
     """
     confidence = 0.95
     parts = {split: frame[frame["split"] == split] for split in ("val", "test")}
@@ -334,12 +383,11 @@ def evaluate(frame: pd.DataFrame, classes: list[str], n_resamples: int = 1000, s
         report[name] = _split_report(y[split], probs[split], classes, n_resamples, seed, confidence)
     report["ece_before"] = report["test"]["ece"]
     report["ece_after"] = report["test_calibrated"]["ece"]
-    target = 0.99
-    threshold = abstention_threshold(y["val"], calibrated["val"], target)
-    report["abstention"] = {"target_accuracy": target, "threshold": threshold,
-                            **{f"{s}_{k}": v for s in ("val", "test") for k, v in (
-                                ("coverage", coverage_at(calibrated[s], threshold)),
-                                ("accuracy", selective_accuracy(y[s], calibrated[s], threshold)))}}
+    policy = DecisionPolicy.fit(y["val"], calibrated["val"], classes)
+    report["decision"] = {"policy": policy.to_json(),
+                          **{s: decision_metrics(y[s], calibrated[s], policy, n_resamples, seed, confidence)
+                             for s in ("val", "test")},
+                          "tradeoff": tradeoff(y["val"], calibrated["val"], y["test"], calibrated["test"], classes)}
     report["bootstrap"] = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence, "method": "percentile"}
     return report
 
@@ -417,6 +465,32 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, proba_calibrated: np.ndar
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top probability)", ylabel="accuracy",
            title="Reliability diagram", aspect="equal")
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_tradeoff(rows: list[dict], alpha: float | None = None, split: str = "test") -> Figure:
+    """Fields referred against malignant fields called benign, one point per level of :func:`tradeoff`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    referred = [100 * r[f"{split}_referred_rate"] for r in rows]
+    missed = [r[f"{split}_missed"] for r in rows]
+    ax.plot(referred, missed, "o-", color="tab:blue")
+    for r, x, m in zip(rows, referred, missed):
+        chosen = alpha is not None and np.isclose(r["alpha"], alpha)
+        ax.annotate(f"α={r['alpha']:g}", (x, m), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    fontweight="bold" if chosen else "normal")
+        if chosen:
+            ax.plot([x], [m], "o", color="tab:red", markersize=9, fillstyle="none", label=f"the policy (α={alpha:g})")
+    ax.set(xlabel=f"fields referred for expert review, {split} (%)",
+           ylabel=f"malignant fields called benign, {split}",
+           title="Referral against missed leukemia (levels fitted on validation)")
+    ax.set_ylim(bottom=-0.3)
+    if alpha is not None:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     plt.close(fig)
     return fig

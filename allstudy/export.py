@@ -9,7 +9,7 @@
 and, last, ``DIR/model.json`` (the model folder's, for classes, input size and temperature) and
 ``DIR/parity.json``: the export against the Keras model on every test field, ``argmax_agreement``,
 ``max_abs_diff`` (of the probabilities), ``n_images``, each variant's size and test accuracy beside the
-Keras model's, and the provenance of both.
+Keras model's, ``verdict_agreement`` under model.json's decision policy, and the provenance of both.
 
 The exported graph is the saved model's own forward pass: the same single-view network and the same
 :class:`allstudy.models.Dihedral` layers, with the views stacked on the batch axis so that the network
@@ -36,6 +36,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from allstudy.decision import DecisionPolicy
+from allstudy.evaluate import apply_temperature
 
 FORMATS = ("tflite", "onnx")
 #: Files written per format, by variant: the first is the one parity.json's top-level keys describe.
@@ -297,8 +300,13 @@ def run_batched(runner, inputs: np.ndarray, batch_size: int, desc: str, quiet: b
 # --------------------------------------------------------------------------------- parity
 
 
-def parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray) -> dict:
-    """Agreement of exported probabilities with the reference ones, and both accuracies on ``labels``."""
+def parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, policy: DecisionPolicy | None = None,
+           temperature: float = 1.0) -> dict:
+    """Agreement of exported probabilities with the reference ones, and both accuracies on ``labels``.
+
+    With the model's decision ``policy`` (and temperature), also how often the two give the same
+    verdict and how many malignant fields each calls benign.
+    """
     if reference.shape != exported.shape:
         raise ValueError(f"the export gives probabilities of shape {exported.shape}, the model {reference.shape}")
     diff = np.abs(exported.astype(np.float64) - reference.astype(np.float64))
@@ -308,7 +316,17 @@ def parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray) -> d
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "n_images": int(len(labels)),
             "n_disagree": int(np.sum(exported.argmax(1) != reference.argmax(1))),
             "test_accuracy": accuracy, "keras_test_accuracy": keras_accuracy,
-            "accuracy_change_pp": round(100 * (accuracy - keras_accuracy), 4)}
+            "accuracy_change_pp": round(100 * (accuracy - keras_accuracy), 4),
+            **({} if policy is None else _verdict_parity(reference, exported, labels, policy, temperature))}
+
+
+def _verdict_parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, policy: DecisionPolicy,
+                    temperature: float) -> dict:
+    ours, theirs = (policy.decide(apply_temperature(p, temperature)).verdict for p in (exported, reference))
+    malignant = np.array(policy.malignant)[labels]
+    return {"verdict_agreement": float(np.mean(ours == theirs)), "n_verdict_disagree": int(np.sum(ours != theirs)),
+            "malignant_called_benign": int(np.sum((ours == "benign") & malignant)),
+            "keras_malignant_called_benign": int(np.sum((theirs == "benign") & malignant))}
 
 
 def _versions(fmt: str) -> dict[str, str]:
@@ -387,12 +405,14 @@ def export_model(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
         t0 = time.perf_counter()
         probabilities = run_batched(runner(out / name), inputs, batch_size, name, quiet)
         row = {"variant": variant, "file": name, "file_bytes": (out / name).stat().st_size,
-               "sha256": sha256_file(out / name), **written[variant], **parity(reference, probabilities, labels),
+               "sha256": sha256_file(out / name), **written[variant],
+               **parity(reference, probabilities, labels, predictor.policy, predictor.temperature),
                "predict_seconds": round(time.perf_counter() - t0, 2)}
         variants.append(row)
         _log(f"  {name}: {row['file_bytes'] / 1e6:.2f} MB, argmax agreement {row['argmax_agreement']:.4f}, "
              f"max |dp| {row['max_abs_diff']:.2e}, test accuracy {row['test_accuracy']:.2%} "
-             f"(Keras {row['keras_test_accuracy']:.2%}, {row['accuracy_change_pp']:+.2f} pp)", quiet)
+             f"(Keras {row['keras_test_accuracy']:.2%}, {row['accuracy_change_pp']:+.2f} pp), verdict agreement "
+             f"{row['verdict_agreement']:.4f}", quiet)
 
     keras_file = predictor.model_dir / "model.keras"
     provenance = meta.get("provenance") or {}

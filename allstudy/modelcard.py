@@ -1,7 +1,7 @@
 """The chosen model as a folder others load: ``model.keras``, ``model.json`` and ``MODEL_CARD.md``.
 
 ``model.json`` holds what a predictor needs beyond the weights (classes, input size and mode, the
-temperature fitted on validation, the abstention threshold) and what a reader needs to trust it
+temperature and the decision policy, both fitted on validation) and what a reader needs to trust it
 (test metrics with 95 % CIs, data and code provenance). ``MODEL_CARD.md`` follows Mitchell et al.,
 "Model Cards for Model Reporting" (FAT* 2019).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from allstudy.atomic import atomic_path, write_json, write_text
 from allstudy.classes import display_name, is_malignant
+from allstudy.evaluate import plot_tradeoff
 
 
 def model_json(run: str, params: dict, evaluation: dict, data_info: dict) -> dict:
@@ -26,11 +27,15 @@ def model_json(run: str, params: dict, evaluation: dict, data_info: dict) -> dic
         "preprocessing": f"inside the model ({params['preprocessing']}); feed RGB 0..255",
         "tta_views": params["config"].get("tta_views", 1),
         "temperature": evaluation["temperature"],
-        "abstention": evaluation["abstention"],
+        "decision": evaluation["decision"]["policy"],
         "metrics": {"test": {k: test[k] for k in ("n", "accuracy", "accuracy_ci", "balanced_accuracy", "macro_f1",
                                                   "macro_f1_ci", "malignant_sensitivity", "malignant_sensitivity_ci",
                                                   "malignant_specificity", "malignant_specificity_ci")},
-                    "ece_before": evaluation["ece_before"], "ece_after": evaluation["ece_after"]},
+                    "ece_before": evaluation["ece_before"], "ece_after": evaluation["ece_after"],
+                    "decision": {k: evaluation["decision"]["test"][k] for k in (
+                        "n", "verdicts", "malignant_called_benign", "benign_called_malignant", "referred",
+                        "referred_per_class", "answered_accuracy", "answered_macro_f1", "answered_macro_f1_ci")},
+                    "tradeoff": evaluation["decision"]["tradeoff"]},
         "provenance": {"data_hash": params["data_hash"], "data": {k: data_info.get(k) for k in
                                                                    ("root", "images", "classes", "seed", "fractions")},
                        "code_version": params["code_version"], "packages": params["packages"],
@@ -50,7 +55,7 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
     """MODEL_CARD.md for the chosen model, with Mitchell et al.'s sections."""
     test = meta["metrics"]["test"]
     classes = ", ".join(f"{c} = {display_name(c)}" for c in meta["classes"])
-    abstain = meta["abstention"]
+    policy, decided = meta["decision"], meta["metrics"]["decision"]
     lines = [
         f"# Model card: {meta['arch']} ({meta['run']})", "",
         "## Model details",
@@ -83,10 +88,7 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
         f"{_pct(test['malignant_specificity'], test['malignant_specificity_ci'])};",
         f"- expected calibration error {meta['metrics']['ece_before']:.3f} before and "
         f"{meta['metrics']['ece_after']:.3f} after temperature scaling.",
-        f"- Decision and abstention: the label is the most probable calibrated class; below a calibrated confidence "
-        f"of {abstain['threshold']:.3f} (chosen on validation for {abstain['target_accuracy']:.0%} accuracy of the "
-        f"answered fields) the answer is \"uncertain: refer for expert review\". On test it answers "
-        f"{_pct(abstain['test_coverage'])} of fields with accuracy {_pct(abstain['test_accuracy'])}.",
+        *decision_lines(policy, decided, meta["metrics"]["tradeoff"]),
         "- Intervals: 95 % percentile bootstrap over test fields (1000 resamples). Fields from the same patient are "
         "not independent, so the intervals are optimistic.", "",
         "## Evaluation data",
@@ -97,10 +99,11 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
         "- The split is image-level, not patient-level: the dataset publishes no patient IDs. Fields of one patient "
         "can sit on both sides, so the figures are an upper bound for new patients.", "",
         "## Training data",
-        "- The same dataset's training split; validation chose the epoch, the temperature, the threshold and the "
+        "- The same dataset's training split; validation chose the epoch, the temperature, the decision policy and the "
         "model (best validation macro-F1); the test split chose nothing.", "",
         "## Ethical considerations",
-        "- A confident wrong answer could delay care or alarm a family; the model abstains when unsure and must never "
+        "- A confident wrong answer could delay care or alarm a family; the model refers a field it cannot rule out "
+        "and must never "
         "replace a hematologist. Images uploaded to the demo stay on the machine that runs it.",
         "- The training images come from one hospital (Taleqani, Tehran) and may not represent other populations.", "",
         "## Caveats and recommendations",
@@ -114,6 +117,41 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
     return "\n".join(lines) + "\n"
 
 
+def _count(entry: dict) -> str:
+    if not entry["n"]:
+        return "n/a (no such field)"
+    return f"{entry['count']} of {entry['n']} ({_pct(entry['rate'], entry['ci'])})"
+
+
+def decision_lines(policy: dict, decided: dict, tradeoff: list[dict]) -> list[str]:
+    """The model card's account of the decision policy: what it is, its guarantee, its test figures."""
+    calibration = policy["calibration"]
+    level = f"{100 * (1 - policy['alpha']):.4g} %"
+    referred = ", ".join(f"{c} {_count(r)}" for c, r in decided["referred_per_class"].items())
+    lines = [
+        f"- Decision ({policy['method']}; `allstudy.decision`): *benign* only when leukemia is ruled out at the "
+        f"{level} level (at most {policy['alpha']:.2%} of malignant fields called benign: calibrated probability of "
+        f"any malignant class below {policy['rule_out']:.4f}); *malignant* when a benign field is ruled out (at most "
+        f"{policy['alpha_benign']:.0%} of benign fields called malignant: above {policy['benign_limit']:.4f}), naming "
+        f"the subtypes it cannot tell apart (level {policy['alpha_subtype']:.0%}); otherwise *uncertain: refer for "
+        f"expert review*. Fitted on the {calibration['split']} split: {calibration['n']} fields, "
+        f"{calibration['n_malignant']} malignant (level {policy['alpha']:g} needs at least "
+        f"{calibration['fields_needed']['alpha']}; with fewer, nothing is ruled out and every benign-looking field "
+        "is referred).",
+        f"- The guarantee's assumption: {policy['assumption']}.",
+        f"- On test: malignant fields called benign {_count(decided['malignant_called_benign'])}; benign fields called "
+        f"malignant {_count(decided['benign_called_malignant'])}; referred {_count(decided['referred'])} "
+        f"(per true class: {referred}); accuracy of the answered fields {_count(decided['answered_accuracy'])}, "
+        f"macro-F1 {_pct(decided['answered_macro_f1'], decided['answered_macro_f1_ci'])}. Intervals of counts: "
+        "exact (Clopper-Pearson).",
+        "- Trade-off (each level fitted on validation; `tradeoff.png`):", "",
+        "  | α | rule-out below | test referred | test malignant called benign |", "  |---|---|---|---|",
+        *(f"  | {row['alpha']:g} | {row['rule_out']:.4f} | {row['test_referred']} ({row['test_referred_rate']:.1%}) | "
+          f"{row['test_missed']} |" for row in tradeoff), "",
+    ]
+    return lines
+
+
 def write_model_dir(run_dir: str | os.PathLike, dest: str | os.PathLike, run: str, params: dict, evaluation: dict,
                     data_info: dict, controls: dict | None = None) -> Path:
     """Copy a run's model into ``dest`` with model.json and MODEL_CARD.md, each file written atomically."""
@@ -122,6 +160,9 @@ def write_model_dir(run_dir: str | os.PathLike, dest: str | os.PathLike, run: st
     with atomic_path(dest / "model.keras") as tmp:
         shutil.copyfile(Path(run_dir) / "model.keras", tmp)
     meta = model_json(run, params, evaluation, data_info)
+    with atomic_path(dest / "tradeoff.png") as tmp:
+        plot_tradeoff(evaluation["decision"]["tradeoff"], meta["decision"]["alpha"]).savefig(
+            tmp, format="png", dpi=100, bbox_inches="tight")
     write_text(dest / "MODEL_CARD.md", model_card(meta, params, data_info, controls))
     write_json(dest / "model.json", meta)  # last: its presence marks a complete folder
     return dest

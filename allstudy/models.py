@@ -219,6 +219,29 @@ def build_model(name: str, n_classes: int, input_size: int | None = None, weight
                  head=head, backbone=backbone, info={"alpha": alpha if name == "mobilenet" else None})
 
 
+#: A feature whose training spread is below this fraction of the median feature's is left unscaled.
+NEAR_CONSTANT = 1e-2
+
+
+def adapt_standardise(layer, features: np.ndarray) -> int:
+    """Adapt a head's ``standardise`` layer to training features; leave near-constant features unscaled.
+
+    Keras' Normalization divides by max(spread, 1e-7): a feature (near) constant in training, such as
+    a ReLU unit that no training field lights up, would turn the first field that does into an
+    extreme answer. As scikit-learn's ``StandardScaler`` does for constant features, such a feature
+    is only centred (variance 1), so no single feature can dominate. Returns how many were.
+    """
+    layer.adapt(features)
+    variance = np.asarray(layer.adapt_variance.numpy(), dtype=np.float64)
+    spread = np.sqrt(np.maximum(variance, 0.0))
+    floor = NEAR_CONSTANT * float(np.median(spread)) if spread.size else 0.0
+    constant = spread <= floor
+    if constant.any():
+        layer.adapt_variance.assign(np.where(constant, 1.0, variance).astype(layer.adapt_variance.dtype))
+        layer.finalize_state()
+    return int(constant.sum())
+
+
 def copy_weights(source, target) -> None:
     """``target.set_weights(source.get_weights())``, then refresh what adapted layers derive from their weights.
 

@@ -10,8 +10,9 @@ optionally, ``ood.json`` (an :class:`allstudy.ood.OODGuard`). The answer's ``ver
 
 * ``out-of-distribution`` when the guard says the input is unlike the training fields (first: a
   confident subtype of a photo of a cat helps nobody);
-* ``uncertain`` when the calibrated confidence is below model.json's abstention threshold;
-* otherwise ``malignant`` (any B-ALL subtype) or ``benign``.
+* then model.json's decision policy (:mod:`allstudy.decision`): ``benign`` only when malignancy is
+  ruled out at its level, ``malignant`` (with the subtypes it cannot tell apart) when a benign field
+  is ruled out, otherwise ``uncertain``: refer for expert review, with the reason.
 
 The forward pass returns the probabilities and, with a guard, the model's embedding in the same call,
 and is warmed up when the Predictor is made. It runs in one of two runtimes (``runtime``):
@@ -32,10 +33,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from allstudy.decision import DecisionPolicy
 from allstudy.images import ImageProblem, check_image, read_rgb, to_rgb
 
 #: Keys model.json must have for prediction (see allstudy.modelcard.model_json).
-REQUIRED_KEYS = ("classes", "input_size", "input_mode", "temperature", "abstention")
+REQUIRED_KEYS = ("classes", "input_size", "input_mode", "temperature", "decision")
 VERDICTS = ("benign", "malignant", "uncertain", "out-of-distribution")
 RUNTIMES = ("auto", "keras", "tflite")
 UNCERTAIN_MESSAGE = "uncertain: refer for expert review"
@@ -54,6 +56,8 @@ class Prediction:
     confidence: float = math.nan
     verdict: str = ""          # one of VERDICTS; "" when error is set
     message: str = ""
+    prediction_set: list[str] = field(default_factory=list)  # the classes the policy cannot exclude
+    reason: str = ""           # why the policy answered so (for a referral: what is not ruled out)
     ood_scores: dict[str, float] = field(default_factory=dict)
     gradcam: np.ndarray | None = field(default=None, repr=False)
     error: str = ""
@@ -104,8 +108,6 @@ def _check_meta(meta, path: Path) -> dict:
     if not isinstance(meta, dict):
         raise ValueError(f"{path} is not a model description (a JSON object); {_RUN_FIRST}")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if not missing and not (isinstance(meta["abstention"], dict) and "threshold" in meta["abstention"]):
-        missing = ["abstention.threshold"]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by allstudy.modelcard; "
                          f"{_RUN_FIRST}")
@@ -150,7 +152,13 @@ class Predictor:
         self.input_size = int(meta["input_size"])
         self.input_mode = str(meta["input_mode"])
         self.temperature = float(meta["temperature"])
-        self.threshold = float(meta["abstention"]["threshold"])
+        try:
+            self.policy = DecisionPolicy.from_json(meta["decision"])
+        except ValueError as err:
+            raise ValueError(f"{folder / 'model.json'}: {err}; {_RUN_FIRST}") from None
+        if list(self.policy.classes) != self.classes:
+            raise ValueError(f"{folder / 'model.json'}: its decision policy is for classes {list(self.policy.classes)}, "
+                             f"the model's are {self.classes}; {_RUN_FIRST}")
         self.batch_size = int(batch_size)
         if tuple(self.model.input_shape[1:]) != (self.input_size, self.input_size, 3):
             raise ValueError(f"{folder}: model.json says {self.input_size}-px inputs, model.keras takes "
@@ -296,7 +304,7 @@ class Predictor:
                                            "compression": compression_artefacts(stack)})
                 flags = self.guard.flags(scores)
             explain = self._explainer is not None and gradcam is not False
-            heatmaps = self._gradcam(inputs, calibrated.argmax(axis=1)) if explain else None
+            heatmaps = self._gradcam(inputs, self.policy.decide(calibrated).label) if explain else None
             for j, i in enumerate(where):
                 own = {k: float(v[j]) for k, v in scores.items()} if scores is not None else {}
                 reason = self.guard.reason(own, stats[j]) if flags[j] else ""
@@ -311,19 +319,16 @@ class Predictor:
         return [overlay(x, h) for x, h in zip(inputs, heatmaps)]
 
     def _answer(self, p: np.ndarray, ood_scores: dict, ood_reason: str, gradcam, source: str) -> Prediction:
-        top = int(np.argmax(p))
-        label, confidence = self.classes[top], float(p[top])
-        display, malignant = self.display_names[label], self.malignant[label]
+        decision = self.policy.decide(p[None])
+        in_set, label, verdict = decision.sets[0], self.classes[int(decision.label[0])], str(decision.verdict[0])
+        reason = self.policy.message(verdict, in_set, float(decision.p_malignant[0]))
         if ood_reason:
-            verdict, message = "out-of-distribution", f"{OOD_MESSAGE}: {ood_reason}"
-        elif confidence < self.threshold:
-            verdict, message = "uncertain", UNCERTAIN_MESSAGE
-        elif malignant:
-            verdict, message = "malignant", f"Malignant: {display}"
+            verdict, message, reason = "out-of-distribution", f"{OOD_MESSAGE}: {ood_reason}", ood_reason
         else:
-            verdict, message = "benign", display
-        return Prediction({c: float(v) for c, v in zip(self.classes, p)}, label, display, malignant, confidence,
-                          verdict, message, ood_scores, gradcam, "", source)
+            message = {"uncertain": UNCERTAIN_MESSAGE, "benign": self.display_names[label]}.get(verdict, reason)
+        return Prediction({c: float(v) for c, v in zip(self.classes, p)}, label, self.display_names[label],
+                          self.malignant[label], float(p[self.classes.index(label)]), verdict, message,
+                          self.policy.names(in_set), reason, ood_scores, gradcam, "", source)
 
     # ------------------------------------------------------------------ what the app shows
 
@@ -345,7 +350,7 @@ class Predictor:
             "weights": meta.get("weights"), "classes": self.classes, "display_names": self.display_names,
             "malignant": self.malignant, "input_size": self.input_size, "input_mode": self.input_mode,
             "tta_views": meta.get("tta_views", 1), "temperature": self.temperature,
-            "abstention_threshold": self.threshold, "abstention": meta.get("abstention"),
+            "decision": meta.get("decision"),
             "metrics": meta.get("metrics", {}), "provenance": meta.get("provenance", {}),
             "intended_use": meta.get("intended_use", "research and teaching; not a diagnostic device"),
             "ood": ood, "ood_thresholds": None if self.guard is None else self.guard.thresholds,

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from allstudy.atomic import atomic_path, cached_array, read_json, write_csv, write_json
 from allstudy.data import PreparedData
-from allstudy.models import (DIHEDRAL_VIEWS, Built, build_model, copy_weights, dihedral, get_architecture,
-                             unfreeze_top, with_tta)
+from allstudy.models import (DIHEDRAL_VIEWS, Built, adapt_standardise, build_model, copy_weights, dihedral,
+                             get_architecture, unfreeze_top, with_tta)
 from allstudy.pipeline import class_weights, load_images, make_dataset
 from allstudy.provenance import code_version, package_versions
 from allstudy.split import SPLITS
@@ -343,7 +343,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         copy_weights(trained, built.model)
         return stage_rows
 
-    features, feature_runtime = None, None
+    features, feature_runtime, unscaled = None, None, None
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
         # Phase 1 on cached features of every dihedral view: the views are the augmentation.
         where = features_dir(cache_dir, asdict(config), _sha256(built.weights) or built.weights, size,
@@ -355,7 +355,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         head_y = {s: np.tile(y, (len(views), 1)) for s, y in onehot.items()}
         steps = config.head_epochs * -(-len(head_x["train"]) // batch)
         with strategy.scope():
-            built.head.get_layer("standardise").adapt(head_x["train"])
+            unscaled = adapt_standardise(built.head.get_layer("standardise"), head_x["train"])
             built.head.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum,
                                                     config.lr_schedule, steps),
                                loss="categorical_crossentropy", metrics=["accuracy"])
@@ -398,7 +398,8 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
               "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
               "epochs_run": len(history), "tta_views": config.tta_views, "prediction_check_max_abs_diff": check,
-              "feature_runtime": feature_runtime, "split_protocol": data.info.get("split", {}).get("protocol", "grouped"),
+              "feature_runtime": feature_runtime, "features_left_unscaled": unscaled,
+              "split_protocol": data.info.get("split", {}).get("protocol", "grouped"),
               "leaked_fields": data.info.get("leaked_fields", {"val": 0, "test": 0}),
               "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
               "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}

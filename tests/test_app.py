@@ -34,7 +34,7 @@ def _client(url: str):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A single-view LeNet model folder with an ood.json (threshold 0: verdicts are never 'uncertain')."""
+    """A single-view LeNet model folder with an ood.json (its policy answers by p_malignant > 0.5: never 'uncertain')."""
     import keras
 
     from allstudy.atomic import write_json
@@ -50,7 +50,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = base / "model"
     folder.mkdir()
     model.save(folder / "model.keras")
-    write_json(folder / "model.json", _meta(list(TALEQANI_CLASSES), 0.0, tta_views=1))
+    write_json(folder / "model.json", _meta(list(TALEQANI_CLASSES), False, tta_views=1))
     fit_guard(model, _load(fields["train"]), _load(fields["val"])).save(folder / "ood.json")
     return folder
 
@@ -239,16 +239,21 @@ def test_verdict_lines():
     from allstudy.app import verdict_line
     from allstudy.predict import Prediction
 
-    def answer(verdict, message, display="Pro-B ALL"):
-        return Prediction({"Pro": 0.6}, "Pro", display, True, 0.6, verdict, message)
+    def answer(verdict, message, display="Pro-B ALL", prediction_set=("Pro",), reason=""):
+        return Prediction({"Pro": 0.6}, "Pro", display, True, 0.6, verdict, message, list(prediction_set), reason)
 
-    assert verdict_line(answer("malignant", "Malignant: Pro-B ALL"), 0.5).startswith("### Malignant: Pro-B ALL\n")
-    assert "calibrated confidence 60.0%" in verdict_line(answer("benign", "Benign (hematogones)", "Benign"), 0.5)
-    uncertain = verdict_line(answer("uncertain", "uncertain: refer for expert review"), 0.8)
-    assert uncertain.startswith("### uncertain: refer for expert review") and "threshold of 80.0%" in uncertain
-    ood = verdict_line(answer("out-of-distribution", "outside what this model was trained on: near-black"), 0.5)
+    malignant = verdict_line(answer("malignant", "Malignant: Pro-B ALL", reason="Malignant: Pro-B ALL"))
+    assert malignant.startswith("### Malignant: Pro-B ALL\n") and "prediction set: Pro." in malignant
+    benign = verdict_line(answer("benign", "Benign (hematogones)", "Benign", ("Benign",),
+                                 "Benign (hematogones): leukemia ruled out at the 99.5 % level"))
+    assert "calibrated probability 60.0%" in benign and "leukemia ruled out at the 99.5 % level" in benign
+    uncertain = verdict_line(answer("uncertain", "uncertain: refer for expert review", "Benign", ("Benign", "Early"),
+                                    "Benign is likely, but leukemia is not ruled out at the 99.5 % level"))
+    assert uncertain.startswith("### uncertain: refer for expert review\nBenign is likely, but leukemia is not ruled out")
+    assert "Prediction set: Benign · Early" in uncertain
+    ood = verdict_line(answer("out-of-distribution", "outside what this model was trained on: near-black"))
     assert ood.startswith("### outside what this model was trained on\nnear-black")
-    assert "empty file" in verdict_line(Prediction(error="empty file (0 bytes)"), 0.5)
+    assert "empty file" in verdict_line(Prediction(error="empty file (0 bytes)"))
 
 
 # --------------------------------------------------------------------------------------- a real browser

@@ -92,7 +92,7 @@ def test_model_json_and_card_carry_the_figures_and_caveats(runs):
     evaluation = evaluate_run(out / "runs" / "lenet", n_resamples=50)
     meta = model_json("lenet", params["lenet"], evaluation, {"root": "/data/all", "images": 160})
     assert meta["classes"] == CLASSES and meta["malignant"] == {"Benign": False, "Early": True, "Pre": True, "Pro": True}
-    assert meta["temperature"] == evaluation["temperature"] and "threshold" in meta["abstention"]
+    assert meta["temperature"] == evaluation["temperature"] and meta["decision"] == evaluation["decision"]["policy"]
     card = model_card(meta, params["lenet"], {"root": "/data/all", "images": 160},
                       {"rows": [{"control": "colour", "accuracy": 0.8, "accuracy_ci": [0.7, 0.9]}]})
     for section in ("## Model details", "## Intended use", "## Factors", "## Metrics", "## Evaluation data",

@@ -148,35 +148,12 @@ def test_fast_bootstrap_statistics_agree_with_scikit_learn():
         np.testing.assert_allclose(fast, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_abstention_threshold_reaches_its_target():
-    rng = np.random.default_rng(6)
-    n = 2000
-    confidence = rng.uniform(0.3, 1.0, n)
-    y = rng.integers(0, 4, n)
-    right = rng.random(n) < confidence  # higher confidence, more often right
-    pred = np.where(right, y, (y + 1) % 4)
-    proba = np.full((n, 4), 0.0)
-    proba[np.arange(n), pred] = confidence
-    proba[np.arange(n), (pred + 1) % 4] = 1 - confidence  # below the top: confidence >= 0.5 stays the max
-    proba[confidence < 0.5] = 0.25
-    proba[confidence < 0.5, pred[confidence < 0.5]] = 0.26
-    threshold = ev.abstention_threshold(y, proba, target_accuracy=0.95)
-    assert 0 < threshold < 1
-    assert ev.selective_accuracy(y, proba, threshold) >= 0.95
-    assert 0 < ev.coverage_at(proba, threshold) < 1
-    below = proba.max(1)[proba.max(1) < threshold].max()
-    assert ev.selective_accuracy(y, proba, below) < 0.95  # the lowest such threshold
-    assert ev.abstention_threshold(y, _onehot_proba(list(y)), 0.99) == 0.0
-    assert ev.abstention_threshold(y, _onehot_proba(list((y + 1) % 4)), 0.99) == 1.0
-    assert ev.coverage_at(proba, 0.0) == 1.0 and ev.selective_accuracy(y, proba, 1.01) is None
-
-
 def test_evaluate_a_predictions_frame():
     frame = _predictions_frame(300, 200, seed=7)
     report = ev.evaluate(frame, CLASSES, n_resamples=200, seed=0)
     json.dumps(report, allow_nan=False)
     assert set(report) == {"classes", "temperature", "ece_before", "ece_after", "val", "test", "test_calibrated",
-                           "abstention", "bootstrap"}
+                           "decision", "bootstrap"}
     assert report["temperature"] == pytest.approx(2.0, rel=0.3)
     assert report["ece_before"] == report["test"]["ece"] and report["ece_after"] == report["test_calibrated"]["ece"]
     assert report["ece_after"] < report["ece_before"]
@@ -191,9 +168,11 @@ def test_evaluate_a_predictions_frame():
             assert key in metrics, (part, key)
     assert report["test"]["n"] == 200 and report["val"]["n"] == 300
     assert report["test"]["accuracy"] == report["test_calibrated"]["accuracy"]
-    assert report["abstention"]["val_accuracy"] >= 0.99 or report["abstention"]["threshold"] == 1.0
-    assert set(report["abstention"]) == {"target_accuracy", "threshold", "val_coverage", "val_accuracy",
-                                         "test_coverage", "test_accuracy"}
+    decision = report["decision"]
+    assert set(decision) == {"policy", "val", "test", "tradeoff"}
+    assert decision["policy"]["calibration"] | {"split": "val", "n": 300} == decision["policy"]["calibration"]
+    assert decision["test"]["n"] == 200 and len(decision["tradeoff"]) == len(ev.ALPHA_GRID)
+    assert decision["val"]["malignant_called_benign"]["n"] == int((frame[frame["split"] == "val"]["class"] != "Benign").sum())
     with pytest.raises(ValueError, match="no 'val' rows"):
         ev.evaluate(frame[frame["split"] == "test"], CLASSES, n_resamples=10)
 

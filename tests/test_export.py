@@ -40,7 +40,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     chosen = out / "models" / "chosen"
     chosen.mkdir(parents=True)
     with_tta(build_model("lenet", len(TALEQANI_CLASSES), SIZE).model, 8).save(chosen / "model.keras")
-    write_json(chosen / "model.json", _meta(list(TALEQANI_CLASSES), 0.0))
+    write_json(chosen / "model.json", _meta(list(TALEQANI_CLASSES), False))
     test = splits[splits["split"] == "test"]
     return {"out": out, "chosen": chosen, "root": root, "test": [root / p for p in test["path"]], "base": base}
 

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 from allstudy.models import (  # noqa: E402
     REGISTRY,
     WeightsUnavailable,
+    adapt_standardise,
     build_model,
     copy_weights,
     dihedral,
@@ -536,6 +537,43 @@ def test_copy_weights_carries_an_adapted_normalization():
     np.testing.assert_allclose(target.predict(features, verbose=0), source.predict(features, verbose=0), atol=1e-6)
     standardised = keras.Sequential(target.layers[:1])(features)
     assert abs(float(np.mean(standardised))) < 1e-3 and abs(float(np.std(standardised)) - 1) < 1e-2
+
+
+def test_a_feature_dead_in_training_cannot_explode_the_answer(tmp_path):
+    """A feature no training field lights up is only centred: a field that lights it up stays a bounded answer."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(1.0, 0.5, (400, 8)).astype("float32")
+    features[:, 0] = 0.0                        # a ReLU unit dead on every training field
+    features[:, 1] = 2.0 + 1e-6 * rng.normal(size=400).astype("float32")  # almost constant
+    labels = keras.utils.to_categorical((features[:, 2] > 1.0).astype(int), 2)
+
+    def trained_head(standardise):
+        keras.utils.set_random_seed(0)
+        head = keras.Sequential([keras.Input((8,)), keras.layers.Normalization(name="standardise"),
+                                 keras.layers.Dense(2, activation="softmax")])
+        unscaled = standardise(head.get_layer("standardise"), features)
+        head.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+        head.fit(features, labels, epochs=20, batch_size=64, verbose=0)
+        return head, unscaled
+
+    head, unscaled = trained_head(adapt_standardise)
+    assert unscaled == 2
+    lit = features[:50].copy()
+    lit[:, 0], lit[:, 1] = 6.0, 2.5             # far beyond anything seen in training
+    before, after = head.predict(features[:50], verbose=0), head.predict(lit, verbose=0)
+    assert float(np.abs(after - before).max()) < 0.75 and float(after.max()) < 1 - 1e-4
+    z = keras.Sequential(head.layers[:1])(lit).numpy()
+    assert np.abs(z[:, :2]).max() < 10 and np.isfinite(z).all()
+    # the same head adapted by Keras alone divides by 1e-7: the lit feature alone decides, with certainty
+    plain, _ = trained_head(lambda layer, x: layer.adapt(x))
+    z_plain = keras.Sequential(plain.layers[:1])(lit).numpy()
+    assert np.abs(z_plain[:, 0]).max() > 1e6
+    answers = plain.predict(lit, verbose=0)
+    assert len(set(answers.argmax(axis=1))) == 1 and float(answers.max(axis=1).min()) > 1 - 1e-6
+    # it survives saving and loading (the variance is a weight of the layer)
+    head.save(tmp_path / "head.keras")
+    loaded = keras.saving.load_model(tmp_path / "head.keras")
+    np.testing.assert_allclose(loaded.predict(lit, verbose=0), after, atol=1e-6)
 
 
 def test_transfer_heads_standardise_their_features(small_models):

@@ -38,7 +38,11 @@ def _load(paths: list[Path]) -> np.ndarray:
     return np.stack([load_image(p, SIZE) for p in paths])
 
 
-def _meta(classes: list[str], threshold: float, tta_views: int = 8) -> dict:
+def _meta(classes: list[str], refer_all: bool, tta_views: int = 8) -> dict:
+    """model.json of a test model: its policy refers every field (``refer_all``), or answers by p_malignant > 0.5."""
+    from allstudy.classes import is_malignant
+    from allstudy.decision import DecisionPolicy
+    from allstudy.evaluate import decision_metrics, tradeoff
     from allstudy.modelcard import model_json
 
     params = {"arch": "lenet", "config": {"weights": None, "input_mode": "original", "tta_views": tta_views},
@@ -48,9 +52,18 @@ def _meta(classes: list[str], threshold: float, tta_views: int = 8) -> dict:
     test = {"n": 40, "accuracy": 0.5, "accuracy_ci": [0.4, 0.6], "balanced_accuracy": 0.5, "macro_f1": 0.5,
             "macro_f1_ci": [0.4, 0.6], "malignant_sensitivity": 0.9, "malignant_sensitivity_ci": [0.8, 1.0],
             "malignant_specificity": 0.7, "malignant_specificity_ci": [0.5, 0.9]}
+    malignant = tuple(is_malignant(c) for c in classes)
+    policy = DecisionPolicy(tuple(classes), malignant, 0.005, 0.05, 0.05, rule_out=0.0 if refer_all else 0.5,
+                            benign_limit=1.0 if refer_all else 0.5,
+                            subtype_thresholds={c: 0.5 for c, m in zip(classes, malignant) if m},
+                            calibration={"split": "val", "n": 40, "n_malignant": 30, "n_benign": 10,
+                                         "n_per_class": {}, "fields_needed": {"alpha": 199, "alpha_benign": 19,
+                                                                              "alpha_subtype": 19}})
+    rng = np.random.default_rng(0)
+    y, proba = rng.integers(0, len(classes), 40), rng.dirichlet(np.ones(len(classes)), 40)
     evaluation = {"test": test, "temperature": TEMPERATURE, "ece_before": 0.1, "ece_after": 0.05,
-                  "abstention": {"threshold": threshold, "target_accuracy": 0.99, "test_coverage": 0.5,
-                                 "test_accuracy": 0.9}}
+                  "decision": {"policy": policy.to_json(), "test": decision_metrics(y, proba, policy, n_resamples=20),
+                               "tradeoff": tradeoff(y, proba, y, proba, classes)}}
     return model_json("lenet", params, evaluation, {"root": "synthetic", "images": 160, "seed": 0})
 
 
@@ -74,18 +87,18 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     abstaining = base / "abstaining"
     abstaining.mkdir()
     single.save(abstaining / "model.keras")
-    write_json(abstaining / "model.json", _meta(list(TALEQANI_CLASSES), 1.0, tta_views=1))
+    write_json(abstaining / "model.json", _meta(list(TALEQANI_CLASSES), True, tta_views=1))
     fit_guard(single, train, val).save(abstaining / "ood.json")
     model = with_tta(single, 8)
     guarded = base / "guarded"
     guarded.mkdir()
     model.save(guarded / "model.keras")
-    write_json(guarded / "model.json", _meta(list(TALEQANI_CLASSES), 0.0))
+    write_json(guarded / "model.json", _meta(list(TALEQANI_CLASSES), False))
     fit_guard(model, train, val).save(guarded / "ood.json")
     plain = base / "plain"
     plain.mkdir()
     shutil.copyfile(guarded / "model.keras", plain / "model.keras")
-    write_json(plain / "model.json", _meta(list(TALEQANI_CLASSES), 0.0))
+    write_json(plain / "model.json", _meta(list(TALEQANI_CLASSES), False))
     return {"guarded": guarded, "plain": plain, "abstaining": abstaining, "model": model, **fields}
 
 
@@ -136,11 +149,12 @@ def test_verdicts_and_messages(predictor, folders):
         "benign", "Benign (hematogones)", False, "Benign (hematogones)")
     pro = predictor._answer(np.array([0.02, 0.03, 0.05, 0.9]), {}, "", None, "")
     assert (pro.verdict, pro.message, pro.malignant) == ("malignant", "Malignant: Pro-B ALL", True)
-    # A threshold of 1.0 refers everything (a calibrated probability never reaches 1 here) ...
+    # A policy that rules nothing out refers everything ...
     abstaining = Predictor(folders["abstaining"])
     answers = [abstaining.predict(path) for path in folders["fresh"][:5]]
     answer = next(a for a in answers if a.verdict != "out-of-distribution")  # the guard may flag one, rarely
     assert answer.verdict == "uncertain" and answer.message == UNCERTAIN_MESSAGE
+    assert "leukemia" in answer.reason and "Benign" in answer.prediction_set and len(answer.prediction_set) >= 2
     assert answer.label in TALEQANI_CLASSES and answer.confidence < 1.0
     # ... but out-of-distribution takes precedence over everything.
     scores = {"stats": 99.0, "embedding": 0.0, "focus": 9.0, "compression": 0.0}

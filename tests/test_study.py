@@ -159,7 +159,7 @@ def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
     summary = json.loads((out / "summary.json").read_text())
     folder = out / "models" / "chosen"
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["run"] == summary["chosen"] and 0 < meta["temperature"] and 0 <= meta["abstention"]["threshold"] <= 1
+    assert meta["run"] == summary["chosen"] and 0 < meta["temperature"] and 0 <= meta["decision"]["rule_out"] <= 1
     assert "Intended use" in (folder / "MODEL_CARD.md").read_text()
     model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
     predictions = pd.read_csv(out / "runs" / meta["run"] / "predictions.csv", keep_default_na=False)
