@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from allstudy.classes import display_name
+
 if TYPE_CHECKING:
     import gradio as gr
 
@@ -109,11 +111,12 @@ def verdict_line(prediction: Prediction) -> str:
         head, _, reason = prediction.message.partition(": ")
         return (f"### {_escape(head)}\n{_escape(reason)}. The class probabilities below are not meaningful for "
                 f"such an image (top: {_escape(prediction.display)}, {confidence}).")
-    names = " · ".join(_escape(name) for name in prediction.prediction_set) or "empty"
+    names = " · ".join(_escape(display_name(c)) for c in prediction.prediction_set) or "empty"
+    reason = _escape(prediction.reason[:1].upper() + prediction.reason[1:])
     if prediction.verdict == "uncertain":
-        return (f"### {_escape(prediction.message)}\n{_escape(prediction.reason[:1].upper() + prediction.reason[1:])}."
-                f"\n\nPrediction set: {names} (most likely: {_escape(prediction.display)}, {confidence}).")
-    why = f"\n\n{_escape(prediction.reason[:1].upper() + prediction.reason[1:])}." if prediction.verdict == "benign" else ""
+        return (f"### {_escape(prediction.message)}\n{reason}.\n\nPrediction set: {names} (most likely: "
+                f"{_escape(prediction.display)}, {confidence}).")
+    why = f"\n\n{reason}." if prediction.verdict == "benign" else ""
     return f"### {_escape(prediction.message)}\n{confidence}; prediction set: {names}.{why}"
 
 
@@ -178,14 +181,11 @@ def model_panel(info: dict) -> str:
         *(f"| {label} | {value} | {bounds} |" for label, value, bounds in rows),
         f"| balanced accuracy | {_pct(test.get('balanced_accuracy'))} | |",
         f"| ECE before / after calibration | {_pct(metrics.get('ece_before'))} / {_pct(metrics.get('ece_after'))} | |",
-        *((f"| malignant fields called benign | {_count(decided['malignant_called_benign'])} | "
-           f"{_pct(decided['malignant_called_benign']['ci'][0])} – {_pct(decided['malignant_called_benign']['ci'][1])} |",
-           f"| fields referred | {_count(decided['referred'])} | "
-           f"{_pct(decided['referred']['ci'][0])} – {_pct(decided['referred']['ci'][1])} |",
-           f"| accuracy of the answered fields | {_pct(decided['answered_accuracy']['rate'])} | "
-           f"{_pct(decided['answered_accuracy']['ci'][0])} – {_pct(decided['answered_accuracy']['ci'][1])} |")
-          if decided and decided["referred"]["n"] and decided["malignant_called_benign"]["n"]
-          and decided["answered_accuracy"]["n"] else ()),
+        *(f"| {label} | {_count(decided[key]) if key != 'answered_accuracy' else _pct(decided[key]['rate'])} | "
+          f"{_pct(decided[key]['ci'][0])} – {_pct(decided[key]['ci'][1])} |"
+          for key, label in (("malignant_called_benign", "malignant fields called benign"),
+                             ("referred", "fields referred"), ("answered_accuracy", "accuracy of the answered fields"))
+          if decided and decided[key]["n"]),
         "", "## Data provenance",
         "- Data: " + ", ".join(f"{k} `{v}`" for k, v in data.items() if v is not None) + ".",
         f"- Data hash `{provenance.get('data_hash')}`.",
@@ -200,7 +200,7 @@ def model_panel(info: dict) -> str:
 
 def make_examples(folder: str | os.PathLike, seed: int = 0) -> list[tuple[Path, str]]:
     """One synthetic field per class of the generator, written to ``folder``: (path, label) pairs."""
-    from allstudy.classes import TALEQANI_CLASSES, display_name
+    from allstudy.classes import TALEQANI_CLASSES
     from allstudy.synthetic import render_field
 
     folder = Path(folder)

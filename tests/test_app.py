@@ -128,13 +128,14 @@ def test_binds_loopback_with_the_limits(app):
 def test_predict_endpoint_is_the_predictors_answer(client, predictor, field):
     answer = _predict(client, field)
     assert set(answer) == {"label", "display", "verdict", "malignant", "confidence", "probabilities", "message",
-                           "error"}
+                           "prediction_set", "reason", "error"}
     own = predictor.predict(field)
     assert answer["error"] == "" and answer["verdict"] in VERDICTS
     assert (answer["label"], answer["verdict"], answer["message"]) == (own.label, own.verdict, own.message)
+    assert (answer["prediction_set"], answer["reason"]) == (own.prediction_set, own.reason) and own.reason
     assert list(answer["probabilities"]) == list(TALEQANI_CLASSES)
     np.testing.assert_allclose(list(answer["probabilities"].values()), list(own.probabilities.values()), atol=1e-6)
-    assert answer["confidence"] == pytest.approx(max(answer["probabilities"].values()))
+    assert answer["confidence"] == pytest.approx(answer["probabilities"][answer["label"]])  # the answered class
 
 
 def test_predict_batch_endpoint_gives_rows_in_order(client, app, tmp_path):
@@ -243,14 +244,15 @@ def test_verdict_lines():
         return Prediction({"Pro": 0.6}, "Pro", display, True, 0.6, verdict, message, list(prediction_set), reason)
 
     malignant = verdict_line(answer("malignant", "Malignant: Pro-B ALL", reason="Malignant: Pro-B ALL"))
-    assert malignant.startswith("### Malignant: Pro-B ALL\n") and "prediction set: Pro." in malignant
+    assert malignant.startswith("### Malignant: Pro-B ALL\n") and "prediction set: Pro-B ALL." in malignant
     benign = verdict_line(answer("benign", "Benign (hematogones)", "Benign", ("Benign",),
                                  "Benign (hematogones): leukemia ruled out at the 99.5 % level"))
     assert "calibrated probability 60.0%" in benign and "leukemia ruled out at the 99.5 % level" in benign
     uncertain = verdict_line(answer("uncertain", "uncertain: refer for expert review", "Benign", ("Benign", "Early"),
                                     "Benign is likely, but leukemia is not ruled out at the 99.5 % level"))
-    assert uncertain.startswith("### uncertain: refer for expert review\nBenign is likely, but leukemia is not ruled out")
-    assert "Prediction set: Benign · Early" in uncertain
+    assert uncertain.startswith("### uncertain: refer for expert review\n"
+                                "Benign is likely, but leukemia is not ruled out")
+    assert "Prediction set: Benign (hematogones) · Early Pre-B ALL" in uncertain
     ood = verdict_line(answer("out-of-distribution", "outside what this model was trained on: near-black"))
     assert ood.startswith("### outside what this model was trained on\nnear-black")
     assert "empty file" in verdict_line(Prediction(error="empty file (0 bytes)"))
