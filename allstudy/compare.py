@@ -33,7 +33,7 @@ PUBLISHED = [
 
 
 #: Changes whenever evaluation.json gains or changes content, so that cached evaluations are redone.
-EVALUATION_FORMAT = 2
+EVALUATION_FORMAT = 3
 
 
 def decision_summary(evaluation: dict) -> dict:

@@ -15,8 +15,9 @@ Angelopoulos & Bates, "A Gentle Introduction to Conformal Prediction", 2021, sec
   on that subtype's validation fields): the subtypes it cannot tell apart.
 
 The prediction set is {Benign, unless ruled out} ∪ {the subtype set, unless malignancy is ruled
-out}, and the verdict follows from it: {Benign} → ``benign``; subtypes only → ``malignant``; both,
-or neither (a field unlike both kinds of validation field) → ``uncertain``: refer for expert review.
+out}, and the verdict follows from it: {Benign} → ``benign``; subtypes only → ``malignant``; both →
+``uncertain``: refer for expert review. When both categories are ruled out (possible only at a large
+``alpha``, above the benign level), the subtypes stay: a set is never empty, and the safer answer wins.
 
 The guarantee holds on average over calibration draws when the validation fields and a new field
 are exchangeable: unseen fields of the patients, sessions and lab the model was trained on. It
@@ -151,10 +152,11 @@ class DecisionPolicy:
         if malignant.any():  # a malignant answer names at least its most probable subtype
             unnamed = np.flatnonzero(~subtypes.any(axis=1))
             subtypes[unnamed, top_subtype[unnamed]] = True
-        sets = subtypes & ~ruled_out[:, None]
+        # A set is never empty: when both categories are excluded (possible only at a large alpha), the
+        # malignant subtypes stay, the safer of the two answers.
+        sets = subtypes & (~ruled_out | benign_out)[:, None]
         sets[:, ~malignant] = ~benign_out[:, None]
-        verdict = np.where(ruled_out & ~benign_out, "benign",
-                           np.where(benign_out & ~ruled_out, "malignant", "uncertain"))
+        verdict = np.where(benign_out, "malignant", np.where(ruled_out, "benign", "uncertain"))
         label = np.where(verdict == "benign", top_benign,
                          np.where(verdict == "malignant", top_subtype, proba.argmax(axis=1)))
         return Decisions(verdict.astype(object), sets, label.astype(np.intp), p_mal)
@@ -171,9 +173,6 @@ class DecisionPolicy:
             return f"{benign[0] if benign else 'Benign'}: leukemia ruled out at the {_pct(self.alpha)} level"
         if verdict == "malignant":
             return "Malignant: " + " or ".join(names) if names else "Malignant"
-        if not in_set.any():
-            return (f"the field fits neither category: leukemia is ruled out at the {_pct(self.alpha)} level and a "
-                    f"benign field at the {_pct(self.alpha_benign)} level")
         if self.rule_out <= 0.0:
             return (f"leukemia cannot be ruled out at the {_pct(self.alpha)} level: the model was calibrated on "
                     f"{self.calibration.get('n_malignant', 0)} malignant fields, fewer than the "

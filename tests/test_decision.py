@@ -68,8 +68,7 @@ def test_the_same_sets_as_crepes_class_conditional_conformal_classifier():
     theirs = np.stack([classifier.predict_set(1.0 - groups(p_new), bins=np.full(len(p_new), g), confidence=1 - alpha,
                                               smoothing=False)[:, g] for g in (0, 1)], axis=1).astype(bool)
     decisions = policy.decide(p_new)
-    ours = np.stack([decisions.sets[:, 0], decisions.verdict != "benign"], axis=1)
-    ours[:, 1] &= ~((decisions.verdict == "uncertain") & ~decisions.sets.any(axis=1))  # empty set: neither
+    ours = np.stack([decisions.sets[:, 0], decisions.p_malignant >= policy.rule_out], axis=1)
     np.testing.assert_array_equal(ours, theirs)
 
 
@@ -91,12 +90,12 @@ def test_verdicts_follow_from_the_prediction_set():
     assert messages[0] == "Benign (hematogones): leukemia ruled out at the 99.5 % level"
     assert messages[1].startswith("Benign is likely, but leukemia is not ruled out at the 99.5 % level")
     assert messages[2] == "Malignant: Early Pre-B ALL or Pre-B ALL" and messages[3] == "Malignant: Pro-B ALL"
-    # Neither category fits when the rule-out lies above the benign limit: refer, never benign.
-    odd = DecisionPolicy(tuple(CLASSES), (False, True, True, True), 0.005, 0.05, 0.05, rule_out=0.7,
-                         benign_limit=0.3, subtype_thresholds={"Early": 0, "Pre": 0, "Pro": 0})
-    decisions = odd.decide(np.array([[0.5, 0.2, 0.2, 0.1]]))
-    assert decisions.verdict[0] == "uncertain" and not decisions.sets[0].any()
-    assert "fits neither" in odd.message("uncertain", decisions.sets[0], 0.5)
+    # Both categories excluded (the rule-out lies above the benign limit): the subtypes stay, never benign.
+    odd = DecisionPolicy(tuple(CLASSES), (False, True, True, True), 0.2, 0.05, 0.05, rule_out=0.7,
+                         benign_limit=0.3, subtype_thresholds={"Early": 0.5, "Pre": 0.5, "Pro": 0.5})
+    decisions = odd.decide(np.array([[0.5, 0.4, 0.05, 0.05], [0.8, 0.1, 0.05, 0.05]]))
+    assert list(decisions.verdict) == ["malignant", "benign"]
+    assert [odd.names(s) for s in decisions.sets] == [["Early"], ["Benign"]]
 
 
 def test_too_few_malignant_fields_rule_nothing_out_and_say_so():
@@ -167,5 +166,7 @@ def test_tradeoff_rules_out_more_as_alpha_grows():
     assert rule_out == sorted(rule_out) and rule_out[0] < rule_out[-1]
     missed = [r["test_missed"] for r in rows]
     assert missed[0] <= missed[-1] and rows[-1]["test_referred"] < rows[0]["test_referred"]
+    referred = [r["test_referred"] for r in rows]
+    assert referred == sorted(referred, reverse=True)   # ruling out more never refers more
     figure = ev.plot_tradeoff(rows, 0.005)
     assert figure.axes[0].get_xlabel().startswith("fields referred")
