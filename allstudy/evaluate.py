@@ -478,15 +478,20 @@ def plot_tradeoff(rows: list[dict], alpha: float | None = None, split: str = "te
     referred = [100 * r[f"{split}_referred_rate"] for r in rows]
     missed = [r[f"{split}_missed"] for r in rows]
     ax.plot(referred, missed, "o-", color="tab:blue")
-    for r, x, m in zip(rows, referred, missed):
-        chosen = alpha is not None and np.isclose(r["alpha"], alpha)
-        ax.annotate(f"α={r['alpha']:g}", (x, m), textcoords="offset points", xytext=(4, 4), fontsize=7,
+    points: dict[tuple[float, int], list[float]] = {}
+    for r, x, m in zip(rows, referred, missed):  # levels that give the same point share one label
+        points.setdefault((round(x, 6), m), []).append(r["alpha"])
+    for i, ((x, m), alphas) in enumerate(points.items()):
+        chosen = alpha is not None and any(np.isclose(a, alpha) for a in alphas)
+        label = "α=" + ", ".join(f"{a:g}" for a in alphas) if len(alphas) < 4 else f"α={alphas[0]:g}…{alphas[-1]:g}"
+        ax.annotate(label, (x, m), textcoords="offset points", xytext=(4, 6 if i % 2 else -12), fontsize=7,
                     fontweight="bold" if chosen else "normal")
         if chosen:
-            ax.plot([x], [m], "o", color="tab:red", markersize=9, fillstyle="none", label=f"the policy (α={alpha:g})")
+            ax.plot([x], [m], "o", color="tab:red", markersize=10, fillstyle="none", label=f"the policy (α={alpha:g})")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel=f"fields referred for expert review, {split} (%)",
            ylabel=f"malignant fields called benign, {split}",
-           title="Referral against missed leukemia (levels fitted on validation)")
+           title="Referral against missed leukemia\n(each level α fitted on validation)")
     ax.set_ylim(bottom=-0.3)
     if alpha is not None:
         ax.legend(fontsize=8)

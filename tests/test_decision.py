@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from allstudy import evaluate as ev
-from allstudy.decision import (ASSUMPTION, DecisionPolicy, conformal_threshold, fields_needed)
+from allstudy.decision import (
+    ASSUMPTION,
+    DecisionPolicy,
+    conformal_threshold,
+    fields_needed,
+)
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 
