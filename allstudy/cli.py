@@ -13,12 +13,12 @@ from allstudy import __version__
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from allstudy.data import scan
+    from allstudy.data.prepare import scan
 
     result = scan(args.dir, progress=not args.quiet)
     report = result.report()
     if args.out:
-        from allstudy.atomic import write_csv, write_json
+        from allstudy.core.atomic import write_csv, write_json
 
         out = Path(args.out)
         write_csv(result.manifest.table, out / "manifest.csv")
@@ -46,7 +46,7 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from allstudy.data import prepare
+    from allstudy.data.prepare import prepare
 
     prepared = prepare(args.dir, args.out, seed=args.seed, fractions=tuple(args.fractions), progress=not args.quiet)
     print(prepared.counts().to_string())
@@ -55,7 +55,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from allstudy.synthetic import generate_dataset
+    from allstudy.data.synthetic import generate_dataset
 
     out = generate_dataset(args.out, n_per_class=args.n_per_class, seed=args.seed, progress=not args.quiet)
     print(f"synthetic dataset in {out}")
@@ -63,7 +63,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from allstudy.study import train_architecture
+    from allstudy.study.runner import train_architecture
 
     result = train_architecture(args.data, args.out, args.profile, args.arch, weights_dir=args.weights_dir,
                                 weights=args.weights, epochs=args.epochs, input_size=args.input_size,
@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from allstudy.study import run
+    from allstudy.study.runner import run
 
     results = run(args.data, profile=args.profile, out=args.out, force=args.force, weights_dir=args.weights_dir,
                   architectures=args.arch, strategy=args.strategy, jobs=args.jobs)
@@ -90,8 +90,8 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from allstudy.atomic import write_csv
-    from allstudy.predict import Predictor, collect_files, predictions_frame
+    from allstudy.core.atomic import write_csv
+    from allstudy.serving.predictor import Predictor, collect_files, predictions_frame
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")
@@ -119,7 +119,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from allstudy.export import export_model
+    from allstudy.serving.export import export_model
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, not {args.limit}")
@@ -135,7 +135,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from allstudy.app import launch
+    from allstudy.serving.app import launch
 
     if args.port is not None and not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, not {args.port}")
@@ -282,11 +282,11 @@ def os_error_message(err: OSError, out: str | None = None) -> str:
 @contextlib.contextmanager
 def _holding_output(args: argparse.Namespace):
     """``run`` holds its output folder alone and ``train`` beside other ``train`` commands (see
-    :func:`allstudy.study.output_lock`); each first removes what writers killed mid-write left there."""
+    :func:`allstudy.study.runner.output_lock`); each first removes what writers killed mid-write left there."""
     if args.command not in ("run", "train"):
         yield
         return
-    from allstudy.study import output_lock, remove_stale_temporaries
+    from allstudy.study.runner import output_lock, remove_stale_temporaries
 
     with output_lock(args.out, shared=args.command == "train") as out:
         remove_stale_temporaries(out if args.command == "run" else out / "runs" / (args.run_name or args.arch))
@@ -295,7 +295,7 @@ def _holding_output(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status. Errors are one line naming what to fix."""
-    from allstudy.study import StudyError
+    from allstudy.study.runner import StudyError
 
     args = build_parser().parse_args(argv)
     try:
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"allstudy: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        models = sys.modules.get("allstudy.models")  # not imported here: it would load TensorFlow for every command
+        models = sys.modules.get("allstudy.models.registry")  # not imported here: it would load TensorFlow for every command
         if models is None or not isinstance(err, models.WeightsUnavailable):
             raise
         print(f"allstudy: error: {err}", file=sys.stderr)

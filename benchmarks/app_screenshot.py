@@ -3,7 +3,7 @@
 The browser test (tests/test_app.py) checks the page with a tiny synthetic LeNet; this script makes the
 screenshot the issue asks for, "a labelled prediction with its Grad-CAM", with the model the study chose.
 It serves the app for ``--model`` on 127.0.0.1 (in this process, as the tests do), opens it in headless
-Chromium (:func:`allstudy.browser.screenshot_prediction`), uploads ``--image``, waits for the calibrated
+Chromium (:func:`allstudy.testing.browser.screenshot_prediction`), uploads ``--image``, waits for the calibrated
 probabilities, the verdict line and the Grad-CAM overlay, saves a full-page screenshot to ``--out``,
 prints what the page showed, and stops the app.
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from allstudy.browser import screenshot_prediction, unavailable
+    from allstudy.testing.browser import screenshot_prediction, unavailable
 
     reason = unavailable()
     if reason:
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot take the screenshot: no image file {args.image}", file=sys.stderr)
         return 2
 
-    from allstudy.app import launch
-    from allstudy.processes import free_port
+    from allstudy.serving.app import launch
+    from allstudy.testing.servers import free_port
 
     app = launch(args.model, port=args.port or free_port(), prevent_thread_lock=True, quiet=True)
     try:

@@ -1,12 +1,12 @@
 """Tries at moving the Benign / Early Pre-B border, chosen on validation, reported on validation and test.
 
 Reads a finished study (``--study``: its runs, splits and feature cache) and evaluates, each through
-the same :func:`allstudy.evaluate.evaluate` (temperature and decision policy fitted on validation):
+the same :func:`allstudy.evaluation.metrics.evaluate` (temperature and decision policy fitted on validation):
 
 * every transfer run as it is (the reference);
 * ``ensemble``: the mean of the transfer runs' probabilities (each already averaged over 8 views);
 * ``concat``: one softmax head on the transfer backbones' cached features side by side (8 views,
-  standardised with :func:`allstudy.models.adapt_standardise`, the profile's head recipe: Adam 1e-3,
+  standardised with :func:`allstudy.models.registry.adapt_standardise`, the profile's head recipe: Adam 1e-3,
   cosine decay over 30 epochs, batch 32, no dropout, class weights).
 
 Printed per candidate, for validation and test: errors, log-loss, malignant fields called benign and
@@ -29,11 +29,11 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
-    from allstudy.atomic import read_json, write_json
-    from allstudy.evaluate import evaluate, labels_of, probabilities
-    from allstudy.models import adapt_standardise
-    from allstudy.pipeline import class_weights
-    from allstudy.train import feature_rows, features_dir
+    from allstudy.core.atomic import read_json, write_json
+    from allstudy.evaluation.metrics import evaluate, labels_of, probabilities
+    from allstudy.models.registry import adapt_standardise
+    from allstudy.training.pipeline import class_weights
+    from allstudy.training.fit import feature_rows, features_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="a finished study folder (OUTDIR of allstudy run)")

@@ -1,9 +1,9 @@
 """Transfer heads before and after leaving near-constant features unscaled, side by side in one run.
 
-For each transfer architecture of the profile, the stock :func:`allstudy.study.train_architecture`
+For each transfer architecture of the profile, the stock :func:`allstudy.study.runner.train_architecture`
 trains the head twice on the same cached backbone features: once with Keras' plain ``adapt`` (the
 ``standardise`` layer divides a feature constant in training by 1e-7: before) and once with
-:func:`allstudy.models.adapt_standardise` (after). Prints and writes, per head: the features left
+:func:`allstudy.models.registry.adapt_standardise` (after). Prints and writes, per head: the features left
 unscaled, the last epoch's training and validation loss, validation and test accuracy.
 
     .venv/bin/python benchmarks/head_standardise.py --work outputs/benchmarks/head-synthetic \\
@@ -29,10 +29,10 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
-    import allstudy.train
-    from allstudy.atomic import write_json
-    from allstudy.profiles import ARCHITECTURES, get_profile
-    from allstudy.study import train_architecture
+    import allstudy.training.fit
+    from allstudy.core.atomic import write_json
+    from allstudy.models.profiles import ARCHITECTURES, get_profile
+    from allstudy.study.runner import train_architecture
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder (default: the profile's synthetic default)")
@@ -48,7 +48,7 @@ def main() -> None:
     rows = []
     for arch in archs:
         for variant, adapt in (("before", _plain_adapt), ("after", None)):
-            patch = mock.patch.object(allstudy.train, "adapt_standardise", adapt) if adapt else mock.MagicMock()
+            patch = mock.patch.object(allstudy.training.fit, "adapt_standardise", adapt) if adapt else mock.MagicMock()
             with patch:
                 result = train_architecture(args.data, args.work, args.profile, arch, args.weights_dir,
                                             progress=False, run_name=f"bench-head-{arch}-{variant}")

@@ -23,8 +23,8 @@ import numpy as np
 
 
 def _fields(folder: Path, n: int) -> list[Path]:
-    from allstudy.classes import TALEQANI_CLASSES
-    from allstudy.synthetic import render_field
+    from allstudy.data.classes import TALEQANI_CLASSES
+    from allstudy.data.synthetic import render_field
 
     paths = []
     for i in range(n):
@@ -75,8 +75,8 @@ def run_load(url: str, paths: list[Path], requests: int, concurrency: int) -> di
 
 
 def main() -> None:
-    from allstudy.atomic import write_json
-    from allstudy.processes import free_port, local_server
+    from allstudy.core.atomic import write_json
+    from allstudy.testing.servers import free_port, local_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model folder")

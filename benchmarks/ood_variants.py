@@ -4,7 +4,7 @@ For each variant of the study's test fields (blurred, zoomed, grey, under-expose
 for inputs that are no Taleqani field (C-NMC cells, skimage photographs, the dataset's segmented
 version), the share flagged "outside what this model was trained on", the share flagged by the focus
 check, and the model's accuracy on the variant (all of it, and what the guard let through). The table
-in allstudy/ood.py comes from this script.
+in allstudy/serving/ood.py comes from this script.
 
     .venv/bin/python benchmarks/ood_variants.py --study outputs/study-cpu --shared ../shared/data \\
         --out outputs/benchmarks/ood_variants.json
@@ -77,8 +77,8 @@ def main() -> None:
     import skimage.data
     from PIL import Image
 
-    from allstudy.atomic import read_json, write_json
-    from allstudy.predict import Predictor
+    from allstudy.core.atomic import read_json, write_json
+    from allstudy.serving.predictor import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="a study's output folder (data/ and models/chosen/)")

@@ -9,7 +9,7 @@
 2. A folder: images/s through ``Predictor.predict_batch(paths)`` vs the bare batched forward pass in
    the same runtime on prepared tensors, best of ``--repeats``.
 
-The images are synthetic fields (allstudy.synthetic) written to a temporary folder.
+The images are synthetic fields (allstudy.data.synthetic) written to a temporary folder.
 
     .venv/bin/python benchmarks/predict_speed.py --model outputs/models/chosen --images 100 \\
         --out outputs/benchmarks/predict_speed.json
@@ -29,8 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _fields(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` synthetic 224-px fields as JPEG files, classes in turn."""
-    from allstudy.classes import TALEQANI_CLASSES
-    from allstudy.synthetic import render_field
+    from allstudy.data.classes import TALEQANI_CLASSES
+    from allstudy.data.synthetic import render_field
 
     paths = []
     for i in range(n):
@@ -64,7 +64,7 @@ def bare_keras(model, size: int):
 def bare_forward(predictor):
     """The forward pass in the Predictor's runtime on a prepared batch, nothing else (the floor)."""
     if predictor.runtime == "tflite":
-        from allstudy.serving import SERVING_FILE, ServingRunner
+        from allstudy.serving.runtime import SERVING_FILE, ServingRunner
 
         runner = ServingRunner(predictor.model_dir / SERVING_FILE)
         return lambda x: runner(np.asarray(x))
@@ -105,8 +105,8 @@ def batch_throughput(predictor, paths: list[Path], inputs: np.ndarray, bare, bat
 
 
 def main() -> None:
-    from allstudy.atomic import write_json
-    from allstudy.predict import Predictor
+    from allstudy.core.atomic import write_json
+    from allstudy.serving.predictor import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model folder (model.keras, model.json, optional ood.json)")

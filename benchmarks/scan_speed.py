@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from allstudy.atomic import write_json
-from allstudy.duplicates import DuplicateParams, _grey, _thumbnail, _Verifier, phase_correlation_candidates
-from allstudy.manifest import build_manifest
+from allstudy.core.atomic import write_json
+from allstudy.data.duplicates import DuplicateParams, _grey, _thumbnail, _Verifier, phase_correlation_candidates
+from allstudy.data.manifest import build_manifest
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 The study's evaluation measures the decision policy on the run's predictions; the app and
 ``allstudy predict`` also put the out-of-distribution guard in front of it. This script reads every
-test field of a study's split through the chosen model folder's :class:`allstudy.predict.Predictor`
+test field of a study's split through the chosen model folder's :class:`allstudy.serving.predictor.Predictor`
 (its default runtime, as the app runs it) and prints the verdicts per true class, the malignant
 fields called benign and the fields not answered (referred or out-of-distribution).
 
@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main() -> None:
     import pandas as pd
 
-    from allstudy.atomic import read_json, write_json
-    from allstudy.predict import VERDICTS, Predictor
+    from allstudy.core.atomic import read_json, write_json
+    from allstudy.serving.predictor import VERDICTS, Predictor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="a finished study folder (OUTDIR of allstudy run)")

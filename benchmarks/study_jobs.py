@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from allstudy.atomic import write_json
+from allstudy.core.atomic import write_json
 
 
 def tree_rss(process: psutil.Process) -> int:

@@ -33,12 +33,12 @@ def _throughput(step, batches: int, batch_size: int) -> float:
 def main() -> None:
     import keras
 
-    from allstudy.atomic import write_json
-    from allstudy.models import build_model, unfreeze_top
-    from allstudy.pipeline import load_images, make_dataset
-    from allstudy.profiles import ARCHITECTURES, train_config
-    from allstudy.serving import LiteRTModel, litert_available
-    from allstudy.study import prepare_study_data
+    from allstudy.core.atomic import write_json
+    from allstudy.models.registry import build_model, unfreeze_top
+    from allstudy.training.pipeline import load_images, make_dataset
+    from allstudy.models.profiles import ARCHITECTURES, train_config
+    from allstudy.serving.runtime import LiteRTModel, litert_available
+    from allstudy.study.runner import prepare_study_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder (default: the synthetic default)")

@@ -1,5 +1,5 @@
-"""The Gradio app (allstudy.app), served on a loopback port with a tiny model folder built as in
-test_predict (a LeNet at 32 px, model.json from allstudy.modelcard, ood.json fitted on synthetic
+"""The Gradio app (allstudy.serving.app), served on a loopback port with a tiny model folder built as in
+test_predict (a LeNet at 32 px, model.json from allstudy.serving.modelcard, ood.json fitted on synthetic
 fields), driven by gradio_client and by a real browser. One app server runs at a time."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from allstudy.classes import TALEQANI_CLASSES  # noqa: E402
-from allstudy.processes import free_port, local_server  # noqa: E402
+from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
+from allstudy.testing.servers import free_port, local_server  # noqa: E402
 from test_predict import BROKEN, _encode, _fields, _load, _meta  # noqa: E402  (the same fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # from gradio's queue, not ours
@@ -37,10 +37,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A single-view LeNet model folder with an ood.json (its policy answers by p_malignant > 0.5: never 'uncertain')."""
     import keras
 
-    from allstudy.atomic import write_json
-    from allstudy.models import build_model
-    from allstudy.ood import fit_guard
-    from allstudy.synthetic import generate_dataset
+    from allstudy.core.atomic import write_json
+    from allstudy.models.registry import build_model
+    from allstudy.serving.ood import fit_guard
+    from allstudy.data.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("app")
     fields = {name: _fields(generate_dataset(base / name, n_per_class=10, seed=seed, size=64, recapture_fraction=0.0))
@@ -57,7 +57,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def field(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from allstudy.synthetic import render_field
+    from allstudy.data.synthetic import render_field
 
     path = tmp_path_factory.mktemp("field") / "field.png"
     render_field("Pro", np.random.default_rng(7), 224).save(path)
@@ -94,7 +94,7 @@ def test_without_a_model_the_app_starts_and_says_how_to_make_one(tmp_path, field
 
 @pytest.fixture(scope="module")
 def app(model_dir):
-    from allstudy.app import launch
+    from allstudy.serving.app import launch
 
     served = launch(model_dir, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield served
@@ -108,7 +108,7 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     return Predictor(model_dir)
 
@@ -192,9 +192,9 @@ def test_uploads_over_the_size_limit_are_refused_and_the_server_goes_on(client, 
 def test_batch_requests_over_the_file_limit_are_refused(client, field, monkeypatch):
     from gradio_client import handle_file
 
-    import allstudy.app
+    import allstudy.serving.app
 
-    monkeypatch.setattr(allstudy.app, "MAX_BATCH_FILES", 2)  # the app runs in this process
+    monkeypatch.setattr(allstudy.serving.app, "MAX_BATCH_FILES", 2)  # the app runs in this process
     with pytest.raises(Exception, match="at most 2"):
         client.predict([handle_file(str(field))] * 3, api_name="/predict_batch")
     assert len(client.predict([handle_file(str(field))] * 2, api_name="/predict_batch")) == 2
@@ -237,8 +237,8 @@ def test_serve_command_line():
 
 
 def test_verdict_lines():
-    from allstudy.app import verdict_line
-    from allstudy.predict import Prediction
+    from allstudy.serving.app import verdict_line
+    from allstudy.serving.predictor import Prediction
 
     def answer(verdict, message, display="Pro-B ALL", prediction_set=("Pro",), reason=""):
         return Prediction({"Pro": 0.6}, "Pro", display, True, 0.6, verdict, message, list(prediction_set), reason)
@@ -262,7 +262,7 @@ def test_verdict_lines():
 
 
 def _browser_skip() -> str | None:
-    from allstudy.browser import unavailable
+    from allstudy.testing.browser import unavailable
 
     return unavailable()
 
@@ -271,8 +271,8 @@ def _browser_skip() -> str | None:
 def test_in_a_real_browser(app, tmp_path):
     """Chromium uploads a broken file (the verdict line says why), then a synthetic field: the label,
     Grad-CAM and segmentation appear; the batch tab gives a table and a CSV; a screenshot is saved."""
-    from allstudy.browser import open_page, show_prediction
-    from allstudy.classes import display_name
+    from allstudy.testing.browser import open_page, show_prediction
+    from allstudy.data.classes import display_name
 
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

@@ -1,4 +1,4 @@
-"""Colab (allstudy.colab): the settings chosen in Colab and nowhere else, the notebooks' set-up cells and
+"""Colab (allstudy.study.colab): the settings chosen in Colab and nowhere else, the notebooks' set-up cells and
 README badges generated from one repository address, and papermill's injected parameters winning over
 Colab's choices (checked by executing the real set-up and parameters cells in a kernel made to look like
 Colab)."""
@@ -13,9 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from allstudy import colab
-from allstudy.colab import ColabSettings, setup
-from allstudy.study import NOTEBOOKS, STEPS
+from allstudy.study import colab
+from allstudy.study.colab import ColabSettings, setup
+from allstudy.study.runner import NOTEBOOKS, STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def in_colab(monkeypatch):
 
 
 def test_outside_colab_setup_changes_nothing_and_imports_no_tensorflow():
-    code = ("import sys; from allstudy.colab import setup, ColabSettings; s = setup(); "
+    code = ("import sys; from allstudy.study.colab import setup, ColabSettings; s = setup(); "
             "assert s == ColabSettings() and not s.active and s.profile is None, s; "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -54,8 +54,8 @@ def test_in_colab_several_gpus_mirror_a_tpu_uses_tpustrategy_none_says_so(in_col
 def test_the_paper_profile_gives_imagenet_weights_to_every_transfer_model_and_only_to_them():
     """Colab's "ImageNet weights" are the paper profile's: transfer models start from ImageNet, the papers'
     scratch models (sequential, LeNet, VGG16) do not (03's ``weights = None`` means the profile's)."""
-    from allstudy.models import get_architecture
-    from allstudy.profiles import ARCHITECTURES, train_config
+    from allstudy.models.registry import get_architecture
+    from allstudy.models.profiles import ARCHITECTURES, train_config
 
     imagenet = {a for a in ARCHITECTURES if train_config("paper", a).weights == "imagenet"}
     assert imagenet == {"resnet50", "mobilenet", "mobilenetv2", "efficientnet"}
@@ -75,13 +75,13 @@ def test_every_notebook_opens_with_the_setup_cell_then_its_parameters():
         nbformat.validate(notebook)
         code = [c for c in notebook.cells if c.cell_type == "code"]
         assert code[0].id == colab.SETUP_TAG and code[0].metadata["tags"] == [colab.SETUP_TAG], name
-        assert code[0].source == colab.setup_cell_source(), f"{name}: run python -m allstudy.colab"
+        assert code[0].source == colab.setup_cell_source(), f"{name}: run python -m allstudy.study.colab"
         assert "parameters" in code[1].metadata.get("tags", []), name
         assert code[1].source.endswith(colab.parameters_block(colab._parameter_names(code[1].source))), name
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
-        # generated from allstudy.colab.REPOSITORY: writing them again changes nothing (ids included)
+        # generated from allstudy.study.colab.REPOSITORY: writing them again changes nothing (ids included)
         again = nbformat.writes(colab.with_setup_cell(nbformat.read(path, as_version=4))) + "\n"
-        assert again == path.read_text(encoding="utf-8"), f"{name}: run python -m allstudy.colab"
+        assert again == path.read_text(encoding="utf-8"), f"{name}: run python -m allstudy.study.colab"
 
 
 def test_the_readme_has_a_colab_badge_per_notebook():
@@ -108,8 +108,8 @@ def test_the_setup_cell_is_inserted_once_and_keeps_other_cells(tmp_path):
 FAKE_COLAB = """\
 import sys, types
 sys.modules["google.colab"] = types.ModuleType("google.colab")
-import allstudy.colab
-allstudy.colab._gpu_names = lambda: ["Fake GPU 0", "Fake GPU 1"]
+import allstudy.study.colab
+allstudy.study.colab._gpu_names = lambda: ["Fake GPU 0", "Fake GPU 1"]
 """
 
 
@@ -157,7 +157,7 @@ def test_the_whole_study_takes_a_strategy():
     import inspect
 
     from allstudy.cli import build_parser
-    from allstudy.study import run
+    from allstudy.study.runner import run
 
     assert build_parser().parse_args(["run", "--strategy", "mirrored"]).strategy == "mirrored"
     assert build_parser().parse_args(["run"]).strategy is None

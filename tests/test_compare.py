@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from allstudy.atomic import write_csv, write_json
-from allstudy.compare import choose, comparison_table, evaluate_run, finished_runs, run_summary, summary
-from allstudy.controls import colour_features, control_findings, control_table, corner_features, run_baseline
-from allstudy.data import prepare
-from allstudy.modelcard import model_card, model_json
+from allstudy.core.atomic import write_csv, write_json
+from allstudy.evaluation.compare import choose, comparison_table, evaluate_run, finished_runs, run_summary, summary
+from allstudy.evaluation.controls import colour_features, control_findings, control_table, corner_features, run_baseline
+from allstudy.data.prepare import prepare
+from allstudy.serving.modelcard import model_card, model_json
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 

@@ -1,4 +1,4 @@
-"""The cached data step (allstudy.data.prepare) and the scan report's keys."""
+"""The cached data step (allstudy.data.prepare.prepare) and the scan report's keys."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,8 @@ import os
 import pandas as pd
 import pytest
 
-from allstudy.data import prepare, scan
-from allstudy.synthetic import generate_dataset
+from allstudy.data.prepare import prepare, scan
+from allstudy.data.synthetic import generate_dataset
 
 
 @pytest.fixture(scope="module")

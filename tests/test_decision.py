@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from allstudy import evaluate as ev
-from allstudy.decision import (
+from allstudy.evaluation import metrics as ev
+from allstudy.evaluation.decision import (
     ASSUMPTION,
     DecisionPolicy,
     conformal_threshold,

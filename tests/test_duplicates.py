@@ -1,4 +1,4 @@
-"""Tests of duplicate and overlapping-field detection (allstudy.duplicates) on synthetic fields.
+"""Tests of duplicate and overlapping-field detection (allstudy.data.duplicates) on synthetic fields.
 
 One synthetic dataset (24 fields per class, a quarter of them re-captures with ground truth in
 SYNTHETIC.json) is generated per module, then edited by hand:
@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from allstudy import duplicates
-from allstudy.duplicates import DuplicateParams, find_links, group_ids, groups_of, params_dict
-from allstudy.manifest import Manifest, build_manifest
-from allstudy.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
+from allstudy.data import duplicates
+from allstudy.data.duplicates import DuplicateParams, find_links, group_ids, groups_of, params_dict
+from allstudy.data.manifest import Manifest, build_manifest
+from allstudy.data.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
 
 N_PER_CLASS = 24
 SEED = 3

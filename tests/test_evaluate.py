@@ -11,7 +11,7 @@ from scipy.special import softmax
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from allstudy import evaluate as ev  # noqa: E402
+from allstudy.evaluation import metrics as ev  # noqa: E402
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 

@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from allstudy.explain import GradCam, gradcam, gradcam_for, gradcam_gallery, last_conv_layer, overlay  # noqa: E402
-from allstudy.models import build_model  # noqa: E402
+from allstudy.evaluation.gradcam import GradCam, gradcam, gradcam_for, gradcam_gallery, last_conv_layer, overlay  # noqa: E402
+from allstudy.models.registry import build_model  # noqa: E402
 
 N_CLASSES = 3
 

@@ -1,4 +1,4 @@
-"""``allstudy export`` (allstudy.export) on a tiny study laid out as ``allstudy run`` leaves it: a LeNet at 32 px
+"""``allstudy export`` (allstudy.serving.export) on a tiny study laid out as ``allstudy run`` leaves it: a LeNet at 32 px
 with 8-view test-time augmentation in OUT/models/chosen (the model folder of test_predict), a splits.csv and
 data.json in OUT/data, synthetic fields as the dataset. No study is run."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from allstudy.atomic import read_json, write_json  # noqa: E402
-from allstudy.classes import TALEQANI_CLASSES  # noqa: E402
+from allstudy.core.atomic import read_json, write_json  # noqa: E402
+from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
 from test_predict import SIZE, _fields, _load, _meta  # noqa: E402  (the same tiny model folder)
 
 MAX_ABS_DIFF = 1e-3
@@ -24,8 +24,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """OUT/models/chosen (model.keras, model.json), OUT/data/splits.csv and data.json, the dataset root."""
     import keras
 
-    from allstudy.models import build_model, with_tta
-    from allstudy.synthetic import generate_dataset
+    from allstudy.models.registry import build_model, with_tta
+    from allstudy.data.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("export")
     root = generate_dataset(base / "fields", n_per_class=6, seed=3, size=64, recapture_fraction=0.0)
@@ -47,7 +47,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def tflite(study) -> tuple[dict, Path]:
-    from allstudy.export import export_model
+    from allstudy.serving.export import export_model
 
     out = study["base"] / "export-tflite"
     return export_model(study["chosen"], "tflite", out, batch_size=4, quiet=True), out
@@ -57,7 +57,7 @@ def tflite(study) -> tuple[dict, Path]:
 def onnx(study) -> tuple[dict, Path]:
     pytest.importorskip("tf2onnx")
     pytest.importorskip("onnxruntime")
-    from allstudy.export import export_model
+    from allstudy.serving.export import export_model
 
     out = study["base"] / "export-onnx"
     return export_model(study["chosen"], "onnx", out, batch_size=4, quiet=True), out
@@ -74,7 +74,7 @@ def _keras_probabilities(study, paths) -> np.ndarray:
 
 
 def test_float_tflite_computes_the_models_probabilities(tflite, study):
-    from allstudy.export import TFLiteRunner
+    from allstudy.serving.export import TFLiteRunner
 
     report, out = tflite
     assert report["format"] == "tflite" and report["variant"] == "float32" and report["file"] == "model.tflite"
@@ -106,7 +106,7 @@ def test_quantised_tflite_reports_its_accuracy_change(tflite):
 
 
 def test_onnx_computes_the_models_probabilities(onnx, study):
-    from allstudy.export import ONNXRunner
+    from allstudy.serving.export import ONNXRunner
 
     report, out = onnx
     assert report["format"] == "onnx" and report["file"] == "model.onnx" and report["onnx_opset"] >= 13
@@ -121,8 +121,8 @@ def test_onnx_computes_the_models_probabilities(onnx, study):
 def test_forward_function_is_the_saved_models_forward_pass(study):
     import keras
 
-    from allstudy.export import forward_function
-    from allstudy.models import single_view
+    from allstudy.serving.export import forward_function
+    from allstudy.models.registry import single_view
 
     model = keras.saving.load_model(study["chosen"] / "model.keras", compile=False, safe_mode=True)
     x = _load(study["test"][:4]).astype(np.float32)
@@ -136,7 +136,7 @@ def test_forward_function_is_the_saved_models_forward_pass(study):
 def test_the_split_is_found_beside_the_model_or_where_told(study, tmp_path):
     import shutil
 
-    from allstudy.export import find_test_split
+    from allstudy.serving.export import find_test_split
 
     meta = read_json(study["chosen"] / "model.json")
     split = find_test_split(study["chosen"], meta)
@@ -162,7 +162,7 @@ def test_the_split_is_found_beside_the_model_or_where_told(study, tmp_path):
 
 def test_bad_input_gives_a_clear_error(study, tmp_path, capsys):
     from allstudy.cli import main
-    from allstudy.export import export_model
+    from allstudy.serving.export import export_model
 
     assert main(["export", "--model", str(tmp_path / "missing"), "--format", "tflite", "--out", str(tmp_path / "o"),
                  "--quiet"]) == 2
@@ -183,8 +183,8 @@ def test_an_adapted_normalization_is_frozen_into_both_formats(tmp_path):
     pytest.importorskip("onnxruntime")
     import keras
 
-    from allstudy.export import ONNXRunner, TFLiteRunner, forward_function, to_onnx, to_tflite
-    from allstudy.models import with_tta
+    from allstudy.serving.export import ONNXRunner, TFLiteRunner, forward_function, to_onnx, to_tflite
+    from allstudy.models.registry import with_tta
 
     keras.utils.set_random_seed(0)
     standardise = keras.layers.Normalization(name="standardise")

@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from allstudy.profiles import get_profile
-from allstudy.synthetic import generate_dataset
+from allstudy.models.profiles import get_profile
+from allstudy.data.synthetic import generate_dataset
 
 pytestmark = [pytest.mark.notebook,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find kernels")]
@@ -41,7 +41,7 @@ ARCH = "sequential"
 RESUME_TOLERANCE = 0.20
 #: The broken files injected into a copy of the dataset, and what the scan must say of each.
 BROKEN = {"Benign/empty.jpg": "empty", "Early/notes.jpg": "not an image", "Pre/cut.jpg": "truncated"}
-#: The name allstudy.atomic gives a temporary file: .<stem>.<8 random chars>.tmp<suffix>
+#: The name allstudy.core.atomic gives a temporary file: .<stem>.<8 random chars>.tmp<suffix>
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")
 
 
@@ -149,7 +149,7 @@ def check_every_artefact_is_whole(out: Path) -> None:
     import keras
     import numpy as np
 
-    import allstudy.models  # noqa: F401  (registers the layers the saved models use)
+    import allstudy.models.registry  # noqa: F401  (registers the layers the saved models use)
 
     assert not leftovers(out), leftovers(out)
     assert not unreadable_json(out), unreadable_json(out)
@@ -350,7 +350,7 @@ FULL_DISK = textwrap.dedent("""
 
     _marker = os.environ.get("ALLSTUDY_TEST_FULL_DISK")
     if _marker:
-        import allstudy.atomic as _atomic
+        import allstudy.core.atomic as _atomic
 
         _real = _atomic.atomic_path
 
@@ -404,7 +404,7 @@ def test_a_full_disk_in_a_notebook_is_one_clear_line_from_run(uninterrupted, ful
 
 
 def test_a_failed_step_names_itself_and_its_executed_copy():
-    from allstudy.study import StudyError, step_error
+    from allstudy.study.runner import StudyError, step_error
 
     class Failure:  # what papermill's PapermillExecutionError carries
         ename, evalue = "ValueError", "profile 'quick' has no settings for 'alexnet'"
@@ -419,7 +419,7 @@ def test_a_failed_step_names_itself_and_its_executed_copy():
 
 def test_one_run_holds_its_output_folder(tmp_path, capsys):
     from allstudy.cli import main
-    from allstudy.study import output_lock
+    from allstudy.study.runner import output_lock
 
     with output_lock(tmp_path / "out", shared=True), output_lock(tmp_path / "out", shared=True):  # train beside train
         assert main(["run", "--profile", "quick", "--out", str(tmp_path / "out")]) == 2
@@ -429,7 +429,7 @@ def test_one_run_holds_its_output_folder(tmp_path, capsys):
 
 
 def test_only_the_temporaries_of_killed_writers_are_removed(tmp_path):
-    from allstudy.study import remove_stale_temporaries
+    from allstudy.study.runner import remove_stale_temporaries
 
     folder = tmp_path / "runs" / "a"
     folder.mkdir(parents=True)

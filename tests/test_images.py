@@ -1,4 +1,4 @@
-"""Tests of safe image reading (allstudy.images): broken files give reasons, odd modes become RGB."""
+"""Tests of safe image reading (allstudy.data.images): broken files give reasons, odd modes become RGB."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from allstudy.images import MAX_PIXELS, MIN_SIDE, ImageInfo, ImageProblem, inspect_bytes, read_rgb, to_rgb
+from allstudy.data.images import MAX_PIXELS, MIN_SIDE, ImageInfo, ImageProblem, inspect_bytes, read_rgb, to_rgb
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of dataset layouts (allstudy.layouts): class names, C-NMC subjects, folder discovery."""
+"""Tests of dataset layouts (allstudy.data.layouts): class names, C-NMC subjects, folder discovery."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from allstudy.layouts import Item, canonical_class, discover, resolve_root, subject_of
+from allstudy.data.layouts import Item, canonical_class, discover, resolve_root, subject_of
 
 TALEQANI = ("Benign", "Early", "Pre", "Pro")
 VARIANT = ("Benign", "[Malignant] early Pre-B", "[Malignant] Pre-B", "[Malignant] Pro-B")

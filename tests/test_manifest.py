@@ -1,4 +1,4 @@
-"""Tests of the manifest (allstudy.manifest): one row per file, problems recorded, hashes, CSV."""
+"""Tests of the manifest (allstudy.data.manifest): one row per file, problems recorded, hashes, CSV."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from allstudy.manifest import COLUMNS, Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
+from allstudy.data.manifest import COLUMNS, Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

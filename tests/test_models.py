@@ -14,7 +14,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from allstudy.models import (  # noqa: E402
+from allstudy.models.registry import (  # noqa: E402
     REGISTRY,
     WeightsUnavailable,
     adapt_standardise,

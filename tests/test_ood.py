@@ -1,4 +1,4 @@
-"""The out-of-distribution guard (allstudy.ood): embeddings of each kind of model, the fit on training and
+"""The out-of-distribution guard (allstudy.serving.ood): embeddings of each kind of model, the fit on training and
 validation fields, what it flags, and its JSON form. Tiny models (32 px) on synthetic fields."""
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from allstudy import ood  # noqa: E402
+from allstudy.serving import ood  # noqa: E402
 
 SIZE = 32
 SHARED_TALEQANI = Path(__file__).resolve().parents[2] / "shared" / "data" / "all-taleqani"
 
 
 def _load(root: Path) -> np.ndarray:
-    from allstudy.pipeline import load_image
+    from allstudy.training.pipeline import load_image
 
     return np.stack([load_image(p, SIZE) for p in sorted(root.rglob("*.jpg"))])
 
@@ -28,8 +28,8 @@ def _load(root: Path) -> np.ndarray:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
-    from allstudy.models import build_model, with_tta
-    from allstudy.synthetic import generate_dataset
+    from allstudy.models.registry import build_model, with_tta
+    from allstudy.data.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("ood")
     out = {name: _load(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
@@ -75,7 +75,7 @@ def _cell_on_black(seed: int) -> np.ndarray:
 def test_flat_model_embedding_is_the_input_of_the_softmax_dense():
     import keras
 
-    from allstudy.models import build_model, with_tta
+    from allstudy.models.registry import build_model, with_tta
 
     model = build_model("lenet", 3, SIZE).model
     net, where = ood.embedding_model(with_tta(model, 4))
@@ -86,7 +86,7 @@ def test_flat_model_embedding_is_the_input_of_the_softmax_dense():
 
 
 def test_transfer_model_embedding_is_the_pooled_backbone_output():
-    from allstudy.models import build_model, with_tta
+    from allstudy.models.registry import build_model, with_tta
 
     built = build_model("mobilenet", 3, SIZE, weights=None, alpha=0.25)
     embedder = ood.Embedder(with_tta(built.model, 8))
@@ -98,7 +98,7 @@ def test_transfer_model_embedding_is_the_pooled_backbone_output():
 def test_a_wide_flattened_map_is_averaged_over_space():
     import keras
 
-    from allstudy.models import build_model
+    from allstudy.models.registry import build_model
 
     model = build_model("sequential", 2, SIZE).model   # Flatten of 15 x 15 x 32 = 7200 > MAX_EMBEDDING_DIM
     embedder = ood.Embedder(model)
@@ -153,13 +153,13 @@ def test_thresholds_are_the_validation_quantile(data):
 def test_unseen_in_distribution_fields_are_rarely_flagged(data):
     flagged = data["guard"].is_ood(data["fresh"])
     assert flagged.dtype == bool and flagged.shape == (100,)
-    assert flagged.mean() <= 0.1   # about 2 x 1/41 expected with 40 validation fields (see allstudy.ood)
+    assert flagged.mean() <= 0.1   # about 2 x 1/41 expected with 40 validation fields (see allstudy.serving.ood)
 
 
 def test_photos_cells_on_black_and_other_stains_are_flagged(data):
     import skimage.data
 
-    from allstudy.pipeline import to_input
+    from allstudy.training.pipeline import to_input
 
     guard = data["guard"]
     photos = np.stack([to_input(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), SIZE)
@@ -287,7 +287,7 @@ def test_a_loaded_guard_without_model_takes_precomputed_features_only(data, tmp_
 
 
 def test_bad_guard_files_and_models_are_named(data, tmp_path):
-    from allstudy.models import build_model
+    from allstudy.models.registry import build_model
 
     bad = tmp_path / "other.json"
     bad.write_text(json.dumps({"kind": "something else"}))

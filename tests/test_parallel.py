@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from allstudy.parallel import run_chains
+from allstudy.core.parallel import run_chains
 
 
 def _step(log: list, name: str, seconds: float = 0.0, error: Exception | None = None):
@@ -65,7 +65,7 @@ def test_jobs_below_one_is_a_clear_error():
 
 def test_the_study_takes_jobs_from_the_command_line_and_refuses_zero_before_any_work(tmp_path):
     from allstudy.cli import build_parser
-    from allstudy.study import run
+    from allstudy.study.runner import run
 
     assert build_parser().parse_args(["run", "--jobs", "2"]).jobs == 2
     assert build_parser().parse_args(["run"]).jobs == 1
@@ -75,11 +75,11 @@ def test_the_study_takes_jobs_from_the_command_line_and_refuses_zero_before_any_
 
 
 def test_an_interrupt_starts_nothing_more_and_lets_the_running_steps_end(monkeypatch, capsys):
-    import allstudy.parallel
+    import allstudy.core.parallel
 
     log = []
     both_running = threading.Barrier(3, timeout=10)  # the two first steps and the runner
-    join = allstudy.parallel._join
+    join = allstudy.core.parallel._join
     calls = []
 
     def first(name):
@@ -95,7 +95,7 @@ def test_an_interrupt_starts_nothing_more_and_lets_the_running_steps_end(monkeyp
             raise KeyboardInterrupt
         join(threads)
 
-    monkeypatch.setattr(allstudy.parallel, "_join", interrupted_join)
+    monkeypatch.setattr(allstudy.core.parallel, "_join", interrupted_join)
     chains = [[first("a1"), _step(log, "a2")], [first("b1"), _step(log, "b2")], [_step(log, "c1")]]
     with pytest.raises(KeyboardInterrupt):
         run_chains(chains, jobs=2)
@@ -111,8 +111,8 @@ def test_notebooks_side_by_side_start_in_notebooks_and_leave_the_callers_directo
 
     import nbformat
 
-    import allstudy.study
-    from allstudy.study import execute_notebook
+    import allstudy.study.runner
+    from allstudy.study.runner import execute_notebook
 
     notebooks, caller = tmp_path / "notebooks", tmp_path / "caller"
     notebooks.mkdir()
@@ -123,7 +123,7 @@ def test_notebooks_side_by_side_start_in_notebooks_and_leave_the_callers_directo
         "import os, pathlib, time\ntime.sleep(seconds)\npathlib.Path(where).write_text(os.getcwd())")])
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(book, notebooks / "where.ipynb")
-    monkeypatch.setattr(allstudy.study, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(allstudy.study.runner, "NOTEBOOKS", notebooks)
     monkeypatch.chdir(caller)
 
     def notebook(k: int, seconds: float):

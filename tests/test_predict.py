@@ -1,5 +1,5 @@
-"""The Predictor (allstudy.predict) and ``allstudy predict``, on a tiny model folder built here: a LeNet at
-32 px with 8-view test-time augmentation, a model.json from allstudy.modelcard and an ood.json fitted on
+"""The Predictor (allstudy.serving.predictor) and ``allstudy predict``, on a tiny model folder built here: a LeNet at
+32 px with 8-view test-time augmentation, a model.json from allstudy.serving.modelcard and an ood.json fitted on
 synthetic fields. No study is run."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from allstudy.atomic import read_json, write_json  # noqa: E402
-from allstudy.classes import TALEQANI_CLASSES  # noqa: E402
+from allstudy.core.atomic import read_json, write_json  # noqa: E402
+from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
 
 SIZE = 32
 TEMPERATURE = 1.7
@@ -33,17 +33,17 @@ def _fields(root: Path) -> list[Path]:
 
 
 def _load(paths: list[Path]) -> np.ndarray:
-    from allstudy.pipeline import load_image
+    from allstudy.training.pipeline import load_image
 
     return np.stack([load_image(p, SIZE) for p in paths])
 
 
 def _meta(classes: list[str], refer_all: bool, tta_views: int = 8) -> dict:
     """model.json of a test model: its policy refers every field (``refer_all``), or answers by p_malignant > 0.5."""
-    from allstudy.classes import is_malignant
-    from allstudy.decision import DecisionPolicy
-    from allstudy.evaluate import decision_metrics, tradeoff
-    from allstudy.modelcard import model_json
+    from allstudy.data.classes import is_malignant
+    from allstudy.evaluation.decision import DecisionPolicy
+    from allstudy.evaluation.metrics import decision_metrics, tradeoff
+    from allstudy.serving.modelcard import model_json
 
     params = {"arch": "lenet", "config": {"weights": None, "input_mode": "original", "tta_views": tta_views},
               "classes": classes, "input_size": SIZE, "preprocessing": "unit", "data_hash": "0" * 64,
@@ -74,9 +74,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ``train``, ``val`` and unseen ``fresh`` ones."""
     import keras
 
-    from allstudy.models import build_model, with_tta
-    from allstudy.ood import fit_guard
-    from allstudy.synthetic import generate_dataset
+    from allstudy.models.registry import build_model, with_tta
+    from allstudy.serving.ood import fit_guard
+    from allstudy.data.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("predict")
     fields = {name: _fields(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
@@ -104,7 +104,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def predictor(folders):
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     return Predictor(folders["guarded"], batch_size=8)
 
@@ -115,9 +115,9 @@ def predictor(folders):
 def test_prediction_equals_the_models_own_output_after_temperature(predictor, folders):
     import keras
 
-    from allstudy.evaluate import apply_temperature
-    from allstudy.images import read_rgb
-    from allstudy.pipeline import to_input
+    from allstudy.evaluation.metrics import apply_temperature
+    from allstudy.data.images import read_rgb
+    from allstudy.training.pipeline import to_input
 
     path = folders["fresh"][3]
     model = keras.saving.load_model(folders["guarded"] / "model.keras", safe_mode=True)
@@ -142,7 +142,7 @@ def test_batch_equals_singles(predictor, folders):
 
 
 def test_verdicts_and_messages(predictor, folders):
-    from allstudy.predict import UNCERTAIN_MESSAGE, Predictor
+    from allstudy.serving.predictor import UNCERTAIN_MESSAGE, Predictor
 
     benign = predictor._answer(np.array([0.9, 0.05, 0.03, 0.02]), {}, "", None, "")
     assert (benign.verdict, benign.message, benign.malignant, benign.display) == (
@@ -166,7 +166,7 @@ def test_verdicts_and_messages(predictor, folders):
 def test_in_distribution_fields_pass_the_guard_at_the_documented_rate(predictor, folders):
     answers = predictor.predict_batch(folders["fresh"])
     flagged = np.mean([a.verdict == "out-of-distribution" for a in answers])
-    # 40 validation fields set the thresholds: about 1/41 per score is expected (see allstudy.ood)
+    # 40 validation fields set the thresholds: about 1/41 per score is expected (see allstudy.serving.ood)
     assert len(answers) == 100 and flagged <= 0.1, flagged
     assert all(set(a.ood_scores) == {"stats", "embedding", "focus", "compression"} for a in answers)
     assert all(a.verdict in ("benign", "malignant") for a in answers if a.verdict != "out-of-distribution")
@@ -176,8 +176,8 @@ def test_in_distribution_fields_pass_the_guard_at_the_documented_rate(predictor,
 def test_ood_scores_equal_the_guards_own(folder, predictor, folders):
     import keras
 
-    from allstudy.ood import OODGuard
-    from allstudy.predict import Predictor
+    from allstudy.serving.ood import OODGuard
+    from allstudy.serving.predictor import Predictor
 
     chosen = predictor if folder == "guarded" else Predictor(folders[folder])
     model = keras.saving.load_model(folders[folder] / "model.keras", safe_mode=True)
@@ -306,7 +306,7 @@ def test_the_forward_pass_is_traced_once_and_never_model_predict(predictor, fold
 
 
 def test_gradcam_overlay_on_request(folders):
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     explained = Predictor(folders["plain"], gradcam=True)
     answer = explained.predict(folders["fresh"][1])
@@ -317,7 +317,7 @@ def test_gradcam_overlay_on_request(folders):
 
 
 def test_info_for_the_model_panel(predictor, folders):
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     info = predictor.info
     assert info["arch"] == "lenet" and info["classes"] == list(TALEQANI_CLASSES) and info["input_size"] == SIZE
@@ -329,7 +329,7 @@ def test_info_for_the_model_panel(predictor, folders):
 
 
 def test_missing_or_incomplete_model_folders_are_clear_errors(folders, tmp_path):
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     with pytest.raises(FileNotFoundError, match="does not exist.*python -m allstudy run"):
         Predictor(tmp_path / "nowhere")
@@ -394,7 +394,7 @@ def test_cli_exits_2_when_nothing_is_readable_or_the_model_is_missing(folders, t
 @pytest.fixture(scope="module")
 def served(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the ``guarded`` folder with its serving file, checked on the validation fields."""
-    from allstudy.serving import write_serving
+    from allstudy.serving.runtime import write_serving
 
     folder = tmp_path_factory.mktemp("served") / "model"
     shutil.copytree(folders["guarded"], folder)
@@ -404,7 +404,7 @@ def served(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_serving_file_answers_as_the_keras_model(served, folders):
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     lite, reference = Predictor(served), Predictor(served, runtime="keras")
     assert (lite.runtime, reference.runtime) == ("tflite", "keras")
@@ -420,8 +420,8 @@ def test_the_serving_file_answers_as_the_keras_model(served, folders):
 
 
 def test_a_stale_or_altered_serving_file_is_not_used(served, folders, tmp_path):
-    from allstudy.predict import Predictor
-    from allstudy.serving import SERVING_FILE, load_serving
+    from allstudy.serving.predictor import Predictor
+    from allstudy.serving.runtime import SERVING_FILE, load_serving
 
     stale = tmp_path / "stale"
     shutil.copytree(served, stale)
@@ -447,7 +447,7 @@ def test_a_stale_or_altered_serving_file_is_not_used(served, folders, tmp_path):
 
 
 def test_a_serving_file_that_disagrees_is_not_written(folders, tmp_path, monkeypatch):
-    import allstudy.serving as serving
+    import allstudy.serving.runtime as serving
 
     folder = tmp_path / "model"
     shutil.copytree(folders["plain"], folder)
@@ -462,7 +462,7 @@ def test_a_serving_file_that_disagrees_is_not_written(folders, tmp_path, monkeyp
 def test_the_serving_runtime_is_safe_from_several_threads(served, folders):
     from concurrent.futures import ThreadPoolExecutor
 
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     predictor = Predictor(served)
     paths = folders["fresh"][:12]

@@ -1,4 +1,4 @@
-"""allstudy.processes: a local server is waited for, and always stopped."""
+"""allstudy.testing.servers: a local server is waited for, and always stopped."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from allstudy.processes import free_port, local_server, stop
+from allstudy.testing.servers import free_port, local_server, stop
 
 SERVER = "import http.server, sys; http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')"
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"

@@ -71,7 +71,7 @@ def test_no_pickle_loading_in_the_package():
 
 
 def test_the_app_serves_loopback_without_a_public_link_unless_asked():
-    from allstudy import app
+    from allstudy.serving import app
     from allstudy.cli import build_parser
 
     defaults = inspect.signature(app.launch).parameters

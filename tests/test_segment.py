@@ -1,4 +1,4 @@
-"""Leukocyte segmentation (allstudy.segment): against where the synthetic generator drew its cells,
+"""Leukocyte segmentation (allstudy.data.segment): against where the synthetic generator drew its cells,
 on blank and uniform images, the mask metrics, the input variants, and on the real fields against
 the dataset's own segmented versions (skipped when ../shared/data is absent)."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from skimage.morphology import dilation, disk, remove_small_objects
 
-from allstudy import synthetic
-from allstudy.segment import (CORNER_FRACTION, INPUT_MODES, SegmentParams, apply_mask, compare_with_reference,
+from allstudy.data import synthetic
+from allstudy.data.segment import (CORNER_FRACTION, INPUT_MODES, SegmentParams, apply_mask, compare_with_reference,
                               dice, iou, is_blank, leukocyte_mask, mask_corner, mask_out, plot_channels,
                               plot_segmentation, reference_mask, scale_bar_corner, transform_input)
 
@@ -36,7 +36,7 @@ README_BLANK_PRO = (
 
 
 def _render(label: str, seed: int, size: int, hide: tuple[str, ...] = ()) -> np.ndarray:
-    """A synthetic field; the stains named in ``hide`` (module constants of allstudy.synthetic) set to
+    """A synthetic field; the stains named in ``hide`` (module constants of allstudy.data.synthetic) set to
     zero. The random draws do not depend on the stain values, so the fields differ only where those
     stains were painted."""
     with pytest.MonkeyPatch.context() as mp:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from allstudy.manifest import read_manifest_csv
-from allstudy.split import make_split, split_counts
+from allstudy.data.manifest import read_manifest_csv
+from allstudy.data.split import make_split, split_counts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TALEQANI = SHARED / "all-taleqani"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from allstudy.split import (_folds_for, assign_groups, check_split, image_level_split, leaked_fields, make_split,
+from allstudy.data.split import (_folds_for, assign_groups, check_split, image_level_split, leaked_fields, make_split,
                             split_counts)
 
 

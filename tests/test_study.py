@@ -10,8 +10,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from allstudy.profiles import ARCHITECTURES
-from allstudy.study import NOTEBOOKS, STEPS, run
+from allstudy.models.profiles import ARCHITECTURES
+from allstudy.study.runner import NOTEBOOKS, STEPS, run
 
 pytestmark = pytest.mark.notebook
 #: Every architecture of the registry, at the quick profile's settings.
@@ -88,7 +88,7 @@ def test_the_report_shows_every_architecture_and_section(study):
 
 
 def test_the_report_renders_in_a_real_browser(study):
-    from allstudy.browser import inspect_page, unavailable
+    from allstudy.testing.browser import inspect_page, unavailable
 
     reason = unavailable()
     if reason:
@@ -102,7 +102,7 @@ def test_the_report_renders_in_a_real_browser(study):
 
 
 def test_an_executed_notebook_opens_in_jupyterlab_with_its_results(study):
-    from allstudy.browser import open_in_jupyterlab, unavailable
+    from allstudy.testing.browser import open_in_jupyterlab, unavailable
 
     reason = unavailable()
     if reason:
@@ -153,7 +153,7 @@ def test_summary_agrees_with_the_runs_predictions(study):
 def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
     import keras
 
-    from allstudy.pipeline import load_images
+    from allstudy.training.pipeline import load_images
 
     out, _ = study
     summary = json.loads((out / "summary.json").read_text())
@@ -170,7 +170,7 @@ def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
     serving = json.loads((folder / "serving.json").read_text())   # the LiteRT file the Predictor serves with
     assert serving["accepted"] and serving["argmax_agreement"] == 1.0 and serving["n_images"] > 0
-    from allstudy.predict import Predictor
+    from allstudy.serving.predictor import Predictor
 
     predictor = Predictor(folder)
     assert predictor.runtime == "tflite"
@@ -191,7 +191,7 @@ def test_unknown_profile_and_missing_data_are_clear_errors(tmp_path):
 
 
 def test_an_unknown_split_protocol_is_a_clear_error(tmp_path):
-    from allstudy.study import train_architecture
+    from allstudy.study.runner import train_architecture
 
     with pytest.raises(ValueError, match="'grouped'.*'image'"):
         train_architecture(None, tmp_path, "quick", "lenet", split="patient")

@@ -1,4 +1,4 @@
-"""Tests of the synthetic blood-smear generator (allstudy.synthetic)."""
+"""Tests of the synthetic blood-smear generator (allstudy.data.synthetic)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from allstudy.classes import TALEQANI_CLASSES
-from allstudy.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
+from allstudy.data.classes import TALEQANI_CLASSES
+from allstudy.data.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
 
 N_PER_CLASS = 40
 SEED = 3
@@ -114,7 +114,7 @@ def test_layout_and_counts(dataset: Path) -> None:
 def test_marker_content(dataset: Path) -> None:
     marker = _marker(dataset)
     assert marker["synthetic"] is True
-    assert marker["generator"] == "allstudy.synthetic"
+    assert marker["generator"] == "allstudy.data.synthetic"
     assert marker["version"] == 1
     assert marker["seed"] == SEED and marker["n_per_class"] == N_PER_CLASS and marker["size"] == 224
     assert marker["recapture_fraction"] == 0.1

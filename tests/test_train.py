@@ -17,9 +17,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from allstudy.data import prepare  # noqa: E402
-from allstudy.synthetic import generate_dataset  # noqa: E402
-from allstudy.train import TrainConfig, _best_epoch, train  # noqa: E402
+from allstudy.data.prepare import prepare  # noqa: E402
+from allstudy.data.synthetic import generate_dataset  # noqa: E402
+from allstudy.training.fit import TrainConfig, _best_epoch, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     assert list(result.history["stage"]) == ["head"] * 2
     # predictions come from cached features; the saved 8-view model computes the same
     assert result.params["tta_views"] == 8 and result.params["prediction_check_max_abs_diff"] <= 1e-4
-    from allstudy.serving import litert_available
+    from allstudy.serving.runtime import litert_available
 
     # the features came from LiteRT on this CPU, and the Keras model computes the same from the images
     assert result.params["feature_runtime"] == ("litert" if litert_available() else "keras")
@@ -105,7 +105,7 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     assert model.name == "mobilenet_tta8"
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     test = predictions[predictions["split"] == "test"]
-    from allstudy.pipeline import load_images
+    from allstudy.training.pipeline import load_images
 
     images = load_images(prepared.root, test["path"].tolist()[:5], 64).astype("float32")
     expected = test[[c for c in test if c.startswith("p_")]].to_numpy()[:5]
@@ -116,9 +116,9 @@ def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(
                                                                               tiny_mobilenet_weights):
     import keras
 
-    from allstudy import ood
-    from allstudy.pipeline import load_images
-    from allstudy.study import cached_train_embedding
+    from allstudy.serving import ood
+    from allstudy.training.pipeline import load_images
+    from allstudy.study.runner import cached_train_embedding
 
     config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
                          epochs=0, batch_size=16, tta_views=8)
@@ -136,8 +136,8 @@ def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(
 
 
 def test_bulk_features_use_keras_when_litert_disagrees(tiny_mobilenet_weights, monkeypatch):
-    import allstudy.serving as serving
-    from allstudy.models import build_model
+    import allstudy.serving.runtime as serving
+    from allstudy.models.registry import build_model
 
     features = build_model("mobilenet", 4, 64, str(tiny_mobilenet_weights), alpha=0.25).features
     images = np.random.default_rng(0).uniform(0, 255, (5, 64, 64, 3)).astype(np.float32)
@@ -203,8 +203,8 @@ def test_mirrored_strategy_over_two_logical_cpus(prepared, tmp_path):
         import json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from allstudy.data import prepare
-        from allstudy.train import TrainConfig, train
+        from allstudy.data.prepare import prepare
+        from allstudy.training.fit import TrainConfig, train
         data = prepare({str(prepared.root)!r}, {str(tmp_path / 'data')!r}, seed=0, fractions=(0.6, 0.2, 0.2))
         result = train(TrainConfig("lenet", input_size=48, epochs=2, batch_size=8, strategy="mirrored"), data,
                        {str(tmp_path / 'run')!r}, progress=False)
@@ -225,7 +225,7 @@ def test_unknown_strategy_is_a_clear_error(prepared, tmp_path):
 def _tiny_ema_model():
     import keras
 
-    from allstudy.train import _optimizer
+    from allstudy.training.fit import _optimizer
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
@@ -239,7 +239,7 @@ def test_a_weight_average_is_what_validation_sees_what_is_kept_and_what_a_resume
     import keras
     import tensorflow as tf
 
-    from allstudy.train import _use_average, fit_resumable
+    from allstudy.training.fit import _use_average, fit_resumable
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 6)).astype("float32")
@@ -265,24 +265,24 @@ def test_a_weight_average_is_what_validation_sees_what_is_kept_and_what_a_resume
 
 
 def test_a_weight_average_momentum_outside_0_1_is_a_clear_error():
-    from allstudy.train import _optimizer
+    from allstudy.training.fit import _optimizer
 
     with pytest.raises(ValueError, match="ema_momentum"):
         _optimizer("adam", 1e-3, 0.9, ema_momentum=1.0)
 
 
 def test_a_run_with_a_weight_average_keeps_the_average_its_validation_measured(prepared, tmp_path, monkeypatch):
-    import allstudy.train
+    import allstudy.training.fit
 
     made = []
-    original = allstudy.train._optimizer
+    original = allstudy.training.fit._optimizer
 
     def recording(*args, **kwargs):
         optimizer = original(*args, **kwargs)
         made.append(optimizer)
         return optimizer
 
-    monkeypatch.setattr(allstudy.train, "_optimizer", recording)
+    monkeypatch.setattr(allstudy.training.fit, "_optimizer", recording)
     result = train(TrainConfig("lenet", input_size=48, epochs=4, batch_size=16, ema_momentum=0.5), prepared,
                    tmp_path / "run", progress=False)
     assert [o.use_ema for o in made] == [True] and result.params["config"]["ema_momentum"] == 0.5
@@ -291,8 +291,8 @@ def test_a_run_with_a_weight_average_keeps_the_average_its_validation_measured(p
 
 
 def test_a_run_on_the_published_image_level_split_is_a_run_of_its_own(prepared, tmp_path):
-    from allstudy.data import with_image_level_split
-    from allstudy.split import leaked_fields
+    from allstudy.data.prepare import with_image_level_split
+    from allstudy.data.split import leaked_fields
 
     leaky = with_image_level_split(prepared, seed=0, fractions=(0.6, 0.2, 0.2))
     assert not leaky.split.set_index("path")["split"].equals(prepared.split.set_index("path")["split"])
@@ -311,7 +311,7 @@ def test_a_run_on_the_published_image_level_split_is_a_run_of_its_own(prepared, 
 
 def test_cached_features_are_per_field_so_another_split_of_the_data_reuses_them(prepared, tmp_path,
                                                                                 tiny_mobilenet_weights):
-    from allstudy.data import with_image_level_split
+    from allstudy.data.prepare import with_image_level_split
 
     config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
                          epochs=0, batch_size=16, tta_views=4)

@@ -1,0 +1,112 @@
+"""The split: stratified by class, grouped so that no duplicate group or subject spans two splits.
+
+Groups are the connected components of duplicate/overlap links (see :mod:`allstudy.data.duplicates`),
+merged with subjects when the file names give them (C-NMC). The split is made by scikit-learn's
+``StratifiedGroupKFold`` over ``k`` folds, where ``k`` makes every fraction a whole number of folds
+(70/15/15 -> 20 folds: 14 train, 3 val, 3 test); the seed fixes it.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import DisjointSet
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+
+
+def assign_groups(paths: list[str], subjects: list[str], links: pd.DataFrame) -> list[str]:
+    """A group id per path: linked files and files of one subject share a group."""
+    sets = DisjointSet(paths)
+    for a, b in zip(links["a"], links["b"]):
+        if a in sets and b in sets:
+            sets.merge(a, b)
+    first_of_subject: dict[str, str] = {}
+    for path, subject in zip(paths, subjects):
+        if subject:
+            sets.merge(first_of_subject.setdefault(subject, path), path)
+    return [min(sets.subset(p)) for p in paths]
+
+
+def _folds_for(fractions: tuple[float, float, float]) -> list[int]:
+    """Whole numbers of folds per split, in the smallest total that represents the fractions."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split fractions {fractions} must be three non-negative numbers summing to 1 (train, val, test)")
+    ratios = [Fraction(f).limit_denominator(100) for f in fractions]
+    total = math.lcm(*(r.denominator for r in ratios))
+    return [int(r * total) for r in ratios]
+
+
+def make_split(table: pd.DataFrame, links: pd.DataFrame, seed: int = 0,
+               fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> pd.DataFrame:
+    """Split the usable rows of a manifest table into train/val/test.
+
+    Returns a frame with columns ``path, class, subject, group, split`` sorted by path. Raises if a
+    group would cross splits (it cannot by construction; the check guards future changes).
+    """
+    usable = table[table["problem"] == ""].sort_values("path").reset_index(drop=True)
+    if usable.empty:
+        raise ValueError("no usable image to split: every file has a problem (see the scan's problems)")
+    groups = assign_groups(usable["path"].tolist(), usable["subject"].tolist(), links)
+    folds_per_split = _folds_for(fractions)
+    n_folds = sum(folds_per_split)
+    groups_per_class = pd.Series(groups).groupby(usable["class"].to_numpy()).nunique()
+    if groups_per_class.min() < n_folds:
+        label = groups_per_class.idxmin()
+        raise ValueError(f"class {label!r} has only {groups_per_class.min()} independent groups, fewer than the "
+                         f"{n_folds} folds that fractions {list(fractions)} need; add images or use coarser "
+                         "fractions (e.g. --fractions 0.6 0.2 0.2, 5 folds)")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.empty(len(usable), dtype=int)
+    for k, (_, test_index) in enumerate(splitter.split(usable, usable["class"], groups)):
+        fold[test_index] = k
+    # Fold order comes out sorted by size; map folds to splits in a seeded random order.
+    order = np.random.default_rng(seed).permutation(n_folds)
+    split_of_fold = np.repeat(np.array(SPLITS), folds_per_split)[np.argsort(order)]
+    result = pd.DataFrame({"path": usable["path"], "class": usable["class"], "subject": usable["subject"],
+                           "group": groups, "split": split_of_fold[fold]})
+    check_split(result)
+    return result
+
+
+def check_split(split: pd.DataFrame) -> None:
+    """Raise AssertionError if any group or subject appears in more than one split."""
+    crossing = split.groupby("group")["split"].nunique()
+    if (crossing > 1).any():
+        raise AssertionError(f"groups cross splits: {sorted(crossing[crossing > 1].index)[:5]}")
+    subjects = split[split["subject"] != ""].groupby("subject")["split"].nunique()
+    if (subjects > 1).any():
+        raise AssertionError(f"subjects cross splits: {sorted(subjects[subjects > 1].index)[:5]}")
+
+
+def split_counts(split: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows) and split (columns), with totals."""
+    counts = pd.crosstab(split["class"], split["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    counts.loc["total"] = counts.sum()
+    return counts
+
+
+def image_level_split(table: pd.DataFrame, seed: int = 0,
+                      fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> pd.DataFrame:
+    """The published studies' protocol: a stratified split of the fields that ignores duplicate and overlap
+    groups and subjects (every field is its own group), so re-captures of one slide region can land in both
+    training and test. For measuring what that leak is worth (:func:`leaked_fields`), never for the study's
+    figures. Same columns as :func:`make_split`, ``subject`` blank."""
+    return make_split(table.assign(subject=""), pd.DataFrame({"a": [], "b": []}), seed=seed, fractions=fractions)
+
+
+def leaked_fields(split: pd.DataFrame, groups: pd.Series) -> dict[str, int]:
+    """Per evaluation split, how many fields share a duplicate/overlap group with a training field.
+
+    ``groups`` maps each path to its group (the ``group`` column of a :func:`make_split` table, by path).
+    Zero for every split of :func:`make_split`; what :func:`image_level_split` leaks.
+    """
+    group = split["path"].map(groups)
+    if group.isna().any():
+        raise ValueError(f"{int(group.isna().sum())} paths of the split have no group; pass the groups of the same data")
+    seen_in_training = set(group[split["split"] == "train"])
+    return {s: int(group[split["split"] == s].isin(seen_in_training).sum()) for s in ("val", "test")}

@@ -1,0 +1,322 @@
+"""All runs side by side: their evaluations, the choice of model, summary.json and comparison.csv.
+
+The chosen model is the run with the best *validation* macro-F1 (ties: validation accuracy, then
+fewer parameters); the test split never takes part in the choice. Each run's evaluation is cached in
+``runs/<run>/evaluation.json`` and recomputed only when its predictions change.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from allstudy.core.atomic import read_json, write_json
+from allstudy.evaluation.metrics import evaluate
+
+#: The source studies' published test accuracies: the figures to reproduce and to beat.
+PUBLISHED = [
+    {"dataset": "Taleqani 4-class", "arch": "lenet", "accuracy": 0.9575, "source": "Pak Heart J 2023",
+     "split": "image-level (leaks overlapping fields)"},
+    {"dataset": "Taleqani 4-class", "arch": "sequential", "accuracy": 0.93, "source": "Pak Heart J 2023",
+     "split": "image-level (leaks overlapping fields)"},
+    {"dataset": "Taleqani 4-class", "arch": "vgg16", "accuracy": 0.344, "source": "Pak Heart J 2023",
+     "split": "image-level (leaks overlapping fields)"},
+    {"dataset": "C-NMC 2019 binary", "arch": "mobilenet", "accuracy": 0.914, "source": "transfer-learning study",
+     "split": "70 test images"},
+    {"dataset": "C-NMC 2019 binary", "arch": "vgg16", "accuracy": 0.928, "source": "transfer-learning study",
+     "split": "70 test images"},
+    {"dataset": "C-NMC 2019 binary", "arch": "resnet50", "accuracy": 0.514, "source": "transfer-learning study",
+     "split": "70 test images"},
+]
+
+
+#: Changes whenever evaluation.json gains or changes content, so that cached evaluations are redone.
+EVALUATION_FORMAT = 3
+
+
+def decision_summary(evaluation: dict) -> dict:
+    """The decision policy's test figures as summary.json records them (counts, rates and 95 % intervals)."""
+    policy, test = evaluation["decision"]["policy"], evaluation["decision"]["test"]
+    missed, referred, answered = test["malignant_called_benign"], test["referred"], test["answered_accuracy"]
+    return {"alpha": policy["alpha"], "alpha_benign": policy["alpha_benign"], "rule_out": policy["rule_out"],
+            "benign_limit": policy["benign_limit"], "n_calibration": policy["calibration"]["n"],
+            "malignant_called_benign": missed["count"], "malignant_called_benign_rate": missed["rate"],
+            "malignant_called_benign_ci": missed["ci"], "n_malignant": missed["n"],
+            "benign_called_malignant": test["benign_called_malignant"]["count"],
+            "referred": referred["count"], "referral_rate": referred["rate"], "referral_rate_ci": referred["ci"],
+            "referral_rate_per_class": {c: r["rate"] for c, r in test["referred_per_class"].items()},
+            "answered_accuracy": answered["rate"], "answered_accuracy_ci": answered["ci"],
+            "answered_macro_f1": test["answered_macro_f1"], "answered_macro_f1_ci": test["answered_macro_f1_ci"]}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """The evaluation of one finished run (:func:`allstudy.evaluation.metrics.evaluate`), cached beside its predictions."""
+    run_dir = Path(run_dir)
+    predictions = run_dir / "predictions.csv"
+    if not predictions.exists():
+        raise FileNotFoundError(f"{predictions} is missing; train the run first (allstudy train --arch ...)")
+    key = {"predictions_sha256": _sha256(predictions), "n_resamples": n_resamples, "seed": seed,
+           "format": EVALUATION_FORMAT}
+    cached = run_dir / "evaluation.json"
+    if cached.exists():
+        previous = read_json(cached)
+        if previous.get("key") == key:
+            return previous
+    params = read_json(run_dir / "params.json")
+    frame = pd.read_csv(predictions, keep_default_na=False)
+    report = {"key": key, **evaluate(frame, params["classes"], n_resamples=n_resamples, seed=seed)}
+    write_json(cached, report)
+    return report
+
+
+def finished_runs(out: str | os.PathLike, names: list[str] | None = None) -> dict[str, Path]:
+    """The finished run folders under ``out/runs`` (those with a complete params.json), by name."""
+    runs = Path(out) / "runs"
+    found = {p.parent.name: p.parent for p in sorted(runs.glob("*/params.json"))
+             if (p.parent / "predictions.csv").exists() and read_json(p).get("complete")}
+    return {n: found[n] for n in (names if names is not None else found) if n in found}
+
+
+def choose(evaluations: dict[str, dict], params: dict[str, dict]) -> str:
+    """The run with the best validation macro-F1; ties broken by validation accuracy, then fewer parameters."""
+    if not evaluations:
+        raise ValueError("no finished runs to choose from; train at least one architecture")
+    return max(evaluations, key=lambda n: (evaluations[n]["val"]["macro_f1"], evaluations[n]["val"]["accuracy"],
+                                           -params[n].get("params", 0)))
+
+
+def run_summary(evaluation: dict, params: dict) -> dict:
+    """One run's entry of summary.json (the keys ../shared/DESIGN.md fixes, plus calibration detail)."""
+    test, calibrated = evaluation["test"], evaluation["test_calibrated"]
+    return {
+        "arch": params["arch"], "weights": params["config"]["weights"] or "none",
+        "input_size": params["input_size"], "input_mode": params["config"].get("input_mode", "original"),
+        "tta_views": params["config"].get("tta_views", 1),
+        "split_protocol": params.get("split_protocol", "grouped"),
+        "leaked_fields": params.get("leaked_fields", {"val": 0, "test": 0}),
+        "test": {"accuracy": test["accuracy"], "accuracy_ci": test["accuracy_ci"],
+                 "macro_f1": test["macro_f1"], "macro_f1_ci": test["macro_f1_ci"],
+                 "balanced_accuracy": test["balanced_accuracy"],
+                 "malignant_sensitivity": test["malignant_sensitivity"],
+                 "malignant_sensitivity_ci": test["malignant_sensitivity_ci"],
+                 "malignant_specificity": test["malignant_specificity"],
+                 "malignant_specificity_ci": test["malignant_specificity_ci"],
+                 "ece": calibrated["ece"], "ece_ci": calibrated["ece_ci"], "ece_uncalibrated": test["ece"]},
+        "val": {"accuracy": evaluation["val"]["accuracy"], "macro_f1": evaluation["val"]["macro_f1"]},
+        "temperature": evaluation["temperature"],
+        "decision": decision_summary(evaluation),
+        "tradeoff": evaluation["decision"]["tradeoff"],
+        # the run's own wall time (features included); epochs summed across resumes when it was interrupted
+        "train_seconds": max(params.get("train_seconds") or 0.0, params.get("epoch_seconds_total") or 0.0),
+        "params": params["params"],
+    }
+
+
+def summary(data_info: dict, evaluations: dict[str, dict], params: dict[str, dict], chosen: str,
+            controls: dict | None = None) -> dict:
+    """summary.json: data provenance, the chosen run, and every run's test figures with CIs."""
+    result = {"data": data_info, "chosen": chosen,
+              "runs": {name: run_summary(evaluations[name], params[name]) for name in evaluations}}
+    if controls is not None:
+        result["controls"] = controls
+    return result
+
+
+def comparison_table(summary_: dict, dataset: str = "Taleqani 4-class") -> pd.DataFrame:
+    """Our runs (test accuracy with its 95 % CI) beside the papers' published figures."""
+    rows = []
+    for name, run in summary_["runs"].items():
+        test = run["test"]
+        published = {p["source"] + f" ({p['dataset']})": p["accuracy"] for p in PUBLISHED if p["arch"] == run["arch"]}
+        rows.append({"run": name, "arch": run["arch"], "weights": run["weights"], "input_size": run["input_size"],
+                     "accuracy": test["accuracy"], "accuracy_ci_low": test["accuracy_ci"][0],
+                     "accuracy_ci_high": test["accuracy_ci"][1], "macro_f1": test["macro_f1"],
+                     "malignant_sensitivity": test["malignant_sensitivity"],
+                     "malignant_specificity": test["malignant_specificity"], "ece": test["ece"],
+                     "malignant_called_benign": run["decision"]["malignant_called_benign"],
+                     "referral_rate": run["decision"]["referral_rate"],
+                     "answered_accuracy": run["decision"]["answered_accuracy"],
+                     "train_seconds": run["train_seconds"], "params": run["params"],
+                     "chosen": name == summary_["chosen"],
+                     "published_accuracy": "; ".join(f"{v:.1%} {k}" for k, v in published.items()) or "",
+                     "dataset": dataset, "split": "grouped: no duplicate or overlapping field crosses splits"})
+    return pd.DataFrame(rows)
+
+
+def published_table() -> pd.DataFrame:
+    """The published figures alone, as the papers report them."""
+    return pd.DataFrame(PUBLISHED)
+
+
+def metrics_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
+    """The headline metrics of one split with their 95 % CIs, one row per metric."""
+    part = evaluation[split]
+    rows = []
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "malignant_sensitivity", "malignant_specificity",
+                   "roc_auc_macro", "ece"):
+        ci = part.get(f"{metric}_ci") or [None, None]
+        rows.append({"metric": metric, "value": part.get(metric), "ci_low": ci[0], "ci_high": ci[1]})
+    calibrated = evaluation["test_calibrated"]
+    rows.append({"metric": "ece (temperature-scaled)", "value": calibrated["ece"],
+                 "ci_low": (calibrated.get("ece_ci") or [None])[0], "ci_high": (calibrated.get("ece_ci") or [None, None])[1]})
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def decision_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
+    """What the decision policy did on one split: each count with its rate and 95 % interval."""
+    part = evaluation["decision"][split]
+    entries = [("malignant fields called benign", part["malignant_called_benign"]),
+               ("benign fields called malignant", part["benign_called_malignant"]),
+               ("fields referred", part["referred"]),
+               *((f"  referred, true {c}", r) for c, r in part["referred_per_class"].items()),
+               ("answered fields correct", part["answered_accuracy"])]
+    rows = [{"": name, "count": e["count"], "of": e["n"], "rate": e["rate"],
+             "ci_low": (e["ci"] or [None])[0], "ci_high": (e["ci"] or [None, None])[1]} for name, e in entries]
+    ci = part["answered_macro_f1_ci"] or [None, None]
+    rows.append({"": "macro-F1 of the answered fields", "count": None, "of": None, "rate": part["answered_macro_f1"],
+                 "ci_low": ci[0], "ci_high": ci[1]})
+    return pd.DataFrame(rows).set_index("")
+
+
+def _interval(ci) -> str:
+    return f"{ci[0]:.1%}–{ci[1]:.1%}" if ci else ""
+
+
+def decision_rows(summary_: dict) -> pd.DataFrame:
+    """Every run's decision policy on test, one row each, from summary.json."""
+    rows = []
+    for name, run in summary_["runs"].items():
+        d = run["decision"]
+        rows.append({"run": name, "α": d["alpha"], "rule-out below": round(d["rule_out"], 4),
+                     "malignant called benign": f"{d['malignant_called_benign']} of {d['n_malignant']}",
+                     "95 % CI (rate)": _interval(d["malignant_called_benign_ci"]),
+                     "referred": f"{d['referred']} ({d['referral_rate']:.1%})",
+                     "95 % CI": _interval(d["referral_rate_ci"]),
+                     **{f"referred {c}": f"{r:.1%}" if r is not None else "" for c, r in
+                        d["referral_rate_per_class"].items()},
+                     "answered accuracy": f"{d['answered_accuracy']:.1%}" if d["answered_accuracy"] is not None else "",
+                     "95 % CI ": _interval(d["answered_accuracy_ci"]),
+                     "answered macro-F1": round(d["answered_macro_f1"], 3) if d["answered_macro_f1"] is not None
+                     else None, "chosen": name == summary_["chosen"]})
+    return pd.DataFrame(rows)
+
+
+def per_class_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, with one-vs-rest ROC AUC and average precision."""
+    part = evaluation[split]
+    frame = pd.DataFrame(part["per_class"]).T
+    frame["roc_auc"] = pd.Series(part["roc_auc"])
+    frame["average_precision"] = pd.Series(part["average_precision"])
+    return frame
+
+
+def data_provenance(info: dict) -> dict:
+    """The data step's provenance, without its long lists (summary.json's ``data``)."""
+    report = info.get("report", {})
+    return {"root": info.get("root"), "layout": info.get("layout"), "synthetic": info.get("synthetic"),
+            "data_hash": info.get("data_hash"), "fingerprint": info.get("fingerprint"),
+            "images": report.get("images"), "classes": report.get("classes"),
+            "problems": len(report.get("problems", [])),
+            "exact_duplicate_groups": len(report.get("exact_duplicate_groups", [])),
+            "near_duplicate_groups": len(report.get("near_duplicate_groups", [])),
+            "seed": info.get("split", {}).get("seed"), "fractions": info.get("split", {}).get("fractions"),
+            "split_counts": info.get("split_counts"), "code_version": info.get("code_version")}
+
+
+def split_images(out: str | os.PathLike, run: str, split: str = "test"):
+    """A run's predictions on one split, the matching model inputs (as the run saw them) and its params."""
+    from allstudy.training.pipeline import load_images
+
+    out = Path(out)
+    run_dir = out / "runs" / run
+    params = read_json(run_dir / "params.json")
+    frame = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
+    frame = frame[frame["split"] == split].reset_index(drop=True)
+    root = read_json(out / "data" / "data.json")["root"]
+    images = load_images(root, frame["path"].tolist(), params["input_size"], out / "cache",
+                         mode=params["config"].get("input_mode", "original"))
+    return frame, images, params
+
+
+def inference_cost_of(run_dir: str | os.PathLike, model=None) -> dict:
+    """Inference ms/image, parameters and file size of a run's saved model, measured once and cached."""
+    from allstudy.evaluation.metrics import inference_cost
+
+    run_dir = Path(run_dir)
+    path = run_dir / "model.keras"
+    cached = run_dir / "cost.json"
+    key = _sha256(path)
+    if cached.exists() and read_json(cached).get("model_sha256") == key:
+        return read_json(cached)
+    if model is None:
+        import keras
+
+        model = keras.saving.load_model(path, safe_mode=True)
+    cost = {"model_sha256": key, **inference_cost(model, model.input_shape[1], model_path=path)}
+    write_json(cached, cost)
+    return cost
+
+
+def plot_accuracy(summary_: dict, controls: bool = True):
+    """Test accuracy with 95 % CIs per run (and control), the papers' figures as crosses where they exist."""
+    import matplotlib.pyplot as plt
+
+    entries = [(name, run["test"]["accuracy"], run["test"]["accuracy_ci"], run["arch"])
+               for name, run in summary_["runs"].items()]
+    if controls:
+        entries += [(row["control"], row["accuracy"], row["accuracy_ci"], None)
+                    for row in summary_.get("controls", {}).get("rows", [])[1:]]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(entries) + 1.2))
+    for i, (name, value, ci, arch) in enumerate(entries):
+        colour = "tab:green" if name == summary_["chosen"] else ("tab:blue" if arch else "tab:grey")
+        ax.errorbar(value, i, xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour, capsize=3)
+        for paper in PUBLISHED:
+            if arch and paper["arch"] == arch and paper["dataset"].startswith("Taleqani"):
+                ax.plot(paper["accuracy"], i, "x", color="tab:red")
+    ax.set_yticks(range(len(entries)), [e[0] for e in entries])
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy (95 % CI); red x: published (image-level split)", xlim=(0, 1.01))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_confusions(out: str | os.PathLike, runs: list[str]):
+    """Row-normalised test confusion matrices of several runs side by side."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    runs = [r for r in runs if (Path(out) / "runs" / r / "evaluation.json").exists()]
+    cols = min(4, max(1, len(runs)))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.ravel()[len(runs):]:
+        ax.axis("off")
+    for ax, run in zip(axes.ravel(), runs):
+        evaluation = read_json(Path(out) / "runs" / run / "evaluation.json")
+        classes = evaluation["classes"]
+        sns.heatmap(evaluation["test"]["confusion_normalised"], annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
+                    xticklabels=classes, yticklabels=classes, cbar=False, ax=ax)
+        ax.set(title=f"{run} ({evaluation['test']['accuracy']:.1%})", xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def costs_table(out: str | os.PathLike, summary_: dict) -> pd.DataFrame:
+    """Train seconds, parameters, model size and inference ms/image per run."""
+    rows = []
+    for name, run in summary_["runs"].items():
+        cost_path = Path(out) / "runs" / name / "cost.json"
+        cost = read_json(cost_path) if cost_path.exists() else {}
+        rows.append({"run": name, "train_seconds": run["train_seconds"], "params": run["params"],
+                     "model_mb": (cost.get("file_bytes") or 0) / 1e6 or None, "ms_per_image": cost.get("ms_per_image"),
+                     "tta_views": run["tta_views"]})
+    return pd.DataFrame(rows).set_index("run")
