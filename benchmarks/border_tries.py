@@ -32,8 +32,8 @@ def main() -> None:
     from allstudy.core.atomic import read_json, write_json
     from allstudy.evaluation.metrics import evaluate, labels_of, probabilities
     from allstudy.models.registry import adapt_standardise
-    from allstudy.training.pipeline import class_weights
     from allstudy.training.fit import feature_rows, features_dir
+    from allstudy.training.pipeline import class_weights
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="a finished study folder (OUTDIR of allstudy run)")

@@ -34,11 +34,11 @@ def main() -> None:
     import keras
 
     from allstudy.core.atomic import write_json
-    from allstudy.models.registry import build_model, unfreeze_top
-    from allstudy.training.pipeline import load_images, make_dataset
+    from allstudy.models.convert import LiteRTModel, litert_available
     from allstudy.models.profiles import ARCHITECTURES, train_config
-    from allstudy.serving.runtime import LiteRTModel, litert_available
+    from allstudy.models.registry import build_model, unfreeze_top
     from allstudy.study.runner import prepare_study_data
+    from allstudy.training.pipeline import load_images, make_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder (default: the synthetic default)")

@@ -14,10 +14,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from test_predict import BROKEN, _encode, _fields, _load, _meta  # noqa: E402  (the same fixtures)
 
 from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
 from allstudy.testing.servers import free_port, local_server  # noqa: E402
-from test_predict import BROKEN, _encode, _fields, _load, _meta  # noqa: E402  (the same fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # from gradio's queue, not ours
 
@@ -38,9 +38,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import keras
 
     from allstudy.core.atomic import write_json
+    from allstudy.data.synthetic import generate_dataset
     from allstudy.models.registry import build_model
     from allstudy.serving.ood import fit_guard
-    from allstudy.data.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("app")
     fields = {name: _fields(generate_dataset(base / name, n_per_class=10, seed=seed, size=64, recapture_fraction=0.0))
@@ -271,8 +271,8 @@ def _browser_skip() -> str | None:
 def test_in_a_real_browser(app, tmp_path):
     """Chromium uploads a broken file (the verdict line says why), then a synthetic field: the label,
     Grad-CAM and segmentation appear; the batch tab gives a table and a CSV; a screenshot is saved."""
-    from allstudy.testing.browser import open_page, show_prediction
     from allstudy.data.classes import display_name
+    from allstudy.testing.browser import open_page, show_prediction
 
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

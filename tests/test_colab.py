@@ -54,8 +54,8 @@ def test_in_colab_several_gpus_mirror_a_tpu_uses_tpustrategy_none_says_so(in_col
 def test_the_paper_profile_gives_imagenet_weights_to_every_transfer_model_and_only_to_them():
     """Colab's "ImageNet weights" are the paper profile's: transfer models start from ImageNet, the papers'
     scratch models (sequential, LeNet, VGG16) do not (03's ``weights = None`` means the profile's)."""
-    from allstudy.models.registry import get_architecture
     from allstudy.models.profiles import ARCHITECTURES, train_config
+    from allstudy.models.registry import get_architecture
 
     imagenet = {a for a in ARCHITECTURES if train_config("paper", a).weights == "imagenet"}
     assert imagenet == {"resnet50", "mobilenet", "mobilenetv2", "efficientnet"}

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from allstudy.core.atomic import write_csv, write_json
+from allstudy.data.prepare import prepare
 from allstudy.evaluation.compare import choose, comparison_table, evaluate_run, finished_runs, run_summary, summary
 from allstudy.evaluation.controls import colour_features, control_findings, control_table, corner_features, run_baseline
-from allstudy.data.prepare import prepare
 from allstudy.serving.modelcard import model_card, model_json
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]

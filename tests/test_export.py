@@ -11,10 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from test_predict import SIZE, _fields, _load, _meta  # noqa: E402  (the same tiny model folder)
 
 from allstudy.core.atomic import read_json, write_json  # noqa: E402
 from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
-from test_predict import SIZE, _fields, _load, _meta  # noqa: E402  (the same tiny model folder)
 
 MAX_ABS_DIFF = 1e-3
 
@@ -24,8 +24,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """OUT/models/chosen (model.keras, model.json), OUT/data/splits.csv and data.json, the dataset root."""
     import keras
 
-    from allstudy.models.registry import build_model, with_tta
     from allstudy.data.synthetic import generate_dataset
+    from allstudy.models.layers import with_tta
+    from allstudy.models.registry import build_model
 
     base = tmp_path_factory.mktemp("export")
     root = generate_dataset(base / "fields", n_per_class=6, seed=3, size=64, recapture_fraction=0.0)
@@ -121,8 +122,8 @@ def test_onnx_computes_the_models_probabilities(onnx, study):
 def test_forward_function_is_the_saved_models_forward_pass(study):
     import keras
 
-    from allstudy.serving.export import forward_function
-    from allstudy.models.registry import single_view
+    from allstudy.models.convert import forward_function
+    from allstudy.models.layers import single_view
 
     model = keras.saving.load_model(study["chosen"] / "model.keras", compile=False, safe_mode=True)
     x = _load(study["test"][:4]).astype(np.float32)
@@ -183,8 +184,9 @@ def test_an_adapted_normalization_is_frozen_into_both_formats(tmp_path):
     pytest.importorskip("onnxruntime")
     import keras
 
-    from allstudy.serving.export import ONNXRunner, TFLiteRunner, forward_function, to_onnx, to_tflite
-    from allstudy.models.registry import with_tta
+    from allstudy.models.convert import forward_function, to_tflite
+    from allstudy.models.layers import with_tta
+    from allstudy.serving.export import ONNXRunner, TFLiteRunner, to_onnx
 
     keras.utils.set_random_seed(0)
     standardise = keras.layers.Normalization(name="standardise")

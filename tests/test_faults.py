@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from allstudy.models.profiles import get_profile
 from allstudy.data.synthetic import generate_dataset
+from allstudy.models.profiles import get_profile
 
 pytestmark = [pytest.mark.notebook,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find kernels")]

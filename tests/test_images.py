@@ -13,7 +13,6 @@ from PIL import Image, ImageFile
 
 from allstudy.data.images import MAX_PIXELS, MIN_SIDE, ImageInfo, ImageProblem, inspect_bytes, read_rgb, to_rgb
 
-
 # ---------------------------------------------------------------------------------------------
 # Makers of image bytes, all in memory (no image file is committed).
 

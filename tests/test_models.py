@@ -14,18 +14,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from allstudy.models.layers import dihedral, single_view, with_tta
 from allstudy.models.registry import (  # noqa: E402
     REGISTRY,
     WeightsUnavailable,
     adapt_standardise,
     build_model,
     copy_weights,
-    dihedral,
     get_architecture,
     resolve_weights,
-    single_view,
     unfreeze_top,
-    with_tta,
 )
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"

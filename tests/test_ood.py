@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from allstudy.models.graph import embedding_model  # noqa: E402
 from allstudy.serving import ood  # noqa: E402
 
 SIZE = 32
@@ -19,7 +20,7 @@ SHARED_TALEQANI = Path(__file__).resolve().parents[2] / "shared" / "data" / "all
 
 
 def _load(root: Path) -> np.ndarray:
-    from allstudy.training.pipeline import load_image
+    from allstudy.data.preprocess import load_image
 
     return np.stack([load_image(p, SIZE) for p in sorted(root.rglob("*.jpg"))])
 
@@ -28,8 +29,9 @@ def _load(root: Path) -> np.ndarray:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
-    from allstudy.models.registry import build_model, with_tta
     from allstudy.data.synthetic import generate_dataset
+    from allstudy.models.layers import with_tta
+    from allstudy.models.registry import build_model
 
     base = tmp_path_factory.mktemp("ood")
     out = {name: _load(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
@@ -75,10 +77,11 @@ def _cell_on_black(seed: int) -> np.ndarray:
 def test_flat_model_embedding_is_the_input_of_the_softmax_dense():
     import keras
 
-    from allstudy.models.registry import build_model, with_tta
+    from allstudy.models.layers import with_tta
+    from allstudy.models.registry import build_model
 
     model = build_model("lenet", 3, SIZE).model
-    net, where = ood.embedding_model(with_tta(model, 4))
+    net, where = embedding_model(with_tta(model, 4))
     assert where == "input of 'probabilities'" and net.output_shape == (None, 84)
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
     f6 = keras.Model(model.inputs[0], model.get_layer("f6").output)
@@ -86,7 +89,8 @@ def test_flat_model_embedding_is_the_input_of_the_softmax_dense():
 
 
 def test_transfer_model_embedding_is_the_pooled_backbone_output():
-    from allstudy.models.registry import build_model, with_tta
+    from allstudy.models.layers import with_tta
+    from allstudy.models.registry import build_model
 
     built = build_model("mobilenet", 3, SIZE, weights=None, alpha=0.25)
     embedder = ood.Embedder(with_tta(built.model, 8))
@@ -159,7 +163,7 @@ def test_unseen_in_distribution_fields_are_rarely_flagged(data):
 def test_photos_cells_on_black_and_other_stains_are_flagged(data):
     import skimage.data
 
-    from allstudy.training.pipeline import to_input
+    from allstudy.data.preprocess import to_input
 
     guard = data["guard"]
     photos = np.stack([to_input(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), SIZE)

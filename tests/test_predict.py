@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import struct
 import subprocess
 import sys
-import struct
 import zlib
 from pathlib import Path
 
@@ -33,7 +33,7 @@ def _fields(root: Path) -> list[Path]:
 
 
 def _load(paths: list[Path]) -> np.ndarray:
-    from allstudy.training.pipeline import load_image
+    from allstudy.data.preprocess import load_image
 
     return np.stack([load_image(p, SIZE) for p in paths])
 
@@ -74,9 +74,10 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ``train``, ``val`` and unseen ``fresh`` ones."""
     import keras
 
-    from allstudy.models.registry import build_model, with_tta
-    from allstudy.serving.ood import fit_guard
     from allstudy.data.synthetic import generate_dataset
+    from allstudy.models.layers import with_tta
+    from allstudy.models.registry import build_model
+    from allstudy.serving.ood import fit_guard
 
     base = tmp_path_factory.mktemp("predict")
     fields = {name: _fields(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
@@ -115,9 +116,9 @@ def predictor(folders):
 def test_prediction_equals_the_models_own_output_after_temperature(predictor, folders):
     import keras
 
-    from allstudy.evaluation.metrics import apply_temperature
     from allstudy.data.images import read_rgb
-    from allstudy.training.pipeline import to_input
+    from allstudy.data.preprocess import to_input
+    from allstudy.evaluation.metrics import apply_temperature
 
     path = folders["fresh"][3]
     model = keras.saving.load_model(folders["guarded"] / "model.keras", safe_mode=True)

@@ -71,8 +71,8 @@ def test_no_pickle_loading_in_the_package():
 
 
 def test_the_app_serves_loopback_without_a_public_link_unless_asked():
-    from allstudy.serving import app
     from allstudy.cli import build_parser
+    from allstudy.serving import app
 
     defaults = inspect.signature(app.launch).parameters
     assert app.HOST == "127.0.0.1" and defaults["host"].default == app.HOST and defaults["share"].default is False

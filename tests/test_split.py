@@ -4,8 +4,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from allstudy.data.split import (_folds_for, assign_groups, check_split, image_level_split, leaked_fields, make_split,
-                            split_counts)
+from allstudy.data.split import (
+    _folds_for,
+    assign_groups,
+    check_split,
+    image_level_split,
+    leaked_fields,
+    make_split,
+    split_counts,
+)
 
 
 def _table(n_per_class: int = 100, classes=("A", "B", "C"), subjects: bool = False) -> pd.DataFrame:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 

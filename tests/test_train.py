@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from allstudy.data.prepare import prepare  # noqa: E402
 from allstudy.data.synthetic import generate_dataset  # noqa: E402
-from allstudy.training.fit import TrainConfig, _best_epoch, train  # noqa: E402
+from allstudy.models.profiles import TrainConfig
+from allstudy.training.fit import _best_epoch, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     assert list(result.history["stage"]) == ["head"] * 2
     # predictions come from cached features; the saved 8-view model computes the same
     assert result.params["tta_views"] == 8 and result.params["prediction_check_max_abs_diff"] <= 1e-4
-    from allstudy.serving.runtime import litert_available
+    from allstudy.models.convert import litert_available
 
     # the features came from LiteRT on this CPU, and the Keras model computes the same from the images
     assert result.params["feature_runtime"] == ("litert" if litert_available() else "keras")
@@ -117,8 +118,8 @@ def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(
     import keras
 
     from allstudy.serving import ood
-    from allstudy.training.pipeline import load_images
     from allstudy.study.runner import cached_train_embedding
+    from allstudy.training.pipeline import load_images
 
     config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
                          epochs=0, batch_size=16, tta_views=8)
@@ -136,18 +137,18 @@ def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(
 
 
 def test_bulk_features_use_keras_when_litert_disagrees(tiny_mobilenet_weights, monkeypatch):
-    import allstudy.serving.runtime as serving
+    import allstudy.models.convert as convert
     from allstudy.models.registry import build_model
 
     features = build_model("mobilenet", 4, 64, str(tiny_mobilenet_weights), alpha=0.25).features
     images = np.random.default_rng(0).uniform(0, 255, (5, 64, 64, 3)).astype(np.float32)
     expected = features.predict(images, verbose=0)
-    if serving.litert_available():
-        predict, runtime = serving.bulk_predictor(features, images[:2], batch_size=2)
+    if convert.litert_available():
+        predict, runtime = convert.bulk_predictor(features, images[:2], batch_size=2)
         assert runtime == "litert"
         np.testing.assert_allclose(predict(images), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
-    monkeypatch.setattr(serving, "MAX_BULK_DIFF", -1.0)  # nothing can agree: Keras it is
-    predict, runtime = serving.bulk_predictor(features, images[:2], batch_size=2)
+    monkeypatch.setattr(convert, "MAX_BULK_DIFF", -1.0)  # nothing can agree: Keras it is
+    predict, runtime = convert.bulk_predictor(features, images[:2], batch_size=2)
     assert runtime == "keras"
     np.testing.assert_allclose(predict(images), expected, rtol=1e-6)
 
@@ -204,7 +205,8 @@ def test_mirrored_strategy_over_two_logical_cpus(prepared, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from allstudy.data.prepare import prepare
-        from allstudy.training.fit import TrainConfig, train
+        from allstudy.training.fit import train
+        from allstudy.models.profiles import TrainConfig
         data = prepare({str(prepared.root)!r}, {str(tmp_path / 'data')!r}, seed=0, fractions=(0.6, 0.2, 0.2))
         result = train(TrainConfig("lenet", input_size=48, epochs=2, batch_size=8, strategy="mirrored"), data,
                        {str(tmp_path / 'run')!r}, progress=False)

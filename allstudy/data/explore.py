@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from allstudy.data.classes import display_name
+from allstudy.data.duplicates import groups_of
 from allstudy.data.images import read_rgb
 
 
@@ -123,8 +124,6 @@ def duplicate_gallery(root: str | os.PathLike, groups: list[list[str]], max_grou
 
 def duplicate_summary(manifest: pd.DataFrame, links: pd.DataFrame) -> dict:
     """Exact and all duplicate groups, group sizes (size -> count), images in groups, and cross-class groups."""
-    from allstudy.data.duplicates import groups_of
-
     groups = groups_of(links)
     label = dict(zip(manifest["path"], manifest["class"]))
     sizes = pd.Series([len(g) for g in groups], dtype=int)

@@ -4,10 +4,9 @@ The source study (Pak Heart J 2023) says only that each field is "divided as red
 and that "region-based segmentation" groups pixels of similar colour; it gives no algorithm. This
 module does what a careful practitioner would: the stained leukocytes are the violet pixels of the
 field, found by an Otsu threshold on CIELAB a* (red-magenta against green) among the pixels of
-violet-blue hue, then cleaned by morphology. On the 2744 real Taleqani fields the mask agrees with
-the dataset's own ``Segmented`` images (see :func:`compare_with_reference`) with a median Dice of
-0.81 (Benign), 0.90 (Early) and 0.92 (Pre); on Pro it is 0.22, because the dataset's own Pro
-segmentation mostly failed (178 of 668 blank, the rest mostly fragments covering ~1 % of the field).
+violet-blue hue, then cleaned by morphology. Its agreement with the dataset's own ``Segmented``
+images (:func:`compare_with_reference`, per class) is measured in docs/results.md; on Pro it is low
+because the dataset's own Pro segmentation mostly failed (blank images, or small fragments).
 
 :func:`transform_input` is the one place that turns a model input into each variant of the study:
 the original, the segmented cells only, the background only (cells hidden), and the scale-bar
@@ -62,7 +61,8 @@ class SegmentParams:
     #: this many degrees below the +a* axis. Measured (5-95 %): leukocyte pixels of the real Benign,
     #: Early and Pre fields 54-68 degrees; the magenta blasts of some Pro fields 37-47; pink red cells
     #: of the synthetic fields 27-30 (``max_fraction`` deals with those); the red scale-bar text +20
-    #: to -10 (JPEG chroma bleeding). Dice against the real references is flat from 25 to 50.
+    #: to -10 (JPEG chroma bleeding). Dice against the real references hardly depends on it over a wide
+    #: range around this value (measured in docs/results.md).
     violet_angle: float = 30.0
     #: Largest plausible leukocyte share of the field (the real references cover at most 33 %).
     #: When more than this lies above Otsu's a* threshold (a field of pinkish red cells and few
@@ -141,7 +141,7 @@ def leukocyte_mask(image: np.ndarray, params: SegmentParams = SegmentParams()) -
     from skimage.util import img_as_float32
 
     image = _check_rgb(image)
-    lab = rgb2lab(img_as_float32(image))       # float32: 4x faster than from uint8 (float64), same values
+    lab = rgb2lab(img_as_float32(image))       # float32: faster than from uint8 (float64), same values
     a, b = lab[..., 1], lab[..., 2]
     candidate = b < -math.tan(math.radians(params.violet_angle)) * np.maximum(a, 0.0)
     mask = candidate & (a > _purple_threshold(a, params))
@@ -300,7 +300,7 @@ def compare_with_reference(original_root: str | os.PathLike, segmented_root: str
     Columns: ``path``, ``class`` (first path component), ``reference_missing`` (no readable segmented
     file), ``reference_blank`` (:func:`is_blank`), ``dice``, ``iou`` (NaN where the reference is blank
     or missing), ``mask_fraction``, ``reference_fraction`` and ``problem`` (empty, or the reason an
-    image could not be read). All 2744 real fields took 27-38 s on two cores shared with a training job.
+    image could not be read). Its time on the real fields is in docs/results.md.
     """
     from tqdm import tqdm
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from allstudy.core.atomic import read_json, write_json
-from allstudy.evaluation.metrics import evaluate
+from allstudy.evaluation.metrics import evaluate, inference_cost
+from allstudy.training.pipeline import load_images
 
 #: The source studies' published test accuracies: the figures to reproduce and to beat.
 PUBLISHED = [
@@ -231,8 +232,6 @@ def data_provenance(info: dict) -> dict:
 
 def split_images(out: str | os.PathLike, run: str, split: str = "test"):
     """A run's predictions on one split, the matching model inputs (as the run saw them) and its params."""
-    from allstudy.training.pipeline import load_images
-
     out = Path(out)
     run_dir = out / "runs" / run
     params = read_json(run_dir / "params.json")
@@ -246,8 +245,6 @@ def split_images(out: str | os.PathLike, run: str, split: str = "test"):
 
 def inference_cost_of(run_dir: str | os.PathLike, model=None) -> dict:
     """Inference ms/image, parameters and file size of a run's saved model, measured once and cached."""
-    from allstudy.evaluation.metrics import inference_cost
-
     run_dir = Path(run_dir)
     path = run_dir / "model.keras"
     cached = run_dir / "cost.json"

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from allstudy.core.atomic import write_csv, write_json
-from allstudy.data.prepare import PreparedData
-from allstudy.training.pipeline import load_images
 from allstudy.core.provenance import code_version, package_versions
+from allstudy.data.prepare import PreparedData
+from allstudy.data.segment import scale_bar_corner
+from allstudy.training.pipeline import load_images
 
 #: Network controls: run-name suffix -> (input mode, what the model sees).
 CONTROL_RUNS = {
@@ -51,8 +52,6 @@ def colour_features(images: np.ndarray) -> np.ndarray:
 
 def corner_features(images: np.ndarray) -> np.ndarray:
     """The scale-bar corner alone: its pixels (everything else is masked by the ``corner`` input mode)."""
-    from allstudy.data.segment import scale_bar_corner
-
     return np.asarray([scale_bar_corner(image).astype(np.float32).ravel() / 255.0 for image in images])
 
 

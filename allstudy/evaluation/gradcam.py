@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from allstudy.data.classes import display_name
+from allstudy.models.graph import node_of
 
 _POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling2D")
 
@@ -71,18 +72,13 @@ def _find_layer(model, name: str) -> tuple[str | None, str]:
     raise ValueError(f"no layer {name!r} in model {model.name!r} or its nested models")
 
 
-def _node_of(tensor):
-    history = tensor._keras_history
-    return history.operation, history.operation._inbound_nodes[history.node_index]
-
-
 def _top_level_chain(model) -> list:
     """The model's top-level layers from input to output, when each takes the one before's output."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError("Grad-CAM needs a model with one input and one output")
     chain, tensor = [], model.outputs[0]
     while tensor is not model.inputs[0]:
-        operation, node = _node_of(tensor)
+        operation, node = node_of(tensor)
         if len(node.input_tensors) != 1:
             raise ValueError(f"Grad-CAM through a nested model needs a chain of layers at the top level; "
                              f"{operation.name!r} takes {len(node.input_tensors)} inputs")
@@ -134,7 +130,7 @@ class GradCam:
         self.input_shape = tuple(model.input_shape[1:])
         self.n_classes = int(model.output_shape[-1])
         self.batch_size = int(batch_size)
-        final, node = _node_of(model.outputs[0])
+        final, node = node_of(model.outputs[0])
         self._tail_layers, self._dense = _tail(final)
         if self.nested is None:  # flat: one model of the graph, up to the final layer's input
             self._steps, self._after = [], []

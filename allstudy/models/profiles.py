@@ -18,7 +18,42 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
+
+#: The ``tf.distribute`` strategies training takes (:func:`allstudy.training.fit.get_strategy`).
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every parameter of one training run (the profiles below fill these)."""
+
+    arch: str
+    weights: str | None = None           # "imagenet", a file, or None (from scratch)
+    alpha: float = 1.0                   # MobileNet width
+    input_size: int | None = None        # None: the architecture's own
+    epochs: int = 10                     # from scratch: all epochs; transfer: phase-2 (fine-tuning) epochs
+    head_epochs: int = 30                # transfer: phase-1 epochs on cached features
+    batch_size: int = 32
+    optimizer: str = "adam"              # "adam" or "sgd" (with momentum)
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"        # "constant", or "cosine": decay to 0 over each stage
+    momentum: float = 0.9
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_layers: int | None = None  # None: the architecture's own
+    augment: bool = True                 # random flips and quarter turns of the training images
+    colour_jitter: bool = True           # with augment: mild brightness, contrast, saturation and hue jitter
+    class_weighting: bool = True
+    dropout: float = 0.2
+    seed: int = 0
+    strategy: str = "default"            # default, mirrored, multiworker, tpu
+    restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
+    ema_momentum: float = 0.0            # > 0: validate, keep and deploy an exponential moving average of the weights
+    tta_views: int = 1                   # dihedral views averaged at prediction (1, 4, 8); transfer heads train on them
+    input_mode: str = "original"         # or a variant of allstudy.data.segment.INPUT_MODES (segmented, controls)
+
+
 
 ARCHITECTURES = ["sequential", "lenet", "vgg16", "resnet50", "mobilenet", "mobilenetv2", "efficientnet"]
 
@@ -29,8 +64,8 @@ for _small in ("sequential", "lenet"):  # cheap enough to learn something even h
     _QUICK[_small]["epochs"] = 8
 
 # The head is a softmax regression on standardised features of the 8 views, trained to the end of its
-# cosine decay: the views are the augmentation, and dropout or keeping the best (noisy) validation
-# epoch cost 1-5 test fields of 412 in a side-by-side comparison on the cached features.
+# cosine decay: the views are the augmentation; dropout and keeping the best (noisy) validation epoch
+# did worse side by side on the cached features (measured in docs/results.md).
 _TRANSFER_CPU = {"weights": "imagenet", "head_epochs": 30, "epochs": 0, "batch_size": 32, "learning_rate": 1e-3,
                  "lr_schedule": "cosine", "fine_tune_learning_rate": 1e-5, "tta_views": 8, "dropout": 0.0,
                  "restore_best": False}
@@ -39,13 +74,9 @@ _CPU = {
                    "lr_schedule": "cosine", "tta_views": 8},
     "lenet": {"weights": None, "input_size": 150, "epochs": 40, "batch_size": 32, "learning_rate": 1e-3,
               "lr_schedule": "cosine", "tta_views": 8},
-    # Reduced resolution buys epochs: VGG16 (He's kernels) at 48 px / 6 epochs reached 86.4 % validation
-    # accuracy, at 32 px / 10 epochs 90.3 %, at 32 px / 14 epochs 93.4 and 95.1 % in two runs (chosen on
-    # validation; test 82.8, 86.9, 89.8 and 91.5 %), and 95.6 % (test 92.0 %) validating and keeping an
-    # exponential moving average of its weights (momentum 0.99); ResNet50 at 40 px 96.8 % validation
-    # (test 93.7 %). The same average did not help the small models: LeNet 94.9 against 95.1 % validation
-    # (test 93.4 against 94.2 %), the Sequential CNN 90.8 and 92.0 against 91.7 % at momentum 0.99 and
-    # 0.995 (test 89.3 and 90.5 against 90.8 %): within a field or two, or worse, so they do without.
+    # Reduced resolution buys epochs within the time budget. VGG16's resolution, epochs and moving average
+    # of its weights, and ResNet50's resolution, were chosen on validation; the same average did not help
+    # the small models, so they do without (measured in docs/results.md).
     "vgg16": {"weights": None, "input_size": 32, "epochs": 14, "batch_size": 32, "learning_rate": 3e-4,
               "lr_schedule": "cosine", "tta_views": 8, "ema_momentum": 0.99},
     "resnet50": {"weights": None, "input_size": 40, "epochs": 6, "batch_size": 32, "learning_rate": 1e-3,
@@ -90,10 +121,8 @@ def get_profile(name: str) -> dict[str, Any]:
     return copy.deepcopy(PROFILES[name])
 
 
-def train_config(profile: str, arch: str, **overrides):
-    """The :class:`allstudy.training.fit.TrainConfig` of ``arch`` under ``profile``, with non-None overrides."""
-    from allstudy.training.fit import TrainConfig
-
+def train_config(profile: str, arch: str, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of ``arch`` under ``profile``, with non-None overrides."""
     settings = get_profile(profile)
     if arch not in settings["train"]:
         raise ValueError(f"profile {profile!r} has no settings for {arch!r}; known: {', '.join(settings['train'])}")

@@ -279,10 +279,9 @@ def _he_initialise(backbone) -> None:
     """From scratch, draw the convolution kernels from He's normal initialiser (ReLU networks).
 
     keras.applications builds them with Glorot's, which halves the signal at every ReLU: fine with
-    BatchNorm (ResNet50), but VGG16 has none, and through its 13 plain convolutions it learned slowly:
-    on the real fields at 32 px (Adam 3e-4, cosine), Glorot's kernels took 12 epochs to reach 87 %
-    validation accuracy, He's 4 epochs to reach 85 %. A larger learning rate (1e-3) instead left
-    Glorot's VGG16 near chance, like the collapse the Pak Heart J study reported (34 %).
+    BatchNorm (ResNet50), but VGG16 has none, and through its 13 plain convolutions Glorot's kernels
+    learned slowly, or stayed near chance at a larger learning rate, like the collapse the Pak Heart J
+    study reported (measured in docs/results.md).
     """
     import keras
 
@@ -297,7 +296,7 @@ def _fast_batchnorm(backbone, momentum: float = 0.9) -> None:
 
     Keras' default momentum 0.99 averages over ~100 steps; a few epochs of 60 steps leave the moving
     statistics far behind the changing weights, and validation (which uses them) collapses while
-    training accuracy climbs: ResNet50 from scratch swung between 16 % and 79 % validation accuracy.
+    training accuracy climbs, as ResNet50 from scratch did (measured in docs/results.md).
     """
     import keras
 
@@ -323,61 +322,3 @@ def unfreeze_top(backbone, n_layers: int) -> int:
     return count
 
 
-#: The symmetries of the square used for test-time augmentation, by view count: identity first.
-DIHEDRAL_VIEWS = {1: (0,), 4: (0, 1, 2, 3), 8: (0, 1, 2, 3, 4, 5, 6, 7)}
-
-
-def dihedral(images: np.ndarray, k: int) -> np.ndarray:
-    """View ``k`` (0..7) of a batch (N, H, W, C): ``k % 4`` quarter turns, then a left-right flip if ``k >= 4``."""
-    view = np.rot90(images, k % 4, axes=(1, 2))
-    return np.ascontiguousarray(view[:, :, ::-1] if k >= 4 else view)
-
-
-def _dihedral_layer():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="allstudy")
-    class Dihedral(keras.layers.Layer):
-        """One symmetry of the square, as :func:`dihedral`: a blood-smear field has no up or left."""
-
-        def __init__(self, k: int = 0, **kwargs):
-            super().__init__(**kwargs)
-            self.k = int(k)
-
-        def call(self, images):
-            view = keras.ops.rot90(images, k=self.k % 4, axes=(1, 2))
-            return keras.ops.flip(view, axis=2) if self.k >= 4 else view
-
-        def get_config(self):
-            return {**super().get_config(), "k": self.k}
-
-    return Dihedral
-
-
-#: Registered when this module is imported, so that ``keras.saving.load_model`` (safe mode) finds it.
-Dihedral = _dihedral_layer()
-
-
-def with_tta(model, views: int = 8):
-    """``model`` wrapped to average its probabilities over ``views`` dihedral views (1 returns it unchanged).
-
-    The single-view model stays inside as the nested model named ``single_view`` (what Grad-CAM explains).
-    """
-    import keras
-
-    if views not in DIHEDRAL_VIEWS:
-        raise ValueError(f"test-time augmentation takes 1, 4 or 8 views, not {views}")
-    if views == 1:
-        return model
-    name, model.name = model.name, "single_view"
-    inputs = keras.Input(model.input_shape[1:], name="image")
-    outputs = [model(Dihedral(k, name=f"view_{k}")(inputs)) for k in DIHEDRAL_VIEWS[views]]
-    return keras.Model(inputs, keras.layers.Average(name="probabilities")(outputs), name=f"{name}_tta{views}")
-
-
-def single_view(model):
-    """The single-view model inside a :func:`with_tta` wrapper (or the model itself)."""
-    try:
-        return model.get_layer("single_view")
-    except ValueError:
-        return model

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allstudy.data.classes import display_name
+from allstudy.core.atomic import write_csv
+from allstudy.data.classes import TALEQANI_CLASSES, display_name
+from allstudy.data.images import read_rgb
+from allstudy.data.preprocess import to_input
+from allstudy.data.segment import leukocyte_mask, plot_segmentation
+from allstudy.data.synthetic import render_field
+from allstudy.serving.predictor import Prediction, Predictor, prediction_row, predictions_frame
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -200,9 +206,6 @@ def model_panel(info: dict) -> str:
 
 def make_examples(folder: str | os.PathLike, seed: int = 0) -> list[tuple[Path, str]]:
     """One synthetic field per class of the generator, written to ``folder``: (path, label) pairs."""
-    from allstudy.data.classes import TALEQANI_CLASSES
-    from allstudy.data.synthetic import render_field
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     examples = []
@@ -216,9 +219,6 @@ def make_examples(folder: str | os.PathLike, seed: int = 0) -> list[tuple[Path, 
 def segmentation_view(rgb) -> np.ndarray:
     """The field at 224 px, its leukocyte mask and the segmented field, side by side (RGB uint8)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from allstudy.training.pipeline import to_input
-    from allstudy.data.segment import leukocyte_mask, plot_segmentation
 
     field = to_input(rgb, VIEW_SIDE)
     mask = leukocyte_mask(field)
@@ -247,8 +247,6 @@ def _thumbnail(rgb, side: int = 768) -> np.ndarray:
 
 
 def _failed(path, err: Exception) -> Prediction:
-    from allstudy.serving.predictor import Prediction
-
     _log.exception("could not process %s", path)
     reason = f"cannot process the image ({type(err).__name__}: {err})"
     return Prediction(error=reason, message=reason, source=str(path))
@@ -301,8 +299,6 @@ def build_app(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR) -> gr.Blocks:
 
     A missing or incomplete model folder gives the how-to page instead of failing.
     """
-    from allstudy.serving.predictor import Predictor
-
     try:
         predictor = Predictor(model_dir, gradcam=True)
     except (OSError, ValueError) as err:
@@ -332,7 +328,6 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
         prediction = predict_files(predictor, [path], gradcam=True)[0]
         if not prediction.ok:
             return None, None, verdict_line(prediction), None, None, result_json(prediction)
-        from allstudy.data.images import read_rgb
 
         rgb = read_rgb(path)
         try:
@@ -352,17 +347,12 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
 
     def predict_batch(paths) -> list[dict]:
         """``/predict_batch``: image files → one row each (the columns of ``allstudy predict``)."""
-        from allstudy.serving.predictor import prediction_row
-
         paths = _batch_paths(paths)
         return [api_row(prediction_row(p, predictor.classes, name))
                 for p, name in zip(predict_files(predictor, paths), _names(paths))]
 
     def batch_table(paths):
         """The batch tab: the table and its CSV."""
-        from allstudy.core.atomic import write_csv
-        from allstudy.serving.predictor import predictions_frame
-
         paths = _batch_paths(paths)
         if not paths:
             return None, gr.DownloadButton(visible=False)
@@ -417,8 +407,6 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
 
 
 def _no_file() -> Prediction:
-    from allstudy.serving.predictor import Prediction
-
     return Prediction(error="no file given: send one image file", message="no file given: send one image file")
 
 

@@ -12,7 +12,7 @@ and, last, ``DIR/model.json`` (the model folder's, for classes, input size and t
 Keras model's, ``verdict_agreement`` under model.json's decision policy, and the provenance of both.
 
 The exported graph is the saved model's own forward pass: the same single-view network and the same
-:class:`allstudy.models.registry.Dihedral` layers, with the views stacked on the batch axis so that the network
+:class:`allstudy.models.layers.Dihedral` layers, with the views stacked on the batch axis so that the network
 appears once (TFLite also needs the static channel count that ``keras.ops.rot90`` loses). Its input is
 what :meth:`allstudy.serving.predictor.Predictor.model_input` gives, as float32 RGB 0..255, shape (N, S, S, 3);
 its output the raw class probabilities, before model.json's temperature. The reference is the
@@ -25,11 +25,8 @@ for ``OUTDIR/models/chosen`` (or ``--split-csv``); the images from the root reco
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,8 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from allstudy.core.atomic import atomic_path, read_json, write_json
+from allstudy.core.hashing import sha256_file
 from allstudy.evaluation.decision import DecisionPolicy
 from allstudy.evaluation.metrics import apply_temperature
+from allstudy.models.convert import forward_function, run_batched, to_tflite
+from allstudy.serving.predictor import Predictor
 
 FORMATS = ("tflite", "onnx")
 #: Files written per format, by variant: the first is the one parity.json's top-level keys describe.
@@ -68,15 +69,6 @@ def _log(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------------- the test split
 
 
@@ -88,8 +80,6 @@ def find_test_split(model_dir: str | os.PathLike, meta: dict, split_csv: str | o
     not match the model (its data hash, its classes).
     """
     import pandas as pd
-
-    from allstudy.core.atomic import read_json
 
     model_dir = Path(model_dir)
     csv = Path(split_csv) if split_csv else model_dir.resolve().parent.parent / "data" / "splits.csv"
@@ -131,97 +121,6 @@ def find_test_split(model_dir: str | os.PathLike, meta: dict, split_csv: str | o
 
 
 # --------------------------------------------------------------------------------- the graph
-
-
-def forward_function(model, input_size: int, embedding: bool = False):
-    """The model's forward pass as a ``tf.function`` of one input, float32 (None, S, S, 3), named ``image``.
-
-    For a :func:`allstudy.models.registry.with_tta` model: each of its Dihedral views of the batch, stacked on the
-    batch axis, through its single-view network once, averaged per image. Otherwise the model itself.
-    It returns the probabilities; with ``embedding``, a dict of them and of the out-of-distribution
-    guard's embedding (:func:`allstudy.serving.ood.embedding_model`, pooled) of the identity view, from the same pass.
-    """
-    import keras
-    import tensorflow as tf
-
-    from allstudy.models.registry import Dihedral, single_view
-
-    single = single_view(model)
-    views = [layer for layer in model.layers if isinstance(layer, Dihedral)]
-    spec = tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name="image")
-    tta = single is not model and bool(views)
-    network = single if tta else model
-    identity = [view.k for view in views].index(0) if tta else 0  # where the unturned view sits in the stack
-    if embedding:
-        from allstudy.serving.ood import embedding_model, pooled
-
-        network = keras.Model(network.inputs[0], [network.outputs[0], embedding_model(model)[0].outputs[0]])
-
-    def forward(image):
-        with _statistics_from_variables(model):
-            n = tf.shape(image)[0]
-            batch = image
-            if tta:
-                batch = tf.concat([tf.reshape(view(image), (-1, input_size, input_size, 3)) for view in views], 0)
-            outputs = network(batch, training=False)
-            probabilities, features = outputs if embedding else (outputs, None)
-            probabilities = tf.cast(probabilities, tf.float32)
-            if tta:
-                probabilities = tf.reduce_mean(tf.reshape(probabilities, (len(views), n, -1)), axis=0)
-            if not embedding:
-                return probabilities
-            return {"probabilities": probabilities, "embedding": pooled(features[identity * n:(identity + 1) * n])}
-
-    return tf.function(forward, input_signature=[spec], autograph=False)  # no Python control flow to convert
-
-
-@contextlib.contextmanager
-def _statistics_from_variables(model):
-    """While tracing: adapted ``Normalization`` layers compute their mean and variance from their variables.
-
-    Keras keeps them as eager tensors derived from the variables; a traced function would capture
-    those as extra inputs, which tf2onnx leaves as unfed graph inputs. Derived inside the graph, they
-    are frozen with the weights. The eager tensors are put back afterwards.
-    """
-    import keras
-
-    layers, stack = [], list(model.layers)
-    while stack:
-        layer = stack.pop()
-        stack.extend(getattr(layer, "layers", []))
-        if isinstance(layer, keras.layers.Normalization) and layer.built and layer.input_mean is None:
-            layers.append(layer)
-    saved = [(layer.mean, layer.variance) for layer in layers]
-    for layer in layers:
-        layer.finalize_state()
-    try:
-        yield
-    finally:
-        for layer, (mean, variance) in zip(layers, saved):
-            layer.mean, layer.variance = mean, variance
-
-
-def to_tflite(model, function, quantize: tuple[bool, ...] = (False, True)) -> list[bytes]:
-    """TFLite flatbuffers of ``function``, one per ``quantize`` flag, from one SavedModel of it with the model's weights.
-
-    A true flag: dynamic-range quantisation (weights int8, activations float). Built-in operators only.
-    """
-    import keras
-    import tensorflow as tf
-
-    flatbuffers = []
-    with tempfile.TemporaryDirectory(prefix="allstudy-export-") as saved:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", function)
-        archive.write_out(saved, verbose=False)
-        for flag in quantize:
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved)  # one converter per conversion
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            if flag:
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            flatbuffers.append(converter.convert())
-    return flatbuffers
 
 
 def to_onnx(function, path: str | os.PathLike, opset: int | None = None) -> int:
@@ -285,18 +184,6 @@ class ONNXRunner:
         return self.session.run(None, {self.input: np.asarray(batch, dtype=np.float32)})[0]
 
 
-def run_batched(runner, inputs: np.ndarray, batch_size: int, desc: str, quiet: bool = False) -> np.ndarray:
-    """``runner`` over ``inputs`` in batches, with a progress bar; the stacked outputs."""
-    from tqdm import tqdm
-
-    outputs = []
-    with tqdm(total=len(inputs), desc=desc, unit="img", disable=quiet) as bar:
-        for start in range(0, len(inputs), batch_size):
-            outputs.append(np.asarray(runner(inputs[start:start + batch_size]), dtype=np.float32))
-            bar.update(min(batch_size, len(inputs) - start))
-    return np.concatenate(outputs)
-
-
 # --------------------------------------------------------------------------------- parity
 
 
@@ -341,8 +228,6 @@ def _versions(fmt: str) -> dict[str, str]:
 
 def write_export(fmt: str, model, function, out: Path) -> dict[str, dict]:
     """Convert and write every variant of ``fmt`` (see FILES) atomically; return {variant: facts}."""
-    from allstudy.core.atomic import atomic_path
-
     files = FILES[fmt]
     if fmt == "tflite":
         facts = {}
@@ -362,9 +247,6 @@ def export_model(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
 
     ``limit`` checks only the first N test images (for a quick look; parity.json says so).
     """
-    from allstudy.core.atomic import write_json
-    from allstudy.serving.predictor import Predictor
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if batch_size < 1:

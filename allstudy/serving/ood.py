@@ -21,16 +21,13 @@ Mahalanobis distances to the training split's distribution, a focus check and a 
 * **focus** (:func:`fine_detail`): the log mean |Laplacian| of the field's grey image at the model's
   input size. One-sided: an input is flagged when it has less fine detail than all but
   ``1 - QUANTILE`` of the validation fields. Blur hides in the 64-px statistics, and
-  the embedding barely notices it, yet it ruins the answers: on the 412 Taleqani test fields a
-  Gaussian blur of radius 2 takes the chosen EfficientNet from 99.0 % to 35.7 % accuracy while the
-  two distances above flagged only 6 % of those fields.
+  the embedding barely notices it, yet it ruins the answers (measured in docs/results.md).
 * **compression** (:func:`compression_artefacts`): how much larger the steps between neighbouring
   pixels of the grey image are across the edges of JPEG's 8 x 8 blocks than inside them, at the
   model's input size. One-sided: flagged when higher than in all but ``1 - QUANTILE`` of the
   validation fields. Every Taleqani field is a 224-px JPEG with the same quantisation tables (IJG
-  quality 95, in all four classes alike), and stronger compression costs the model dearly: re-saved
-  at JPEG quality 75 (Pillow's default) the 412 test fields drop from 99.0 % to 77 % accuracy, and
-  the checks above flagged 4 % of them.
+  quality 95, in all four classes alike); stronger compression costs the model dearly, and the checks
+  above hardly notice it (measured in docs/results.md).
 
 Each feature vector is standardised by the training split's mean and spread (spreads floored at a
 small measurement noise, so a feature that never varies in training cannot make every distance
@@ -45,29 +42,10 @@ statistic, and a new in-distribution field exceeds each threshold with probabili
 ``max(0.005, 1 / (n + 1))`` (a few per cent in all, at most about 10 %, with the few dozen fields of
 the synthetic default).
 
-Measured on the real Taleqani fields with the ``cpu`` study's chosen EfficientNet-Lite0 at 224 px
-(fitted on 1921 training and 411 validation fields; variants of the 412 test fields, and other inputs;
-``benchmarks/ood_variants.py --study OUTDIR --shared ../shared/data``):
-
-=====================================  ==========  ==========  ========  ============================
-input                                  flagged     by focus    by JPEG   the model's accuracy on them
-=====================================  ==========  ==========  ========  ============================
-the test fields as they are            1.7 %       0.5 %       0.2 %     99.0 %
-Gaussian blur, radius 1 / 1.5          7 / 59 %    6 / 58 %    0 %       84 / 59 %
-Gaussian blur, radius 2 / 3            100 %       100 %       0 %       36 / 20 %
-zoomed 2x / 3x (centre crop)           85 / 100 %  68 / 100 %  40 / 0 %  43 / 22 %
-grey / under-exposed (x0.6)            93 / 100 %  0.5 / 2 %   0.2 %     75 / 63 %
-re-saved as JPEG quality 75 / 50 / 20  100 %       0.5 %       100 %     77 / 43 / 39 %
-enlarged 2x, then JPEG quality 75      2.4 %       1.2 %       0.2 %     96 %
-enlarged 2x, then JPEG quality 20      72 %        1.0 %       71 %      49 %
-C-NMC cells, skimage photos, the       100 %
-dataset's segmented fields
-=====================================  ==========  ==========  ========  ============================
-
-(JPEG quality 75: 99.8 % flagged.) Before the compression check, the same guard flagged 4 % of the
-fields re-saved at quality 75 and 19 % at quality 20. What is still let through: compression of a
-larger picture that is then brought down to the model's size, where the blocks no longer sit on the
-8-px grid (enlarged 2x then quality 20: 28 % pass, at 55 % accuracy), and mild blur (radius 1).
+What the guard catches (blur, zoom, exposure, compression, inputs that are no field at all) and what
+it lets through (mild blur; compression of a larger picture then brought down to the model's size,
+whose blocks no longer sit on the 8-px grid) is measured on the real fields with the ``cpu`` study's
+chosen model by ``benchmarks/ood_variants.py``: docs/results.md.
 
 The fitted guard is plain JSON (:meth:`OODGuard.to_json`): means, scales, precision matrices, the
 PCA basis and the thresholds; a model folder holds it as ``ood.json`` beside ``model.keras``.
@@ -82,6 +60,11 @@ from pathlib import Path
 
 import numpy as np
 
+from allstudy.core.atomic import atomic_open, read_json
+from allstudy.data.preprocess import model_inputs, to_input
+from allstudy.data.segment import leukocyte_mask
+from allstudy.models.graph import embedding_model, pooled
+
 #: Side (px) the field is brought to before its statistics are taken.
 STATS_SIZE = 64
 #: Quantile of the validation scores that sets each threshold.
@@ -92,8 +75,6 @@ N_COMPONENTS = 32
 FIELDS_PER_COMPONENT = 10
 #: JPEG codes a picture in blocks of this many pixels a side, anchored at its top-left corner.
 JPEG_BLOCK = 8
-#: Wider embeddings that are a flattened feature map are averaged over space instead.
-MAX_EMBEDDING_DIM = 4096
 #: Pixels darker (L* below) / brighter (L* above) than these count as near-black / near-white.
 BLACK_L, WHITE_L = 15.0, 97.0
 
@@ -125,9 +106,6 @@ def _logit(p: float) -> float:
 def _field_statistics(image: np.ndarray) -> np.ndarray:
     from PIL import Image
     from skimage.color import rgb2lab
-
-    from allstudy.training.pipeline import to_input
-    from allstudy.data.segment import leukocyte_mask
 
     field = np.asarray(image)
     if field.ndim != 3 or field.shape[2] != 3 or field.dtype != np.uint8:
@@ -206,37 +184,6 @@ def compression_artefacts(images) -> np.ndarray:
 # ----------------------------------------------------------------------------- the model's embedding
 
 
-def embedding_model(model):
-    """(keras.Model from the single-view input to the embedding tensor, description of the layer).
-
-    The embedding is what the single-view model's final layer reads (see the module docstring); a
-    4-D output (a feature map, for the ``sequential`` model) is to be averaged over space.
-    """
-    import keras
-
-    from allstudy.evaluation.gradcam import _node_of
-    from allstudy.models.registry import single_view
-
-    view = single_view(model)
-    final, node = _node_of(view.outputs[0])
-    tensor = node.input_tensors[0]
-    where = f"input of {final.name!r}"
-    if math.prod(tensor.shape[1:]) > MAX_EMBEDDING_DIM and len(tensor.shape) == 2:
-        producer, inner = _node_of(tensor)
-        if isinstance(producer, keras.layers.Flatten):
-            tensor = inner.input_tensors[0]
-            where = f"spatial mean of {producer.name!r}'s input"
-    return keras.Model(view.inputs[0], tensor, name="ood_embedding"), where
-
-
-def pooled(features):
-    """Spatial mean of a 4-D feature map; 2-D features unchanged (use inside a tf.function)."""
-    import tensorflow as tf
-
-    features = tf.cast(features, tf.float32)
-    return tf.reduce_mean(features, axis=[1, 2]) if len(features.shape) == 4 else features
-
-
 class Embedder:
     """The embedding of raw RGB fields (0..255 at the model's input size) by a compiled, warmed function."""
 
@@ -272,15 +219,6 @@ def embedder_for(model) -> Embedder:
     if model not in _EMBEDDERS:
         _EMBEDDERS[model] = Embedder(model)
     return _EMBEDDERS[model]
-
-
-def model_inputs(fields: np.ndarray, input_mode: str) -> np.ndarray:
-    """The fields as the model sees them (:func:`allstudy.data.segment.transform_input` unless ``original``)."""
-    if input_mode == "original":
-        return np.asarray(fields)
-    from allstudy.data.segment import transform_input
-
-    return np.stack([transform_input(f, input_mode) for f in fields]) if len(fields) else np.asarray(fields)
 
 
 # ----------------------------------------------------------------------------- the distances
@@ -473,8 +411,6 @@ class OODGuard:
         """Write the guard as compact JSON, atomically."""
         import json
 
-        from allstudy.core.atomic import atomic_open
-
         with atomic_open(path) as handle:
             json.dump(self.to_json(), handle, separators=(",", ":"))
             handle.write("\n")
@@ -483,8 +419,6 @@ class OODGuard:
     @classmethod
     def load(cls, path: str | os.PathLike, model=None) -> OODGuard:
         """Read a guard written by :meth:`save` (and attach ``model`` when given)."""
-        from allstudy.core.atomic import read_json
-
         path = Path(path)
         try:
             return cls.from_json(read_json(path), model)

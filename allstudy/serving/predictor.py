@@ -2,7 +2,7 @@
 
 The app, the ``allstudy predict`` command, the evaluation and the export checks all use it, so an
 image becomes model input in one way only: read by content (:mod:`allstudy.data.images`), brought to the
-input size as in training (:func:`allstudy.training.pipeline.to_input`), then, for a model trained on a
+input size as in training (:func:`allstudy.data.preprocess.to_input`), then, for a model trained on a
 variant, :func:`allstudy.data.segment.transform_input`.
 
 A model folder holds ``model.keras``, ``model.json`` (see :func:`allstudy.serving.modelcard.model_json`) and,
@@ -19,7 +19,7 @@ and is warmed up when the Predictor is made. It runs in one of two runtimes (``r
 
 * ``tflite``: the folder's ``serving.tflite`` in LiteRT (:mod:`allstudy.serving.runtime`), when its
   ``serving.json`` vouches for it and for this model.keras; the default on a CPU when present;
-* ``keras``: :func:`allstudy.serving.export.forward_function` of the Keras model, one ``tf.function`` with a
+* ``keras``: :func:`allstudy.models.convert.forward_function` of the Keras model, one ``tf.function`` with a
   fixed input signature (the test-time views stacked on the batch axis, one pass); always used for
   Grad-CAM, and when a GPU is visible.
 """
@@ -33,8 +33,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from allstudy.evaluation.decision import DecisionPolicy
+from allstudy.core.atomic import read_json
+from allstudy.data.classes import display_name, is_malignant
 from allstudy.data.images import ImageProblem, check_image, read_rgb, to_rgb
+from allstudy.data.preprocess import model_input, to_input
+from allstudy.evaluation.decision import DecisionPolicy
+from allstudy.evaluation.gradcam import gradcam_for, overlay
+from allstudy.evaluation.metrics import apply_temperature
+from allstudy.models.convert import forward_function
+from allstudy.models.layers import single_view
+from allstudy.serving.ood import OODGuard, compression_artefacts, fine_detail, image_statistics
+from allstudy.serving.runtime import load_serving
 
 #: Keys model.json must have for prediction (see allstudy.serving.modelcard.model_json).
 REQUIRED_KEYS = ("classes", "input_size", "input_mode", "temperature", "decision")
@@ -128,9 +137,6 @@ class Predictor:
         import keras
         import tensorflow as tf
 
-        from allstudy.core.atomic import read_json
-        from allstudy.models.registry import single_view  # importing it registers the Dihedral layer for loading
-
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         folder = Path(model_dir)
@@ -166,15 +172,12 @@ class Predictor:
         if int(self.model.output_shape[-1]) != len(self.classes):
             raise ValueError(f"{folder}: model.json lists {len(self.classes)} classes, model.keras outputs "
                              f"{self.model.output_shape[-1]}; {_RUN_FIRST}")
-        from allstudy.data.classes import display_name, is_malignant
 
         self.display_names = {c: meta.get("display_names", {}).get(c, display_name(c)) for c in self.classes}
         self.malignant = {c: bool(meta.get("malignant", {}).get(c, is_malignant(c))) for c in self.classes}
 
         self.guard = None
         if (folder / "ood.json").is_file():
-            from allstudy.serving.ood import OODGuard
-
             self.guard = OODGuard.load(folder / "ood.json")
             if self.guard.input_size != self.input_size or self.guard.input_mode != self.input_mode:
                 raise ValueError(f"{folder / 'ood.json'} was fitted for {self.guard.input_size}-px "
@@ -183,8 +186,6 @@ class Predictor:
         self._build_forward(tf, runtime)
         self._explainer = None
         if gradcam:
-            from allstudy.evaluation.gradcam import gradcam_for
-
             self._explainer = gradcam_for(single_view(self.model))
             self._explainer.explain(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # trace it now
 
@@ -192,9 +193,6 @@ class Predictor:
 
     def _build_forward(self, tf, runtime: str) -> None:
         """The forward pass in the chosen runtime, warmed up here at batch 1 and at the default batch size."""
-        from allstudy.serving.export import forward_function
-        from allstudy.serving.runtime import load_serving
-
         self._serving, self.runtime_note = None, "Keras, one compiled tf.function"
         if runtime != "keras":
             gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -242,14 +240,8 @@ class Predictor:
 
     def _convert(self, rgb: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         """(field at the input size, model input): the same conversion as training's load_image."""
-        from allstudy.training.pipeline import to_input
-
         field_ = to_input(rgb, self.input_size)
-        if self.input_mode == "original":
-            return field_, field_
-        from allstudy.data.segment import transform_input
-
-        return field_, transform_input(field_, self.input_mode)
+        return field_, model_input(field_, self.input_mode)
 
     def forward(self, inputs: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(raw model probabilities (N, k), embeddings (N, d)) of model inputs (N, S, S, 3), batched."""
@@ -275,8 +267,6 @@ class Predictor:
 
         ``gradcam`` False skips the overlay for this call (None: as the Predictor was made).
         """
-        from allstudy.evaluation.metrics import apply_temperature
-
         images = list(images)
         answers: list[Prediction | None] = [None] * len(images)
         fields, inputs, where = [], [], []
@@ -296,8 +286,6 @@ class Predictor:
             calibrated = apply_temperature(raw, self.temperature)
             scores, flags, stats = None, np.zeros(len(where), bool), None
             if self.guard is not None:
-                from allstudy.serving.ood import compression_artefacts, fine_detail, image_statistics
-
                 stack = np.stack(fields)
                 stats = image_statistics(stack)
                 scores = self.guard.score({"stats": stats, "embedding": features, "focus": fine_detail(stack),
@@ -313,8 +301,6 @@ class Predictor:
         return answers
 
     def _gradcam(self, inputs: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-        from allstudy.evaluation.gradcam import overlay
-
         heatmaps = self._explainer(inputs.astype(np.float32), labels.astype(np.int64))
         return [overlay(x, h) for x, h in zip(inputs, heatmaps)]
 

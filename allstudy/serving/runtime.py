@@ -1,11 +1,10 @@
 """A model folder's serving file: the Predictor's forward pass as TensorFlow Lite, run by LiteRT.
 
-On a CPU, LiteRT with its XNNPACK kernels runs the study's models several times faster than
-TensorFlow (EfficientNet-Lite0 with 8 views, one field, on 2 cores: about 50 ms against 85 ms
-for the same graph as a ``tf.function``). The study therefore writes, beside the chosen
-``model.keras``:
+On a CPU, LiteRT with its XNNPACK kernels runs the study's models faster than TensorFlow runs the
+same graph as a ``tf.function`` (measured in docs/results.md). The study therefore writes, beside the
+chosen ``model.keras``:
 
-* ``serving.tflite``: :func:`allstudy.serving.export.forward_function` with the embedding (probabilities and
+* ``serving.tflite``: :func:`allstudy.models.convert.forward_function` with the embedding (probabilities and
   the out-of-distribution guard's embedding from one pass), float32, built-in operators only;
 * ``serving.json`` (written last): the sha256 of ``model.keras`` and of ``serving.tflite``, and the
   parity measured on held-out fields against the Keras model. The file is written only when every
@@ -24,21 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from allstudy.core.atomic import atomic_path, read_json, write_json
+from allstudy.core.hashing import sha256_file
+from allstudy.models.convert import forward_function, litert_available, run_batched, to_tflite
+
 SERVING_FILE = "serving.tflite"
 SERVING_JSON = "serving.json"
 #: Largest accepted difference of a class probability between the file and the Keras model.
 MAX_PROBABILITY_DIFF = 1e-4
 #: Largest accepted difference of the embedding, relative to its largest magnitude.
 MAX_EMBEDDING_DIFF = 1e-3
-
-
-def litert_available() -> bool:
-    """Whether LiteRT (``ai_edge_litert``) can be imported."""
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class ServingRunner:
@@ -65,9 +59,6 @@ class ServingRunner:
 
 def load_serving(model_dir: str | os.PathLike) -> tuple[ServingRunner | None, str]:
     """(runner, why) for a model folder: the runner when its serving file is vouched for, else None and why not."""
-    from allstudy.core.atomic import read_json
-    from allstudy.serving.export import sha256_file
-
     folder = Path(model_dir)
     record, file = folder / SERVING_JSON, folder / SERVING_FILE
     if not record.is_file() or not file.is_file():
@@ -97,10 +88,6 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
     Reused as it is while model.keras is unchanged.
     """
     import keras
-
-    import allstudy.models.registry  # noqa: F401  (registers the layers the saved model uses)
-    from allstudy.core.atomic import atomic_path, read_json, write_json
-    from allstudy.serving.export import forward_function, run_batched, sha256_file, to_tflite
 
     folder = Path(model_dir)
     record, file = folder / SERVING_JSON, folder / SERVING_FILE
@@ -159,54 +146,3 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
 # ----------------------------------------------------------------------------- bulk inference
 
 
-#: Largest accepted difference, relative to the largest magnitude, of a bulk LiteRT output from Keras.
-MAX_BULK_DIFF = 1e-3
-
-
-class LiteRTModel:
-    """A one-input, one-output Keras model converted in memory to TFLite and run by LiteRT (XNNPACK).
-
-    For bulk inference on a CPU, such as the frozen backbone's features in transfer learning: about
-    2-3 times the throughput of ``model.predict`` on this study's backbones. Inputs are float32
-    (N, S, S, 3) images as the Keras model takes them.
-    """
-
-    def __init__(self, model, threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        from allstudy.serving.export import forward_function, to_tflite
-
-        function = forward_function(model, int(model.input_shape[1]))
-        interpreter = Interpreter(model_content=to_tflite(model, function, (False,))[0],
-                                  num_threads=threads or os.cpu_count() or 1)
-        self._runner = interpreter.get_signature_runner()
-        self._output = next(iter(self._runner.get_output_details()))
-
-    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """The model's output for ``images``, in batches of ``batch_size``."""
-        return np.concatenate([self._runner(image=np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))
-                               [self._output].copy() for i in range(0, len(images), batch_size)])
-
-
-def bulk_predictor(model, check_images: np.ndarray, batch_size: int = 32):
-    """``predict(images) -> outputs`` for bulk inference: LiteRT on a CPU when it agrees with Keras on
-    ``check_images`` (within :data:`MAX_BULK_DIFF`), else the Keras model's own ``predict``; and its name."""
-    import tensorflow as tf
-
-    def keras_predict(images):
-        return model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
-
-    if tf.config.list_physical_devices("GPU") or not litert_available():
-        return keras_predict, "keras"
-    try:
-        lite = LiteRTModel(model)
-    except Exception as err:  # a converter limitation: Keras still works, say so and go on
-        print(f"note: LiteRT cannot run {model.name} ({type(err).__name__}: {err}); using Keras")
-        return keras_predict, "keras"
-    check = np.asarray(check_images, np.float32)
-    expected, got = keras_predict(check), lite.predict(check, batch_size)
-    difference = float(np.abs(expected - got).max() / max(float(np.abs(expected).max()), 1e-12))
-    if difference > MAX_BULK_DIFF:
-        print(f"note: LiteRT differs from Keras on {model.name} (relative {difference:.1e}); using Keras")
-        return keras_predict, "keras"
-    return (lambda images: lite.predict(images, batch_size)), "litert"

@@ -20,12 +20,29 @@ from pathlib import Path
 
 import numpy as np
 
-from allstudy.core.atomic import atomic_path, read_json, write_json, write_text
-from allstudy.data.prepare import PreparedData, prepare
+from allstudy.core.atomic import atomic_path, read_json, write_csv, write_json, write_text
 from allstudy.core.parallel import run_chains
-from allstudy.models.profiles import get_profile, train_config
 from allstudy.core.provenance import code_version, package_versions
+from allstudy.data.prepare import PreparedData, prepare, with_image_level_split
+from allstudy.data.preprocess import model_inputs
 from allstudy.data.synthetic import generate_dataset
+from allstudy.evaluation.compare import (
+    choose,
+    comparison_table,
+    data_provenance,
+    evaluate_run,
+    finished_runs,
+    run_summary,
+    summary,
+)
+from allstudy.evaluation.controls import BASELINES, CONTROL_RUNS, IMAGE_SPLIT_RUN, control_table, run_baseline
+from allstudy.models.profiles import get_profile, train_config
+from allstudy.serving.modelcard import write_model_dir
+from allstudy.serving.ood import FORMAT as GUARD_FORMAT
+from allstudy.serving.ood import OODGuard, fit_guard
+from allstudy.serving.runtime import write_serving
+from allstudy.training.fit import feature_rows, features_dir, train
+from allstudy.training.pipeline import load_images
 
 #: The notebooks folder of the package's source tree (the notebooks are not installed as data).
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -191,9 +208,6 @@ def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, p
     published studies' image-level split instead (:func:`allstudy.data.prepare.with_image_level_split`; default
     run name ``<arch>-image-split``), to measure what their protocol's leak is worth.
     """
-    from allstudy.data.prepare import with_image_level_split
-    from allstudy.training.fit import train
-
     if split not in ("grouped", "image"):
         raise ValueError(f"split must be 'grouped' (the study's) or 'image' (the published protocol), not {split!r}")
     deterministic_ops()
@@ -217,12 +231,6 @@ def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], c
               n_resamples: int = 1000, seed: int = 0) -> dict:
     """Evaluate every run, choose the model (validation macro-F1), write summary.json, comparison.csv and
     ``models/chosen/``; return the summary."""
-    from allstudy.core.atomic import write_csv
-    from allstudy.evaluation.compare import (choose, comparison_table, data_provenance, evaluate_run, finished_runs,
-                                  run_summary, summary)
-    from allstudy.evaluation.controls import control_table
-    from allstudy.serving.modelcard import write_model_dir
-
     out = Path(out)
     found = finished_runs(out, runs)
     params = {name: read_json(path / "params.json") for name, path in found.items()}
@@ -251,10 +259,6 @@ SERVING_CHECK_FIELDS = 64
 def write_chosen_serving(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> dict:
     """Write the model folder's serving file (allstudy.serving.runtime), checked on validation fields; reused while
     model.keras is unchanged."""
-    from allstudy.serving.ood import model_inputs
-    from allstudy.training.pipeline import load_images
-    from allstudy.serving.runtime import write_serving
-
     paths = prepared.split.loc[prepared.split["split"] == "val", "path"].tolist()[:SERVING_CHECK_FIELDS]
     fields = load_images(prepared.root, paths, params["input_size"], cache_dir)
     return write_serving(model_dir, model_inputs(fields, params["config"].get("input_mode", "original")))
@@ -264,8 +268,6 @@ def cached_train_embedding(params: dict, prepared: PreparedData, cache_dir: Path
     """A transfer run's cached backbone features of the upright training fields: the embedding its guard reads
     (the head's input), as training computed them; None for a model trained on images, a fine-tuned backbone
     (the features no longer describe it) or a missing cache."""
-    from allstudy.training.fit import feature_rows, features_dir
-
     if not params.get("feature_runtime") or params["config"].get("epochs", 0) > 0:
         return None
     folder = features_dir(cache_dir, params["config"], params.get("weights_sha256") or params.get("weights_file"),
@@ -281,11 +283,6 @@ def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cach
     """Fit the out-of-distribution guard of a model folder on its training fields (validation sets the
     thresholds) and write ``ood.json``; reused while the model file and the guard's format are unchanged."""
     import keras
-
-    import allstudy.models.registry  # noqa: F401  (registers the layers the saved model uses)
-    from allstudy.serving.ood import FORMAT as GUARD_FORMAT
-    from allstudy.serving.ood import OODGuard, fit_guard
-    from allstudy.training.pipeline import load_images
 
     target, stamp_path = model_dir / "ood.json", model_dir / ".ood.stamp.json"
     stamp = {"model_sha256": hashlib.sha256((model_dir / "model.keras").read_bytes()).hexdigest(),
@@ -314,8 +311,6 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     ``jobs`` notebooks execute at once (each architecture trains then evaluates in one chain; the
     controls run side by side); every result is the same whatever ``jobs`` is.
     """
-    from allstudy.evaluation.controls import BASELINES, CONTROL_RUNS, IMAGE_SPLIT_RUN, run_baseline
-
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     started = time.perf_counter()
@@ -346,7 +341,6 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
 
     # Validity controls: shortcut baselines, the chosen architecture on other inputs (one view each), and on the
     # published image-level split (the chosen architecture as it is, with its views).
-    from allstudy.evaluation.compare import choose, evaluate_run, finished_runs
 
     found = finished_runs(out, architectures)
     evaluations = {n: evaluate_run(p, settings["bootstrap_resamples"], settings["seed"]) for n, p in found.items()}

@@ -19,6 +19,9 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from allstudy.core.atomic import atomic_path
+from allstudy.testing.servers import free_port, local_server
+
 #: Where Debian puts Chromium; ``$ALLSTUDY_CHROMIUM`` overrides it.
 CHROMIUM = os.environ.get("ALLSTUDY_CHROMIUM", "/usr/bin/chromium")
 #: How the checks launch it (headless; no sandbox, which needs user namespaces containers often lack).
@@ -128,8 +131,6 @@ def show_prediction(page, image: str | os.PathLike, screenshot: str | os.PathLik
              "probabilities": page.evaluate(_ROWS),
              "gradcam": page.evaluate(_SHOWN, "#gradcam img"), "screenshot": None}
     if screenshot is not None:
-        from allstudy.core.atomic import atomic_path
-
         with atomic_path(screenshot) as tmp:
             tmp.write_bytes(page.screenshot(full_page=True, type="png"))
         shown["screenshot"] = str(screenshot)
@@ -161,8 +162,6 @@ _NOTEBOOK_SHOWN = """() => {
 @contextlib.contextmanager
 def jupyterlab(root: str | os.PathLike, timeout_s: float = 120):
     """A JupyterLab server on 127.0.0.1 serving ``root`` (no token: loopback only, for the check); yields its URL."""
-    from allstudy.testing.servers import free_port, local_server
-
     port = free_port()
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                f"--ServerApp.root_dir={Path(root).resolve()}", "--IdentityProvider.token=", "--allow-root"]

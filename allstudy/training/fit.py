@@ -27,41 +27,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from allstudy.core.atomic import atomic_path, cached_array, read_json, write_csv, write_json
-from allstudy.data.prepare import PreparedData
-from allstudy.models.registry import (DIHEDRAL_VIEWS, Built, adapt_standardise, build_model, copy_weights, dihedral,
-                             get_architecture, unfreeze_top, with_tta)
-from allstudy.training.pipeline import class_weights, load_images, make_dataset
 from allstudy.core.provenance import code_version, package_versions
+from allstudy.data.prepare import PreparedData
 from allstudy.data.split import SPLITS
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every parameter of one training run (profiles in :mod:`allstudy.models.profiles` fill these)."""
-
-    arch: str
-    weights: str | None = None           # "imagenet", a file, or None (from scratch)
-    alpha: float = 1.0                   # MobileNet width
-    input_size: int | None = None        # None: the architecture's own
-    epochs: int = 10                     # from scratch: all epochs; transfer: phase-2 (fine-tuning) epochs
-    head_epochs: int = 30                # transfer: phase-1 epochs on cached features
-    batch_size: int = 32
-    optimizer: str = "adam"              # "adam" or "sgd" (with momentum)
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"        # "constant", or "cosine": decay to 0 over each stage
-    momentum: float = 0.9
-    fine_tune_learning_rate: float = 1e-4
-    fine_tune_layers: int | None = None  # None: the architecture's own
-    augment: bool = True                 # random flips and quarter turns of the training images
-    colour_jitter: bool = True           # with augment: mild brightness, contrast, saturation and hue jitter
-    class_weighting: bool = True
-    dropout: float = 0.2
-    seed: int = 0
-    strategy: str = "default"            # default, mirrored, multiworker, tpu
-    restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
-    ema_momentum: float = 0.0            # > 0: validate, keep and deploy an exponential moving average of the weights
-    tta_views: int = 1                   # dihedral views averaged at prediction (1, 4, 8); transfer heads train on them
-    input_mode: str = "original"         # or a variant of allstudy.data.segment.INPUT_MODES (segmented, controls)
+from allstudy.models.convert import bulk_predictor
+from allstudy.models.layers import DIHEDRAL_VIEWS, dihedral, with_tta
+from allstudy.models.profiles import STRATEGIES, TrainConfig
+from allstudy.models.registry import Built, adapt_standardise, build_model, copy_weights, get_architecture, unfreeze_top
+from allstudy.training.pipeline import class_weights, load_images, make_dataset
 
 
 @dataclass
@@ -92,7 +65,7 @@ def get_strategy(name: str = "default"):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"unknown strategy {name!r}; choose default, mirrored, multiworker or tpu")
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 def _use_mixed_precision_if_gpu() -> bool:
@@ -249,7 +222,7 @@ def split_hash(split: pd.DataFrame) -> str:
 
 class _FeatureExtractor:
     """The frozen backbone's features of images: LiteRT on a CPU (checked against Keras on the first
-    images it sees, :func:`allstudy.serving.runtime.bulk_predictor`), else Keras; set up only when needed."""
+    images it sees, :func:`allstudy.models.convert.bulk_predictor`), else Keras; set up only when needed."""
 
     def __init__(self, built: Built, batch_size: int):
         self.built, self.batch_size, self._predict, self.runtime = built, batch_size, None, None
@@ -258,8 +231,6 @@ class _FeatureExtractor:
         """Features of one dihedral view of the images, computed once and cached in ``path``."""
         def compute():
             if self._predict is None:
-                from allstudy.serving.runtime import bulk_predictor
-
                 self._predict, self.runtime = bulk_predictor(self.built.features, images[:8], self.batch_size)
             return self._predict(dihedral(images, view))
 

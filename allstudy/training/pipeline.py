@@ -1,46 +1,20 @@
-"""Images into arrays and tf.data pipelines: the one place that turns a file into model input.
+"""Many images into one cached array, and tf.data pipelines for training.
 
-Every model of the registry takes raw RGB pixels in 0..255 at its input size, and does its own
-preprocessing inside (see :mod:`allstudy.models.registry`); so training, evaluation, the predictor and the
-exports all feed the same thing: :func:`load_image`.
+Each file becomes model input through :func:`allstudy.data.preprocess.load_image`, the same
+conversion the Predictor and the guard use.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from allstudy.core.atomic import cached_array
-from allstudy.data.images import read_rgb
-
-#: Resampling used everywhere an image is brought to a model's input size.
-RESAMPLE = Image.Resampling.BILINEAR
-
-
-def to_input(image: Image.Image, size: int) -> np.ndarray:
-    """An RGB image as a (size, size, 3) uint8 array: the model input (no cropping; fields are square)."""
-    if image.size != (size, size):
-        image = image.resize((size, size), RESAMPLE, reducing_gap=3.0)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def load_image(path: str | os.PathLike, size: int, mode: str = "original") -> np.ndarray:
-    """Read a file (any format Pillow reads, decided by content) as model input.
-
-    ``mode`` is one of :data:`allstudy.data.segment.INPUT_MODES`: the field itself (``original``) or a
-    variant for the segmentation option and the validity controls, made at the model's input size.
-    """
-    image = to_input(read_rgb(path), size)
-    if mode == "original":
-        return image
-    from allstudy.data.segment import transform_input
-
-    return transform_input(image, mode)
+from allstudy.core.hashing import short_hash
+from allstudy.data.preprocess import load_image
 
 
 def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir: str | os.PathLike | None = None,
@@ -56,7 +30,7 @@ def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir:
 
     if cache_dir is None:
         return decode()
-    key = hashlib.sha256("\n".join([str(root.resolve()), str(size), *paths]).encode()).hexdigest()[:16]
+    key = short_hash("\n".join([str(root.resolve()), str(size), *paths]))
     suffix = "" if mode == "original" else f"-{mode}"
     return cached_array(Path(cache_dir) / f"images-{size}px-{key}{suffix}.npy", decode)
 
