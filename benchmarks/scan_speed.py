@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from allstudy.core.atomic import write_json
-from allstudy.data.duplicates import DuplicateParams, _grey, _thumbnail, _Verifier, phase_correlation_candidates
+from allstudy.data.duplicates import DuplicateParams, _matching_grey, _thumbnail, _Verifier, phase_correlation_candidates
 from allstudy.data.manifest import build_manifest
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     figures["pairs"] = n * (n - 1) // 2
 
     start = time.perf_counter()
-    greys = [_grey(manifest.root / p) for p in usable["path"]]
+    greys = [_matching_grey(manifest.root / p) for p in usable["path"]]
     thumbs = np.stack([_thumbnail(g, params) for g in greys])
     figures["thumbnails_s"] = time.perf_counter() - start
     labels = usable["class"].to_numpy()

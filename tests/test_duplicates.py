@@ -25,6 +25,7 @@ from PIL import Image
 
 from allstudy.data import duplicates
 from allstudy.data.duplicates import DuplicateParams, find_links, group_ids, groups_of, params_dict
+from allstudy.data.segment import corner_region
 from allstudy.data.manifest import Manifest, build_manifest
 from allstudy.data.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
 
@@ -100,8 +101,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     params = DuplicateParams()
     with Image.open(root / benign[1]) as image:
         donor = np.asarray(image.convert("RGB"))
-    top = int(round(size * (1 - params.corner_height)))
-    left = int(round(size * (1 - params.corner_width)))
+    region = corner_region((size, size), params.corner_width, params.corner_height)
+    top, left = int(region.any(1).argmax()), int(region.any(0).argmax())
     corner_paths = []
     for source in (pro[0], pro[1]):
         with Image.open(root / source) as image:
@@ -308,7 +309,7 @@ def test_every_duplicate_param_is_documented():
 def test_candidate_pairs_do_not_depend_on_the_block_size(scene: Scene):
     params = DuplicateParams()
     usable = scene.manifest.usable.sort_values("path").reset_index(drop=True)
-    thumbs = np.stack([duplicates._thumbnail(duplicates._grey(scene.manifest.root / p), params) for p in usable["path"]])
+    thumbs = np.stack([duplicates._thumbnail(duplicates._matching_grey(scene.manifest.root / p), params) for p in usable["path"]])
     labels = usable["class"].to_numpy()
     whole_rows = duplicates.phase_correlation_candidates(thumbs, labels, params, block=len(thumbs))
     assert len(whole_rows) >= len(scene.recaptures)  # the re-captures at least are candidates

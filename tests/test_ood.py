@@ -125,14 +125,14 @@ def test_the_embedder_is_traced_once(data):
 
 
 def test_image_statistics_see_a_cell_on_black():
-    stats = ood.image_statistics(np.stack([_cell_on_black(0), np.full((SIZE, SIZE, 3), 230, np.uint8)]))
+    stats = ood.guard_statistics(np.stack([_cell_on_black(0), np.full((SIZE, SIZE, 3), 230, np.uint8)]))
     assert stats.shape == (2, len(ood.STAT_NAMES))
     black = ood.STAT_NAMES.index("black_share")
     assert stats[0, black] > 0 > stats[1, black]      # logits: more than half near-black, then none
     assert np.isfinite(stats).all()
-    assert ood.image_statistics(_cell_on_black(1)).shape == (1, len(ood.STAT_NAMES))
+    assert ood.guard_statistics(_cell_on_black(1)).shape == (1, len(ood.STAT_NAMES))
     with pytest.raises(ValueError, match="uint8"):
-        ood.image_statistics(np.zeros((1, SIZE, SIZE, 3), np.float32))
+        ood.guard_statistics(np.zeros((1, SIZE, SIZE, 3), np.float32))
 
 
 # --------------------------------------------------------------------------------------- the fit and its decisions
@@ -234,7 +234,7 @@ def test_the_reason_names_the_most_unusual_statistic(data):
     guard = data["guard"]
     cell = _cell_on_black(3)
     scores = {k: float(v[0]) for k, v in guard.score(cell).items()}
-    reason = guard.reason(scores, ood.image_statistics(cell)[0])
+    reason = guard.reason(scores, ood.guard_statistics(cell)[0])
     assert reason.startswith("its colours and brightness are unlike the training fields (most of all the ")
     assert guard.reason({"stats": 0.0, "embedding": 0.0, "focus": guard.focus_threshold + 1.0,
                          "compression": guard.compression_threshold - 1.0}) == ""

@@ -36,6 +36,7 @@ from scipy.cluster.hierarchy import DisjointSet
 from tqdm import tqdm
 
 from allstudy.data.images import read_rgb
+from allstudy.data.segment import corner_region
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,11 @@ class DuplicateParams:
 
 
 def _corner_mask(shape: tuple[int, int], params: DuplicateParams) -> np.ndarray:
-    """A uint8 mask (255 = use) hiding the scale-bar corner."""
-    height, width = shape
-    mask = np.full((height, width), 255, np.uint8)
-    mask[int(round(height * (1 - params.corner_height))):, int(round(width * (1 - params.corner_width))):] = 0
-    return mask
+    """A uint8 mask (255 = use) hiding the scale-bar corner (:func:`allstudy.data.segment.corner_region`)."""
+    return np.where(corner_region(shape, params.corner_width, params.corner_height), 0, 255).astype(np.uint8)
 
 
-def _grey(path: Path) -> np.ndarray:
+def _matching_grey(path: Path) -> np.ndarray:
     """The field as 8-bit grey, at most 256 px on its longer side (matching needs no more)."""
     image = read_rgb(path).convert("L")
     scale = 256 / max(image.size)
@@ -227,7 +225,7 @@ def find_links(root: str | os.PathLike, table: pd.DataFrame, params: DuplicatePa
 
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            greys = list(tqdm(pool.map(lambda p: _grey(root / p), paths), total=len(paths),
+            greys = list(tqdm(pool.map(lambda p: _matching_grey(root / p), paths), total=len(paths),
                               desc="loading fields", unit="img", disable=not progress))
         thumbs = np.stack([_thumbnail(g, params) for g in greys])
         labels = usable["class"].to_numpy()
@@ -247,11 +245,13 @@ def find_links(root: str | os.PathLike, table: pd.DataFrame, params: DuplicatePa
 
 
 def group_ids(paths: Iterable[str], links: pd.DataFrame) -> dict[str, str]:
-    """Map each path to a group id (the first path of its connected component, sorted)."""
+    """Map each path to a group id: the first path (sorted) of its connected component under ``links``
+    (columns ``a``, ``b``); links that name a path not given are ignored."""
     paths = sorted(paths)
     sets = DisjointSet(paths)
     for a, b in zip(links["a"], links["b"]):
-        sets.merge(a, b)
+        if a in sets and b in sets:
+            sets.merge(a, b)
     return {p: min(sets.subset(p)) for p in paths}
 
 

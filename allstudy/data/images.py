@@ -130,3 +130,13 @@ def inspect_bytes(data: bytes, path: str | os.PathLike | None = None) -> tuple[I
         return ImageInfo(info.width, info.height, info.mode, info.frames,
                          problem=f"cannot convert mode {image.mode} to RGB: {err}"), None
     return info, rgb
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """Grey levels of an RGB uint8 image as Pillow's "L" (ITU-R 601 luma), uint8; a grey (2-D) image unchanged."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a grey or RGB uint8 image, not {image.shape} {image.dtype}")
+    return np.asarray(Image.fromarray(image, "RGB").convert("L"))

@@ -82,7 +82,7 @@ class SegmentParams:
     background_margin: float = 4.0
 
 
-def _check_rgb(image: np.ndarray) -> np.ndarray:
+def check_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), not {image.shape}")
@@ -140,7 +140,7 @@ def leukocyte_mask(image: np.ndarray, params: SegmentParams = SegmentParams()) -
     from skimage.morphology import closing, remove_small_objects
     from skimage.util import img_as_float32
 
-    image = _check_rgb(image)
+    image = check_rgb(image)
     lab = rgb2lab(img_as_float32(image))       # float32: faster than from uint8 (float64), same values
     a, b = lab[..., 1], lab[..., 2]
     candidate = b < -math.tan(math.radians(params.violet_angle)) * np.maximum(a, 0.0)
@@ -167,7 +167,7 @@ def _fill_colour(image: np.ndarray, keep: np.ndarray, fill: str | int | tuple[in
     return np.broadcast_to(np.asarray(fill, dtype=np.uint8), (3,))
 
 
-def _check_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def check_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match the image's {image.shape[:2]}")
@@ -176,8 +176,8 @@ def _check_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def apply_mask(image: np.ndarray, mask: np.ndarray, background: int | tuple[int, int, int] = 0) -> np.ndarray:
     """The segmented image: the ``mask`` pixels kept, all others set to ``background`` (black)."""
-    image = _check_rgb(image)
-    mask = _check_mask(image, mask)
+    image = check_rgb(image)
+    mask = check_mask(image, mask)
     out = image.copy()
     out[~mask] = _fill_colour(image, mask, background)
     return out
@@ -186,27 +186,31 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, background: int | tuple[int,
 def mask_out(image: np.ndarray, mask: np.ndarray, fill: str | int | tuple[int, int, int] = "median") -> np.ndarray:
     """The complement of :func:`apply_mask`: the ``mask`` pixels replaced by ``fill``, by default the
     median colour of the rest of the image (the background-only shortcut control)."""
-    image = _check_rgb(image)
-    mask = _check_mask(image, mask)
+    image = check_rgb(image)
+    mask = check_mask(image, mask)
     out = image.copy()
     out[mask] = _fill_colour(image, ~mask, fill)
     return out
 
 
-def _corner(shape: tuple[int, ...], fraction: float) -> np.ndarray:
-    """Bool (H, W) mask of the bottom-right corner taking ``fraction`` of each side (rounded up)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], not {fraction!r}")
+def corner_region(shape: tuple[int, ...], width: float = CORNER_FRACTION, height: float | None = None) -> np.ndarray:
+    """Bool (H, W) mask of the bottom-right corner that holds the scale bar: ``width`` of the columns and
+    ``height`` (default: ``width``) of the rows, each rounded up to whole pixels; 0 is no corner."""
+    height = width if height is None else height
+    if not (0.0 <= width <= 1.0 and 0.0 <= height <= 1.0):
+        raise ValueError(f"corner fractions must be in [0, 1], not {width!r} x {height!r}")
     h, w = shape[:2]
     corner = np.zeros((h, w), bool)
-    corner[h - math.ceil(fraction * h - 1e-9):, w - math.ceil(fraction * w - 1e-9):] = True
+    rows, cols = math.ceil(height * h - 1e-9), math.ceil(width * w - 1e-9)
+    if rows and cols:
+        corner[h - rows:, w - cols:] = True
     return corner
 
 
 def scale_bar_corner(image: np.ndarray, fraction: float = CORNER_FRACTION) -> np.ndarray:
     """A copy of the bottom-right corner (``fraction`` of each side) that holds the scale bar."""
     image = np.asarray(image)
-    corner = _corner(image.shape, fraction)
+    corner = corner_region(image.shape, fraction)
     rows, cols = np.flatnonzero(corner.any(1)), np.flatnonzero(corner.any(0))
     return image[rows[0]:, cols[0]:].copy()
 
@@ -214,103 +218,8 @@ def scale_bar_corner(image: np.ndarray, fraction: float = CORNER_FRACTION) -> np
 def mask_corner(image: np.ndarray, fraction: float = CORNER_FRACTION,
                 fill: str | int | tuple[int, int, int] = "median") -> np.ndarray:
     """The image with its scale-bar corner replaced by ``fill`` (median colour of the rest)."""
-    image = _check_rgb(image)
-    return mask_out(image, _corner(image.shape, fraction), fill)
-
-
-def _grey(segmented: np.ndarray) -> np.ndarray:
-    """Grey levels as Pillow's "L" (ITU-R 601 luma), the measure the data README's counts use."""
-    from PIL import Image
-
-    segmented = np.asarray(segmented)
-    if segmented.ndim == 2:
-        return segmented
-    if segmented.ndim != 3 or segmented.shape[2] != 3 or segmented.dtype != np.uint8:
-        raise ValueError(f"expected a grey or RGB uint8 image, not {segmented.shape} {segmented.dtype}")
-    return np.asarray(Image.fromarray(segmented, "RGB").convert("L"))
-
-
-def reference_mask(segmented: np.ndarray, threshold: int = 30) -> np.ndarray:
-    """The mask implied by one of the dataset's segmented images: pixels brighter than ``threshold``
-    in grey level (the dataset sets everything outside its cells to black)."""
-    return _grey(segmented) > threshold
-
-
-def is_blank(segmented: np.ndarray, threshold: int = 30, min_fraction: float = 0.005) -> bool:
-    """True for a failed (essentially black) segmented image: under ``min_fraction`` of its pixels
-    brighter than ``threshold`` (the data README's test; 178 of the 668 Pro images here, no other)."""
-    return bool(reference_mask(segmented, threshold).mean() < min_fraction)
-
-
-def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"masks differ in shape: {a.shape} and {b.shape}")
-    return a, b
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient 2|A∩B| / (|A|+|B|) of two masks; 1.0 when both are empty."""
-    a, b = _pair(a, b)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union |A∩B| / |A∪B| of two masks; 1.0 when both are empty."""
-    a, b = _pair(a, b)
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
-
-
-def _compare_one(original_root: Path, segmented_root: Path, path: str, params: SegmentParams) -> dict:
-    from skimage.transform import resize
-
-    row = {"path": path, "class": PurePosixPath(path).parts[0], "reference_missing": False,
-           "reference_blank": False, "dice": math.nan, "iou": math.nan, "mask_fraction": math.nan,
-           "reference_fraction": math.nan, "problem": ""}
-    try:
-        mask = leukocyte_mask(np.asarray(read_rgb(original_root / path)), params)
-    except ImageProblem as problem:
-        row["problem"] = f"original: {problem.reason}"
-    else:
-        row["mask_fraction"] = float(mask.mean())
-    try:
-        segmented = np.asarray(read_rgb(segmented_root / path))
-    except ImageProblem as problem:
-        row["reference_missing"] = True
-        row["problem"] = "; ".join(filter(None, [row["problem"], f"segmented: {problem.reason}"]))
-        return row
-    reference = reference_mask(segmented)
-    row["reference_fraction"] = float(reference.mean())
-    row["reference_blank"] = is_blank(segmented)
-    if row["reference_blank"] or row["problem"]:
-        return row
-    if reference.shape != mask.shape:
-        reference = resize(reference, mask.shape, order=0, anti_aliasing=False, preserve_range=True).astype(bool)
-    row["dice"], row["iou"] = dice(mask, reference), iou(mask, reference)
-    return row
-
-
-def compare_with_reference(original_root: str | os.PathLike, segmented_root: str | os.PathLike,
-                           paths: list[str], params: SegmentParams = SegmentParams(),
-                           progress: bool = False) -> pd.DataFrame:
-    """One row per relative path: our mask of the original against the dataset's segmented version.
-
-    Columns: ``path``, ``class`` (first path component), ``reference_missing`` (no readable segmented
-    file), ``reference_blank`` (:func:`is_blank`), ``dice``, ``iou`` (NaN where the reference is blank
-    or missing), ``mask_fraction``, ``reference_fraction`` and ``problem`` (empty, or the reason an
-    image could not be read). Its time on the real fields is in docs/results.md.
-    """
-    from tqdm import tqdm
-
-    original_root, segmented_root = Path(original_root), Path(segmented_root)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        rows = list(tqdm(pool.map(lambda p: _compare_one(original_root, segmented_root, p, params), paths),
-                         total=len(paths), desc="segmenting", unit="img", disable=not progress))
-    columns = ["path", "class", "reference_missing", "reference_blank", "dice", "iou", "mask_fraction",
-               "reference_fraction", "problem"]
-    return pd.DataFrame(rows, columns=columns)
+    image = check_rgb(image)
+    return mask_out(image, corner_region(image.shape, fraction), fill)
 
 
 def transform_input(image: np.ndarray, mode: str, params: SegmentParams = SegmentParams()) -> np.ndarray:
@@ -323,7 +232,7 @@ def transform_input(image: np.ndarray, mode: str, params: SegmentParams = Segmen
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input mode {mode!r}; expected one of {', '.join(INPUT_MODES)}")
-    image = _check_rgb(image)
+    image = check_rgb(image)
     if mode == "original":
         return image
     if mode == "segmented":
@@ -331,7 +240,7 @@ def transform_input(image: np.ndarray, mode: str, params: SegmentParams = Segmen
     if mode == "background":
         return mask_out(image, _grow(leukocyte_mask(image, params), params.background_margin))
     if mode == "corner":
-        corner = _corner(image.shape, CORNER_FRACTION)
+        corner = corner_region(image.shape)
         out = image.copy()
         out[~corner] = _fill_colour(image, ~corner, "median")
         return out
@@ -352,7 +261,7 @@ def stain_normalise(image: np.ndarray, target: tuple = STAIN_TARGET) -> np.ndarr
     """
     from skimage.color import lab2rgb, rgb2lab
 
-    image = _check_rgb(image)
+    image = check_rgb(image)
     lab = rgb2lab(image.astype(np.float32) / 255.0)
     mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
     lab = (lab - mean) / np.maximum(std, 1e-3) * np.asarray(target[1]) + np.asarray(target[0])
@@ -363,7 +272,7 @@ def plot_channels(image: np.ndarray) -> Figure:
     """Figure of the RGB channel view: the image and its red, green and blue channels in grey."""
     import matplotlib.pyplot as plt
 
-    image = _check_rgb(image)
+    image = check_rgb(image)
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
     axes[0].imshow(image)
     axes[0].set_title("RGB")
@@ -375,44 +284,6 @@ def plot_channels(image: np.ndarray) -> Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
-
-
-def plot_segmentation(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> Figure:
-    """Figure of the image, the mask, the segmented image and, when given, the dataset's segmented
-    version (titled with the Dice of the mask against it, or "blank" for a failed one)."""
-    import matplotlib.pyplot as plt
-
-    image = _check_rgb(image)
-    mask = _check_mask(image, mask)
-    panels = [(image, "image"), (mask, f"mask ({mask.mean():.1%} of field)"),
-              (apply_mask(image, mask), "segmented")]
-    if reference is not None:
-        reference = np.asarray(reference)
-        if is_blank(reference):
-            title = "dataset's segmented (blank)"
-        elif reference.shape[:2] == mask.shape:
-            title = f"dataset's segmented (Dice {dice(mask, reference_mask(reference)):.2f})"
-        else:
-            title = "dataset's segmented"
-        panels.append((reference, title))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
-    for ax, (picture, title) in zip(axes, panels):
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-def agreement_by_class(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per class: fields compared, blank references, and median/mean Dice and IoU on the non-blank ones."""
-    usable = frame[~frame["reference_blank"].astype(bool)]
-    table = usable.groupby("class").agg(compared=("dice", "count"), dice_median=("dice", "median"),
-                                        dice_mean=("dice", "mean"), iou_median=("iou", "median"))
-    table.insert(0, "fields", frame.groupby("class").size())
-    table.insert(1, "blank_references", frame.groupby("class")["reference_blank"].sum().astype(int))
-    return table.fillna({"compared": 0})
 
 
 def plot_input_modes(image: np.ndarray, params: SegmentParams = SegmentParams()) -> Figure:

@@ -12,8 +12,9 @@ from fractions import Fraction
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import DisjointSet
 from sklearn.model_selection import StratifiedGroupKFold
+
+from allstudy.data.duplicates import group_ids
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -21,15 +22,13 @@ DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 
 def assign_groups(paths: list[str], subjects: list[str], links: pd.DataFrame) -> list[str]:
     """A group id per path: linked files and files of one subject share a group."""
-    sets = DisjointSet(paths)
-    for a, b in zip(links["a"], links["b"]):
-        if a in sets and b in sets:
-            sets.merge(a, b)
     first_of_subject: dict[str, str] = {}
-    for path, subject in zip(paths, subjects):
-        if subject:
-            sets.merge(first_of_subject.setdefault(subject, path), path)
-    return [min(sets.subset(p)) for p in paths]
+    same_subject = [(first_of_subject.setdefault(subject, path), path) for path, subject in zip(paths, subjects)
+                    if subject]
+    pairs = pd.concat([links.reindex(columns=["a", "b"]), pd.DataFrame(same_subject, columns=["a", "b"])],
+                      ignore_index=True)
+    ids = group_ids(paths, pairs)
+    return [ids[p] for p in paths]
 
 
 def _folds_for(fractions: tuple[float, float, float]) -> list[int]:

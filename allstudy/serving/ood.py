@@ -5,7 +5,7 @@ from another lab (C-NMC's 450 x 450 cells on black), a smear of another stain or
 photograph that is no smear at all. The guard tells these apart from the training fields with two
 Mahalanobis distances to the training split's distribution, a focus check and a compression check:
 
-* **image statistics** (:func:`image_statistics`, no model needed): on the field brought to
+* **image statistics** (:func:`guard_statistics`, no model needed): on the field brought to
   :data:`STATS_SIZE` px, the share of near-black, near-white and stained-violet pixels
   (:func:`allstudy.data.segment.leukocyte_mask`), the CIELAB colour of the background (the brightest
   40 %) and of the stain (the darkest 10 %), the colour spread (std of L*, a*, b*) and the mean
@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from allstudy.core.atomic import atomic_open, read_json
+from allstudy.data.images import luma
 from allstudy.data.preprocess import model_inputs, to_input
 from allstudy.data.segment import leukocyte_mask
 from allstudy.models.graph import embedding_model, pooled
@@ -135,14 +136,7 @@ def _fields(images) -> list:
     return list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
 
 
-def _grey(field) -> np.ndarray:
-    """The grey (luma) image of an RGB uint8 field, as float32."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(np.asarray(field, np.uint8)).convert("L"), np.float32)
-
-
-def image_statistics(images) -> np.ndarray:
+def guard_statistics(images) -> np.ndarray:
     """(N, len(STAT_NAMES)) statistics of RGB uint8 fields (N, H, W, 3) or a list of (H, W, 3); see the module."""
     images = _fields(images)
     if not images:
@@ -155,7 +149,7 @@ def fine_detail(images) -> np.ndarray:
     of focus or blurred."""
     from scipy.ndimage import laplace
 
-    values = [np.abs(laplace(_grey(field))).mean() for field in _fields(images)]
+    values = [np.abs(laplace(luma(np.asarray(field, np.uint8)).astype(np.float32))).mean() for field in _fields(images)]
     return np.log(np.asarray(values, np.float64) + 1e-3)
 
 
@@ -173,7 +167,7 @@ def compression_artefacts(images) -> np.ndarray:
     compression at this size; 0 for fields under two blocks a side."""
     values = []
     for field in _fields(images):
-        grey = _grey(field)
+        grey = luma(np.asarray(field, np.uint8)).astype(np.float32)
         if min(grey.shape) < 2 * JPEG_BLOCK:
             values.append(0.0)
             continue
@@ -302,7 +296,7 @@ class OODGuard:
 
     ``score``/``is_ood`` take RGB uint8 fields at the model's input size (N, S, S, 3) (the
     embedding needs the model: :meth:`attach` it, or pass it to :func:`fit_guard`/:meth:`load`), or
-    precomputed features ``{"stats": image_statistics(fields), "embedding": raw embeddings}``.
+    precomputed features ``{"stats": guard_statistics(fields), "embedding": raw embeddings}``.
     """
 
     stats: Gaussian
@@ -336,7 +330,7 @@ class OODGuard:
         fields = np.asarray(fields)
         if fields.ndim == 3:
             fields = fields[None]
-        return {"stats": image_statistics(fields), "embedding": self.embedder(model_inputs(fields, self.input_mode)),
+        return {"stats": guard_statistics(fields), "embedding": self.embedder(model_inputs(fields, self.input_mode)),
                 "focus": fine_detail(fields), "compression": compression_artefacts(fields)}
 
     def score(self, images_or_features) -> dict[str, np.ndarray]:
@@ -456,7 +450,7 @@ def fit_guard(model, train_images: np.ndarray, val_images: np.ndarray, input_mod
         raise ValueError(f"train_embedding must be ({len(train)}, {embedder.dim}), one embedding per training field, "
                          f"got {np.shape(train_embedding)}")
     floors = np.array([floor for _, _, floor in STATISTICS])
-    train_features = {"stats": image_statistics(train), "embedding": np.asarray(train_embedding, np.float32)}
+    train_features = {"stats": guard_statistics(train), "embedding": np.asarray(train_embedding, np.float32)}
     guard = OODGuard(Gaussian.fit(train_features["stats"], floors),
                      Gaussian.fit(train_features["embedding"], 0.0, n_components), -math.inf, math.inf,
                      embedder.input_size, input_mode, quantile, embedder.layer)

@@ -42,7 +42,7 @@ from allstudy.evaluation.gradcam import gradcam_for, overlay
 from allstudy.evaluation.metrics import apply_temperature
 from allstudy.models.convert import forward_function
 from allstudy.models.layers import single_view
-from allstudy.serving.ood import OODGuard, compression_artefacts, fine_detail, image_statistics
+from allstudy.serving.ood import OODGuard, compression_artefacts, fine_detail, guard_statistics
 from allstudy.serving.runtime import load_serving
 
 #: Keys model.json must have for prediction (see allstudy.serving.modelcard.model_json).
@@ -287,7 +287,7 @@ class Predictor:
             scores, flags, stats = None, np.zeros(len(where), bool), None
             if self.guard is not None:
                 stack = np.stack(fields)
-                stats = image_statistics(stack)
+                stats = guard_statistics(stack)
                 scores = self.guard.score({"stats": stats, "embedding": features, "focus": fine_detail(stack),
                                            "compression": compression_artefacts(stack)})
                 flags = self.guard.flags(scores)
