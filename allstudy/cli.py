@@ -10,6 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 from allstudy import __version__
+from allstudy.data.segment import INPUT_MODES
+from allstudy.data.split import DEFAULT_FRACTIONS, SPLIT_PROTOCOLS
+from allstudy.models.profiles import ARCHITECTURES, PROFILES, STRATEGIES
+from allstudy.models.views import DIHEDRAL_VIEWS
+from allstudy.serving import EXPORT_FORMATS
+
+# Each command imports what it needs when it runs: TensorFlow alone takes seconds to import (15 s on this
+# project's loaded 2-core machine), which `data scan` or `--help` must not pay.
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -168,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("dir", help="dataset folder")
     split.add_argument("--out", default="outputs/data", help="folder for manifest.csv, splits.csv, ... (default: %(default)s)")
     split.add_argument("--seed", type=int, default=0)
-    split.add_argument("--fractions", type=float, nargs=3, default=[0.70, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
+    split.add_argument("--fractions", type=float, nargs=3, default=list(DEFAULT_FRACTIONS), metavar=("TRAIN", "VAL", "TEST"))
     split.add_argument("--quiet", action="store_true", help="no progress bars")
     split.set_defaults(func=_split)
 
@@ -182,33 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     weights_help = ("folder holding ImageNet weight files that load offline (e.g. mobilenet_2_5_224_tf_no_top.h5); "
                     "default: $ALLSTUDY_WEIGHTS_DIR; without one, 'imagenet' downloads through Keras")
     train = commands.add_parser("train", help="train one architecture (resumes an interrupted run)")
-    train.add_argument("--arch", required=True, help="sequential, lenet, vgg16, resnet50, mobilenet, mobilenetv2, efficientnet")
+    train.add_argument("--arch", required=True, help=", ".join(ARCHITECTURES))
     train.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
-    train.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
+    train.add_argument("--profile", default="quick", choices=list(PROFILES))
     train.add_argument("--out", default="outputs", help="output folder; the run goes to OUT/runs/ARCH (default: %(default)s)")
     train.add_argument("--weights", help="imagenet, none, or a weights file (default: the profile's)")
     train.add_argument("--weights-dir", help=weights_help)
     train.add_argument("--epochs", type=int, help="epochs (transfer models: fine-tuning epochs)")
     train.add_argument("--input-size", type=int, help="input side in pixels")
     train.add_argument("--batch-size", type=int, help="batch size per replica")
-    train.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], help="tf.distribute strategy")
-    train.add_argument("--input-mode", choices=["original", "segmented", "background", "corner", "no_corner", "mitigated"],
+    train.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    train.add_argument("--input-mode", choices=INPUT_MODES,
                        help="train on the fields (original) or a variant: segmented leukocytes, or a control's input")
-    train.add_argument("--tta-views", type=int, choices=[1, 4, 8], help="dihedral views averaged at prediction")
+    train.add_argument("--tta-views", type=int, choices=list(DIHEDRAL_VIEWS), help="dihedral views averaged at prediction")
     train.add_argument("--run-name", help="run folder under OUT/runs (default: the architecture)")
-    train.add_argument("--split", choices=["grouped", "image"], default="grouped",
+    train.add_argument("--split", choices=SPLIT_PROTOCOLS, default="grouped",
                        help="grouped: the study's split (overlapping fields never cross); image: the published studies' "
                             "image-level split, to measure what its leak is worth (run ARCH-image-split)")
     train.set_defaults(func=_train)
 
     run = commands.add_parser("run", help="run the whole study (notebooks via papermill)")
     run.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
-    run.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
+    run.add_argument("--profile", default="quick", choices=list(PROFILES))
     run.add_argument("--out", default="outputs", help="output folder (default: %(default)s)")
     run.add_argument("--weights-dir", help=weights_help)
     run.add_argument("--arch", nargs="+", help="only these architectures (default: the profile's)")
     run.add_argument("--force", action="store_true", help="re-execute every step even when unchanged")
-    run.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"],
+    run.add_argument("--strategy", choices=STRATEGIES,
                      help="tf.distribute strategy of every training step (default: one device)")
     run.add_argument("--jobs", type=int, default=1, help="notebooks executed at once, each in its own kernel, "
                      "with the same results; 2 keeps both cores of a 2-core machine busy (default: %(default)s)")
@@ -226,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a model folder to TFLite or ONNX, checked on its test split")
     export.add_argument("--model", required=True, help="model folder (model.keras, model.json), e.g. outputs/models/chosen")
-    export.add_argument("--format", required=True, choices=["tflite", "onnx"],
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                         help="tflite: model.tflite (float) and model_dynamic.tflite (dynamic-range int8); onnx: model.onnx")
     export.add_argument("--out", required=True, help="folder to write the export, model.json and parity.json into")
     export.add_argument("--split-csv", help="the splits.csv of the study that trained the model (default: "
@@ -282,11 +290,12 @@ def os_error_message(err: OSError, out: str | None = None) -> str:
 @contextlib.contextmanager
 def _holding_output(args: argparse.Namespace):
     """``run`` holds its output folder alone and ``train`` beside other ``train`` commands (see
-    :func:`allstudy.study.runner.output_lock`); each first removes what writers killed mid-write left there."""
+    :func:`allstudy.core.locks.output_lock`); each first removes what writers killed mid-write left there."""
     if args.command not in ("run", "train"):
         yield
         return
-    from allstudy.study.runner import output_lock, remove_stale_temporaries
+    from allstudy.core.atomic import remove_stale_temporaries
+    from allstudy.core.locks import output_lock
 
     with output_lock(args.out, shared=args.command == "train") as out:
         remove_stale_temporaries(out if args.command == "run" else out / "runs" / (args.run_name or args.arch))
@@ -295,13 +304,14 @@ def _holding_output(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status. Errors are one line naming what to fix."""
-    from allstudy.study.runner import StudyError
+    from allstudy.core.locks import FolderBusy
+    from allstudy.study.notebooks import StudyError
 
     args = build_parser().parse_args(argv)
     try:
         with _holding_output(args):
             return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, StudyError) as err:
+    except (FileNotFoundError, NotADirectoryError, ValueError, StudyError, FolderBusy) as err:
         print(f"allstudy: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

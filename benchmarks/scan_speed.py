@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from allstudy.core.atomic import write_json
-from allstudy.data.duplicates import DuplicateParams, _matching_grey, _thumbnail, _Verifier, phase_correlation_candidates
+from allstudy.data.duplicates import (
+    DuplicateParams,
+    _matching_grey,
+    _thumbnail,
+    _Verifier,
+    phase_correlation_candidates,
+)
 from allstudy.data.manifest import build_manifest
 
 

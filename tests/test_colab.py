@@ -15,7 +15,8 @@ import pytest
 
 from allstudy.study import colab
 from allstudy.study.colab import ColabSettings, setup
-from allstudy.study.runner import NOTEBOOKS, STEPS
+from allstudy.study.notebooks import NOTEBOOKS
+from allstudy.study.runner import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 

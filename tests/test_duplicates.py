@@ -25,8 +25,8 @@ from PIL import Image
 
 from allstudy.data import duplicates
 from allstudy.data.duplicates import DuplicateParams, find_links, group_ids, groups_of, params_dict
-from allstudy.data.segment import corner_region
 from allstudy.data.manifest import Manifest, build_manifest
+from allstudy.data.segment import corner_region
 from allstudy.data.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
 
 N_PER_CLASS = 24

@@ -404,7 +404,7 @@ def test_a_full_disk_in_a_notebook_is_one_clear_line_from_run(uninterrupted, ful
 
 
 def test_a_failed_step_names_itself_and_its_executed_copy():
-    from allstudy.study.runner import StudyError, step_error
+    from allstudy.study.notebooks import StudyError, step_error
 
     class Failure:  # what papermill's PapermillExecutionError carries
         ename, evalue = "ValueError", "profile 'quick' has no settings for 'alexnet'"
@@ -419,7 +419,7 @@ def test_a_failed_step_names_itself_and_its_executed_copy():
 
 def test_one_run_holds_its_output_folder(tmp_path, capsys):
     from allstudy.cli import main
-    from allstudy.study.runner import output_lock
+    from allstudy.core.locks import output_lock
 
     with output_lock(tmp_path / "out", shared=True), output_lock(tmp_path / "out", shared=True):  # train beside train
         assert main(["run", "--profile", "quick", "--out", str(tmp_path / "out")]) == 2
@@ -429,7 +429,7 @@ def test_one_run_holds_its_output_folder(tmp_path, capsys):
 
 
 def test_only_the_temporaries_of_killed_writers_are_removed(tmp_path):
-    from allstudy.study.runner import remove_stale_temporaries
+    from allstudy.core.atomic import remove_stale_temporaries
 
     folder = tmp_path / "runs" / "a"
     folder.mkdir(parents=True)

@@ -14,7 +14,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from allstudy.models.layers import dihedral, single_view, with_tta
+from allstudy.models.layers import single_view, with_tta
 from allstudy.models.registry import (  # noqa: E402
     REGISTRY,
     WeightsUnavailable,
@@ -25,6 +25,7 @@ from allstudy.models.registry import (  # noqa: E402
     resolve_weights,
     unfreeze_top,
 )
+from allstudy.models.views import dihedral
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 needs_shared_weights = pytest.mark.skipif(

@@ -111,8 +111,8 @@ def test_notebooks_side_by_side_start_in_notebooks_and_leave_the_callers_directo
 
     import nbformat
 
-    import allstudy.study.runner
-    from allstudy.study.runner import execute_notebook
+    import allstudy.study.notebooks
+    from allstudy.study.notebooks import execute_notebook
 
     notebooks, caller = tmp_path / "notebooks", tmp_path / "caller"
     notebooks.mkdir()
@@ -123,7 +123,7 @@ def test_notebooks_side_by_side_start_in_notebooks_and_leave_the_callers_directo
         "import os, pathlib, time\ntime.sleep(seconds)\npathlib.Path(where).write_text(os.getcwd())")])
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(book, notebooks / "where.ipynb")
-    monkeypatch.setattr(allstudy.study.runner, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(allstudy.study.notebooks, "NOTEBOOKS", notebooks)
     monkeypatch.chdir(caller)
 
     def notebook(k: int, seconds: float):

@@ -14,8 +14,26 @@ from PIL import Image
 from skimage.morphology import dilation, disk, remove_small_objects
 
 from allstudy.data import synthetic
-from allstudy.data.segment import CORNER_FRACTION, INPUT_MODES, SegmentParams, apply_mask, leukocyte_mask, mask_corner, mask_out, plot_channels, scale_bar_corner, transform_input
-from allstudy.evaluation.segmentation import compare_with_reference, dice, iou, is_blank, plot_segmentation, reference_mask
+from allstudy.data.segment import (
+    CORNER_FRACTION,
+    INPUT_MODES,
+    SegmentParams,
+    apply_mask,
+    leukocyte_mask,
+    mask_corner,
+    mask_out,
+    plot_channels,
+    scale_bar_corner,
+    transform_input,
+)
+from allstudy.evaluation.segmentation import (
+    compare_with_reference,
+    dice,
+    iou,
+    is_blank,
+    plot_segmentation,
+    reference_mask,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TALEQANI = SHARED / "all-taleqani"

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from allstudy.models.profiles import ARCHITECTURES
-from allstudy.study.runner import NOTEBOOKS, STEPS, run
+from allstudy.study.notebooks import NOTEBOOKS
+from allstudy.study.runner import STEPS, run
 
 pytestmark = pytest.mark.notebook
 #: Every architecture of the registry, at the quick profile's settings.

@@ -15,16 +15,10 @@ corner only or hidden (shortcut controls).
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-
-from allstudy.data.images import ImageProblem, read_rgb
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -18,6 +18,9 @@ from allstudy.data.duplicates import group_ids
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+#: How a run's split is made: ``grouped`` (the study's: no duplicate group or subject spans two splits) or
+#: ``image`` (the published studies' image-level split, which leaks; a validity control).
+SPLIT_PROTOCOLS = ("grouped", "image")
 
 
 def assign_groups(paths: list[str], subjects: list[str], links: pd.DataFrame) -> list[str]:

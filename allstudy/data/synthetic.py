@@ -505,7 +505,7 @@ def _same_parameters(marker: dict, wanted: dict) -> bool:
     return all(marker.get(key) == value for key, value in wanted.items())
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
+def _remove_abandoned_builds(out_dir: Path) -> None:
     pattern = re.compile(re.escape(out_dir.name) + r"\.(?:tmp|old)-(\d+)$")
     if not out_dir.parent.is_dir():
         return
@@ -564,7 +564,7 @@ def generate_dataset(out_dir: str | os.PathLike, n_per_class: int = 100, seed: i
     if check_target():
         return requested
 
-    _remove_stale_temporaries(out_dir)
+    _remove_abandoned_builds(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:

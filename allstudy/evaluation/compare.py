@@ -6,14 +6,16 @@ fewer parameters); the test split never takes part in the choice. Each run's eva
 """
 from __future__ import annotations
 
-import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from allstudy.core.atomic import read_json, write_json
+from allstudy.core.hashing import sha256_file
 from allstudy.evaluation.metrics import evaluate, inference_cost
+from allstudy.models.layers import load_model
 from allstudy.training.pipeline import load_images
 
 #: The source studies' published test accuracies: the figures to reproduce and to beat.
@@ -52,17 +54,13 @@ def decision_summary(evaluation: dict) -> dict:
             "answered_macro_f1": test["answered_macro_f1"], "answered_macro_f1_ci": test["answered_macro_f1_ci"]}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int = 0) -> dict:
     """The evaluation of one finished run (:func:`allstudy.evaluation.metrics.evaluate`), cached beside its predictions."""
     run_dir = Path(run_dir)
     predictions = run_dir / "predictions.csv"
     if not predictions.exists():
         raise FileNotFoundError(f"{predictions} is missing; train the run first (allstudy train --arch ...)")
-    key = {"predictions_sha256": _sha256(predictions), "n_resamples": n_resamples, "seed": seed,
+    key = {"predictions_sha256": sha256_file(predictions), "n_resamples": n_resamples, "seed": seed,
            "format": EVALUATION_FORMAT}
     cached = run_dir / "evaluation.json"
     if cached.exists():
@@ -90,6 +88,25 @@ def choose(evaluations: dict[str, dict], params: dict[str, dict]) -> str:
         raise ValueError("no finished runs to choose from; train at least one architecture")
     return max(evaluations, key=lambda n: (evaluations[n]["val"]["macro_f1"], evaluations[n]["val"]["accuracy"],
                                            -params[n].get("params", 0)))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The finished runs among some names, their evaluations and params, and the one chosen (on validation)."""
+
+    runs: dict[str, Path]
+    evaluations: dict[str, dict]
+    params: dict[str, dict]
+    chosen: str
+
+
+def evaluate_and_choose(out: str | os.PathLike, names: list[str], n_resamples: int = 1000,
+                        seed: int = 0) -> Candidates:
+    """Evaluate the finished runs among ``names`` under ``out/runs`` and choose one (:func:`choose`)."""
+    runs = finished_runs(out, names)
+    evaluations = {name: evaluate_run(path, n_resamples, seed) for name, path in runs.items()}
+    params = {name: read_json(path / "params.json") for name, path in runs.items()}
+    return Candidates(runs, evaluations, params, choose(evaluations, params))
 
 
 def run_summary(evaluation: dict, params: dict) -> dict:
@@ -248,13 +265,11 @@ def inference_cost_of(run_dir: str | os.PathLike, model=None) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "model.keras"
     cached = run_dir / "cost.json"
-    key = _sha256(path)
+    key = sha256_file(path)
     if cached.exists() and read_json(cached).get("model_sha256") == key:
         return read_json(cached)
     if model is None:
-        import keras
-
-        model = keras.saving.load_model(path, safe_mode=True)
+        model = load_model(path)
     cost = {"model_sha256": key, **inference_cost(model, model.input_shape[1], model_path=path)}
     write_json(cached, cost)
     return cost

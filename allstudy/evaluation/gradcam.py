@@ -17,8 +17,10 @@ from __future__ import annotations
 import functools
 import weakref
 
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
+import tensorflow as tf
 
 from allstudy.data.classes import display_name
 from allstudy.models.graph import node_of
@@ -27,8 +29,6 @@ _POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "GlobalAve
 
 
 def _is_model(layer) -> bool:
-    import keras
-
     return isinstance(layer, keras.Model)
 
 
@@ -88,8 +88,6 @@ def _top_level_chain(model) -> list:
 
 
 def _softmax_dense(layer) -> bool:
-    import keras
-
     return isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") == "softmax"
 
 
@@ -98,8 +96,6 @@ def _tail(final) -> tuple[list, object | None]:
 
     None means the final layer runs as it is and its output is the score.
     """
-    import keras
-
     if _softmax_dense(final):
         return [], final
     if isinstance(final, keras.Sequential) and final.layers and _softmax_dense(final.layers[-1]):
@@ -123,9 +119,6 @@ class GradCam:
     """
 
     def __init__(self, model, layer: str | None = None, batch_size: int = 32):
-        import keras
-        import tensorflow as tf
-
         self.nested, self.layer = _find_layer(model, layer) if layer else last_conv_layer(model)
         self.input_shape = tuple(model.input_shape[1:])
         self.n_classes = int(model.output_shape[-1])
@@ -165,8 +158,6 @@ class GradCam:
         return feature_map, (_logits(self._dense, x) if self._dense is not None else x)
 
     def _step(self, images, class_index):
-        import tensorflow as tf
-
         with tf.GradientTape() as tape:
             tape.watch(images)  # records every operation, frozen backbones included
             feature_map, scores = self._forward(images)

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from allstudy.models.layers import load_model
+
 
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but neither a local file nor the download could provide them."""
@@ -144,7 +146,7 @@ def _backbone(arch: Architecture, size: int, weights: str | None, alpha: float):
         return _download_guard(arch, lambda: apps.MobileNetV2(alpha=1.0, weights=weights, **common), weights)
     if arch.name == "efficientnet":
         if weights is not None and weights.endswith(".keras"):  # EfficientNet-Lite0, whole model: cut at avg_pool
-            full = keras.saving.load_model(weights, compile=False, safe_mode=True)
+            full = load_model(weights)
             if size != full.input_shape[1] and full.input_shape[1] is not None:
                 raise ValueError(f"{weights} takes {full.input_shape[1]} px input, not {size}")
             return keras.Model(full.inputs, full.get_layer("avg_pool").output, name="efficientnet_lite0")

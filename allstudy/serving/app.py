@@ -38,8 +38,8 @@ from allstudy.data.classes import TALEQANI_CLASSES, display_name
 from allstudy.data.images import read_rgb
 from allstudy.data.preprocess import to_input
 from allstudy.data.segment import leukocyte_mask
-from allstudy.evaluation.segmentation import plot_segmentation
 from allstudy.data.synthetic import render_field
+from allstudy.evaluation.segmentation import plot_segmentation
 from allstudy.serving.predictor import Prediction, Predictor, prediction_row, predictions_frame
 
 if TYPE_CHECKING:

@@ -33,15 +33,17 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from allstudy.core.atomic import atomic_path, read_json, write_json
 from allstudy.core.hashing import sha256_file
 from allstudy.evaluation.decision import DecisionPolicy
 from allstudy.evaluation.metrics import apply_temperature
 from allstudy.models.convert import forward_function, run_batched, to_tflite
+from allstudy.serving import EXPORT_FORMATS
 from allstudy.serving.predictor import Predictor
 
-FORMATS = ("tflite", "onnx")
+FORMATS = EXPORT_FORMATS
 #: Files written per format, by variant: the first is the one parity.json's top-level keys describe.
 FILES = {"tflite": {"float32": "model.tflite", "dynamic_range_int8": "model_dynamic.tflite"},
          "onnx": {"float32": "model.onnx"}}
@@ -146,8 +148,6 @@ class TFLiteRunner:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             import warnings
-
-            import tensorflow as tf
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from allstudy.core.atomic import atomic_open, read_json
 from allstudy.data.images import luma
@@ -182,8 +183,6 @@ class Embedder:
     """The embedding of raw RGB fields (0..255 at the model's input size) by a compiled, warmed function."""
 
     def __init__(self, model, batch_size: int = 64):
-        import tensorflow as tf
-
         self.net, self.layer = embedding_model(model)
         self.input_size = int(self.net.input_shape[1])
         self.batch_size = int(batch_size)

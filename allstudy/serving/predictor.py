@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from allstudy.core.atomic import read_json
@@ -41,7 +42,7 @@ from allstudy.evaluation.decision import DecisionPolicy
 from allstudy.evaluation.gradcam import gradcam_for, overlay
 from allstudy.evaluation.metrics import apply_temperature
 from allstudy.models.convert import forward_function
-from allstudy.models.layers import single_view
+from allstudy.models.layers import load_model, single_view
 from allstudy.serving.ood import OODGuard, compression_artefacts, fine_detail, guard_statistics
 from allstudy.serving.runtime import load_serving
 
@@ -134,9 +135,6 @@ class Predictor:
 
     def __init__(self, model_dir: str | os.PathLike, gradcam: bool = False, batch_size: int = 32,
                  runtime: str = "auto"):
-        import keras
-        import tensorflow as tf
-
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         folder = Path(model_dir)
@@ -149,7 +147,7 @@ class Predictor:
         self.model_dir = folder
         self.meta = _check_meta(read_json(folder / "model.json"), folder / "model.json")
         try:
-            self.model = keras.saving.load_model(folder / "model.keras", compile=False, safe_mode=True)
+            self.model = load_model(folder / "model.keras")
         except Exception as err:
             raise ValueError(f"{folder / 'model.keras'} cannot be loaded ({type(err).__name__}: {err}); "
                              f"{_RUN_FIRST}") from None

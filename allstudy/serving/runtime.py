@@ -26,6 +26,7 @@ import numpy as np
 from allstudy.core.atomic import atomic_path, read_json, write_json
 from allstudy.core.hashing import sha256_file
 from allstudy.models.convert import forward_function, litert_available, run_batched, to_tflite
+from allstudy.models.layers import load_model
 
 SERVING_FILE = "serving.tflite"
 SERVING_JSON = "serving.json"
@@ -87,8 +88,6 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
     Returns serving.json's content; ``accepted`` is False (and no file is left) when the check fails.
     Reused as it is while model.keras is unchanged.
     """
-    import keras
-
     folder = Path(model_dir)
     record, file = folder / SERVING_JSON, folder / SERVING_FILE
     model_sha = sha256_file(folder / "model.keras")
@@ -102,7 +101,7 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
         return {"accepted": False, "reason": "LiteRT is not installed"}
     if not quiet:
         print(f"writing {file} (the forward pass in LiteRT) and checking it on {len(inputs)} fields")
-    model = keras.saving.load_model(folder / "model.keras", compile=False, safe_mode=True)
+    model = load_model(folder / "model.keras")
     size = int(model.input_shape[1])
     function = forward_function(model, size, embedding=True)
     inputs = np.asarray(inputs, dtype=np.float32)

@@ -14,7 +14,6 @@ train end to end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 import shutil
@@ -22,18 +21,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from tqdm import tqdm
 
 from allstudy.core.atomic import atomic_path, cached_array, read_json, write_csv, write_json
+from allstudy.core.hashing import sha256_file, short_hash
 from allstudy.core.provenance import code_version, package_versions
 from allstudy.data.prepare import PreparedData
 from allstudy.data.split import SPLITS
 from allstudy.models.convert import bulk_predictor
-from allstudy.models.layers import DIHEDRAL_VIEWS, dihedral, with_tta
+from allstudy.models.layers import load_model, with_tta
 from allstudy.models.profiles import STRATEGIES, TrainConfig
 from allstudy.models.registry import Built, adapt_standardise, build_model, copy_weights, get_architecture, unfreeze_top
+from allstudy.models.views import DIHEDRAL_VIEWS, dihedral
 from allstudy.training.pipeline import class_weights, load_images, make_dataset
 
 
@@ -50,8 +53,6 @@ class RunResult:
 
 def get_strategy(name: str = "default"):
     """A tf.distribute strategy by name: default, mirrored (GPUs, else all logical CPUs), multiworker, tpu."""
-    import tensorflow as tf
-
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -69,9 +70,6 @@ def get_strategy(name: str = "default"):
 
 
 def _use_mixed_precision_if_gpu() -> bool:
-    import keras
-    import tensorflow as tf
-
     if tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
         return True
@@ -80,8 +78,6 @@ def _use_mixed_precision_if_gpu() -> bool:
 
 def _optimizer(name: str, learning_rate: float, momentum: float, schedule: str = "constant", steps: int = 0,
                ema_momentum: float = 0.0):
-    import keras
-
     if not 0.0 <= ema_momentum < 1.0:
         raise ValueError(f"ema_momentum must be in [0, 1), not {ema_momentum}; 0 turns the weight average off")
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
@@ -100,8 +96,6 @@ class _EpochCheckpoint:
     """Keras callback: after each epoch, save the model (optimizer included) and then the state, atomically."""
 
     def __new__(cls, *args, **kwargs):
-        import keras
-
         class Callback(keras.callbacks.Callback):
             def __init__(self, stage_dir: Path, rows: list[dict], stage: str):
                 super().__init__()
@@ -155,8 +149,6 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
     the checkpoint loaded with its optimizer state. With ``restore_best`` it ends with the weights
     of the epoch of best validation accuracy (model selection on the validation split only).
     """
-    import keras
-
     stage_dir.mkdir(parents=True, exist_ok=True)
     state_path = stage_dir / "state.json"
     rows: list[dict] = []
@@ -166,7 +158,7 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
         checkpoint = stage_dir / state["checkpoint"]
         if checkpoint.exists():
             with strategy.scope() if strategy else contextlib.nullcontext():
-                model = keras.saving.load_model(checkpoint, safe_mode=True)
+                model = load_model(checkpoint, compile=True)
             rows, initial_epoch = state["history"], int(state["epoch"])
             print(f"{stage}: resuming after epoch {initial_epoch} of {epochs} ({checkpoint.name})")
     callbacks = [_EpochCheckpoint(stage_dir, rows, stage)]
@@ -182,16 +174,17 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
     best = _best_epoch(rows)
     if restore_best and rows and best != rows[-1]["epoch"] and (stage_dir / "best.keras").exists():
         print(f"{stage}: keeping the weights of epoch {best} (best validation accuracy)")
-        copy_weights(_use_average(keras.saving.load_model(stage_dir / "best.keras", safe_mode=True)), model)
+        copy_weights(_use_average(load_model(stage_dir / "best.keras", compile=True)), model)
     for row in rows:
         row["best"] = row["epoch"] == best
     return model, rows
 
 
-def _sha256(path: str | None) -> str | None:
-    if not path or path == "imagenet" or not Path(path).is_file():
+def _weights_sha256(weights: str | None) -> str | None:
+    """The sha256 of a weights file; None for no file (from scratch, or Keras' ImageNet download)."""
+    if not weights or weights == "imagenet" or not Path(weights).is_file():
         return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_file(weights)
 
 
 def features_dir(cache_dir, config: dict, weights_key: str | None, size: int, data_hash: str) -> Path | None:
@@ -204,7 +197,7 @@ def features_dir(cache_dir, config: dict, weights_key: str | None, size: int, da
     if cache_dir is None:
         return None
     key = "|".join(map(str, [config["arch"], weights_key, config["alpha"], size, config["input_mode"], data_hash]))
-    return Path(cache_dir) / f"features-{config['arch']}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return Path(cache_dir) / f"features-{config['arch']}-{short_hash(key)}"
 
 
 def feature_rows(split: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -217,7 +210,7 @@ def feature_rows(split: pd.DataFrame) -> dict[str, np.ndarray]:
 def split_hash(split: pd.DataFrame) -> str:
     """A fingerprint of which field is in which split (part of a run's identity)."""
     rows = sorted(zip(split["path"], split["split"]))
-    return hashlib.sha256("\n".join(f"{p}\t{s}" for p, s in rows).encode()).hexdigest()[:16]
+    return short_hash("\n".join(f"{p}\t{s}" for p, s in rows))
 
 
 class _FeatureExtractor:
@@ -256,8 +249,6 @@ class _FeatureExtractor:
 def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
           progress: bool = True, weights_dir: str | os.PathLike | None = None) -> RunResult:
     """Train one architecture on a prepared dataset into ``run_dir``; reuse a finished run with the same parameters."""
-    import keras
-
     run_dir = Path(run_dir)
     params_path = run_dir / "params.json"
     identity = {"config": asdict(config), "data_hash": data.info["data_hash"], "split_hash": split_hash(data.split),
@@ -317,7 +308,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     features, feature_runtime, unscaled = None, None, None
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
         # Phase 1 on cached features of every dihedral view: the views are the augmentation.
-        where = features_dir(cache_dir, asdict(config), _sha256(built.weights) or built.weights, size,
+        where = features_dir(cache_dir, asdict(config), _weights_sha256(built.weights) or built.weights, size,
                              data.info["data_hash"]) or work
         extract = _FeatureExtractor(built, batch)
         features = extract.by_split(images, data.split, views, where, progress)
@@ -365,7 +356,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     plot_curves(history, config.arch).savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
     write_json(run_dir / "metrics.json", {"accuracy": metrics})
     params = {**identity, "arch": config.arch, "classes": classes, "input_size": size,
-              "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _sha256(built.weights),
+              "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _weights_sha256(built.weights),
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
               "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
               "epochs_run": len(history), "tta_views": config.tta_views, "prediction_check_max_abs_diff": check,
@@ -381,8 +372,6 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
 
 def _deployable(model):
     """An uncompiled copy with the same weights: what a predictor loads carries no optimizer state."""
-    import keras
-
     copy = keras.models.clone_model(model)
     copy_weights(model, copy)
     return copy
@@ -430,3 +419,17 @@ def plot_curves(history: pd.DataFrame, title: str):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def deterministic_ops() -> bool:
+    """Make TensorFlow's ops deterministic when no GPU is visible, so that a seeded run repeats to the bit.
+
+    Without it the augmentation's random ops, run in parallel by tf.data, draw in a different order each
+    time and two runs of the same seed differ by several points on the quick profile. On a CPU it costs
+    little; on a GPU deterministic kernels are slower or missing, so GPU runs are left as they are.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
+
