@@ -54,7 +54,7 @@ def test_every_model_load_uses_safe_mode():
     """keras.saving.load_model / keras.models.load_model: safe_mode=True, written out, in the package, the app,
     the benchmarks and every notebook (a .keras file with a Lambda layer cannot run code when loaded)."""
     calls = []
-    for path in [*(ROOT / "allstudy").glob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]:
+    for path in [*(ROOT / "allstudy").rglob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]:
         calls += _load_model_calls(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
@@ -65,7 +65,7 @@ def test_every_model_load_uses_safe_mode():
 
 
 def test_no_pickle_loading_in_the_package():
-    for path in (ROOT / "allstudy").glob("*.py"):
+    for path in (ROOT / "allstudy").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"allow_pickle\s*=\s*True|\bpickle\.loads?\(|\bjoblib\.load\(", text), path.name
 
