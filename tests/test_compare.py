@@ -11,9 +11,10 @@ from PIL import Image
 
 from allstudy.core.atomic import write_csv, write_json
 from allstudy.data.prepare import prepare
-from allstudy.evaluation.compare import choose, comparison_table, evaluate_run, finished_runs, run_summary, summary
+from allstudy.evaluation.compare import choose, comparison_table, evaluate_run, run_summary, summary
 from allstudy.evaluation.controls import colour_features, control_findings, control_table, corner_features, run_baseline
 from allstudy.serving.modelcard import model_card, model_json
+from allstudy.training.run_folder import finished_runs
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 
@@ -120,7 +121,7 @@ def test_shortcut_baselines_find_a_planted_shortcut(tmp_path):
         run_dir = run_baseline(name, data, tmp_path, tmp_path / "cache")
         evaluation = evaluate_run(run_dir, n_resamples=50)
         assert evaluation["test"]["accuracy"] >= 0.9, name
-        assert json.loads((run_dir / "params.json").read_text())["complete"]
+        assert run_dir.params().complete and json.loads(run_dir.params_file.read_text())["complete"]
     images = np.zeros((2, 64, 64, 3), np.uint8)
     assert colour_features(images).shape == (2, 30) and corner_features(images).shape[0] == 2
 

@@ -14,9 +14,10 @@ import pandas as pd
 
 from allstudy.core.atomic import read_json, write_json
 from allstudy.core.hashing import sha256_file
-from allstudy.evaluation.metrics import evaluate, inference_cost
+from allstudy.evaluation.metrics import Evaluation, evaluate, inference_cost
 from allstudy.models.layers import load_model
 from allstudy.training.pipeline import load_images
+from allstudy.training.run_folder import RunFolder, RunParams, finished_runs
 
 #: The source studies' published test accuracies: the figures to reproduce and to beat.
 PUBLISHED = [
@@ -54,32 +55,21 @@ def decision_summary(evaluation: dict) -> dict:
             "answered_macro_f1": test["answered_macro_f1"], "answered_macro_f1_ci": test["answered_macro_f1_ci"]}
 
 
-def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """The evaluation of one finished run (:func:`allstudy.evaluation.metrics.evaluate`), cached beside its predictions."""
-    run_dir = Path(run_dir)
-    predictions = run_dir / "predictions.csv"
-    if not predictions.exists():
-        raise FileNotFoundError(f"{predictions} is missing; train the run first (allstudy train --arch ...)")
-    key = {"predictions_sha256": sha256_file(predictions), "n_resamples": n_resamples, "seed": seed,
+def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int = 0) -> Evaluation:
+    """The evaluation of one finished run (:func:`allstudy.evaluation.metrics.evaluate`), cached in its folder."""
+    run = RunFolder(Path(run_dir))
+    if not run.predictions_file.exists():
+        raise FileNotFoundError(f"{run.predictions_file} is missing; train the run first (allstudy train --arch ...)")
+    key = {"predictions_sha256": sha256_file(run.predictions_file), "n_resamples": n_resamples, "seed": seed,
            "format": EVALUATION_FORMAT}
-    cached = run_dir / "evaluation.json"
-    if cached.exists():
-        previous = read_json(cached)
+    if run.evaluation_file.exists():
+        previous = read_json(run.evaluation_file)
         if previous.get("key") == key:
             return previous
-    params = read_json(run_dir / "params.json")
-    frame = pd.read_csv(predictions, keep_default_na=False)
-    report = {"key": key, **evaluate(frame, params["classes"], n_resamples=n_resamples, seed=seed)}
-    write_json(cached, report)
+    report: Evaluation = {"key": key, **evaluate(run.predictions(), run.params().classes, n_resamples=n_resamples,
+                                                 seed=seed)}
+    write_json(run.evaluation_file, report)
     return report
-
-
-def finished_runs(out: str | os.PathLike, names: list[str] | None = None) -> dict[str, Path]:
-    """The finished run folders under ``out/runs`` (those with a complete params.json), by name."""
-    runs = Path(out) / "runs"
-    found = {p.parent.name: p.parent for p in sorted(runs.glob("*/params.json"))
-             if (p.parent / "predictions.csv").exists() and read_json(p).get("complete")}
-    return {n: found[n] for n in (names if names is not None else found) if n in found}
 
 
 def choose(evaluations: dict[str, dict], params: dict[str, dict]) -> str:
@@ -87,15 +77,15 @@ def choose(evaluations: dict[str, dict], params: dict[str, dict]) -> str:
     if not evaluations:
         raise ValueError("no finished runs to choose from; train at least one architecture")
     return max(evaluations, key=lambda n: (evaluations[n]["val"]["macro_f1"], evaluations[n]["val"]["accuracy"],
-                                           -params[n].get("params", 0)))
+                                           -RunParams(params[n]).n_params))
 
 
 @dataclass(frozen=True)
 class Candidates:
     """The finished runs among some names, their evaluations and params, and the one chosen (on validation)."""
 
-    runs: dict[str, Path]
-    evaluations: dict[str, dict]
+    runs: dict[str, RunFolder]
+    evaluations: dict[str, Evaluation]
     params: dict[str, dict]
     chosen: str
 
@@ -104,20 +94,18 @@ def evaluate_and_choose(out: str | os.PathLike, names: list[str], n_resamples: i
                         seed: int = 0) -> Candidates:
     """Evaluate the finished runs among ``names`` under ``out/runs`` and choose one (:func:`choose`)."""
     runs = finished_runs(out, names)
-    evaluations = {name: evaluate_run(path, n_resamples, seed) for name, path in runs.items()}
-    params = {name: read_json(path / "params.json") for name, path in runs.items()}
+    evaluations = {name: evaluate_run(run, n_resamples, seed) for name, run in runs.items()}
+    params = {name: run.raw_params() for name, run in runs.items()}
     return Candidates(runs, evaluations, params, choose(evaluations, params))
 
 
-def run_summary(evaluation: dict, params: dict) -> dict:
+def run_summary(evaluation: Evaluation, params: dict) -> dict:
     """One run's entry of summary.json (the keys ../shared/DESIGN.md fixes, plus calibration detail)."""
     test, calibrated = evaluation["test"], evaluation["test_calibrated"]
+    view = RunParams(params)
     return {
-        "arch": params["arch"], "weights": params["config"]["weights"] or "none",
-        "input_size": params["input_size"], "input_mode": params["config"].get("input_mode", "original"),
-        "tta_views": params["config"].get("tta_views", 1),
-        "split_protocol": params.get("split_protocol", "grouped"),
-        "leaked_fields": params.get("leaked_fields", {"val": 0, "test": 0}),
+        "arch": view.arch, "weights": view.weights, "input_size": view.input_size, "input_mode": view.input_mode,
+        "tta_views": view.tta_views, "split_protocol": view.split_protocol, "leaked_fields": view.leaked_fields,
         "test": {"accuracy": test["accuracy"], "accuracy_ci": test["accuracy_ci"],
                  "macro_f1": test["macro_f1"], "macro_f1_ci": test["macro_f1_ci"],
                  "balanced_accuracy": test["balanced_accuracy"],
@@ -131,7 +119,7 @@ def run_summary(evaluation: dict, params: dict) -> dict:
         "decision": decision_summary(evaluation),
         "tradeoff": evaluation["decision"]["tradeoff"],
         # the run's own wall time (features included); epochs summed across resumes when it was interrupted
-        "train_seconds": max(params.get("train_seconds") or 0.0, params.get("epoch_seconds_total") or 0.0),
+        "train_seconds": view.train_seconds,
         "params": params["params"],
     }
 
@@ -250,21 +238,19 @@ def data_provenance(info: dict) -> dict:
 def split_images(out: str | os.PathLike, run: str, split: str = "test"):
     """A run's predictions on one split, the matching model inputs (as the run saw them) and its params."""
     out = Path(out)
-    run_dir = out / "runs" / run
-    params = read_json(run_dir / "params.json")
-    frame = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
+    folder = RunFolder.of(out, run)
+    params = folder.params()
+    frame = folder.predictions()
     frame = frame[frame["split"] == split].reset_index(drop=True)
     root = read_json(out / "data" / "data.json")["root"]
-    images = load_images(root, frame["path"].tolist(), params["input_size"], out / "cache",
-                         mode=params["config"].get("input_mode", "original"))
-    return frame, images, params
+    images = load_images(root, frame["path"].tolist(), params.input_size, out / "cache", mode=params.input_mode)
+    return frame, images, params.raw
 
 
 def inference_cost_of(run_dir: str | os.PathLike, model=None) -> dict:
     """Inference ms/image, parameters and file size of a run's saved model, measured once and cached."""
-    run_dir = Path(run_dir)
-    path = run_dir / "model.keras"
-    cached = run_dir / "cost.json"
+    run = RunFolder(Path(run_dir))
+    path, cached = run.model_file, run.cost_file
     key = sha256_file(path)
     if cached.exists() and read_json(cached).get("model_sha256") == key:
         return read_json(cached)
@@ -305,14 +291,14 @@ def plot_confusions(out: str | os.PathLike, runs: list[str]):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    runs = [r for r in runs if (Path(out) / "runs" / r / "evaluation.json").exists()]
+    runs = [r for r in runs if RunFolder.of(out, r).evaluation_file.exists()]
     cols = min(4, max(1, len(runs)))
     rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.1 * rows), squeeze=False)
     for ax in axes.ravel()[len(runs):]:
         ax.axis("off")
     for ax, run in zip(axes.ravel(), runs):
-        evaluation = read_json(Path(out) / "runs" / run / "evaluation.json")
+        evaluation = read_json(RunFolder.of(out, run).evaluation_file)
         classes = evaluation["classes"]
         sns.heatmap(evaluation["test"]["confusion_normalised"], annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
                     xticklabels=classes, yticklabels=classes, cbar=False, ax=ax)
@@ -326,7 +312,7 @@ def costs_table(out: str | os.PathLike, summary_: dict) -> pd.DataFrame:
     """Train seconds, parameters, model size and inference ms/image per run."""
     rows = []
     for name, run in summary_["runs"].items():
-        cost_path = Path(out) / "runs" / name / "cost.json"
+        cost_path = RunFolder.of(out, name).cost_file
         cost = read_json(cost_path) if cost_path.exists() else {}
         rows.append({"run": name, "train_seconds": run["train_seconds"], "params": run["params"],
                      "model_mb": (cost.get("file_bytes") or 0) / 1e6 or None, "ms_per_image": cost.get("ms_per_image"),

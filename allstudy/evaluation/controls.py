@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from allstudy.core.atomic import write_csv, write_json
 from allstudy.core.provenance import code_version, package_versions
 from allstudy.data.prepare import PreparedData
 from allstudy.data.segment import scale_bar_corner
 from allstudy.training.pipeline import load_images
+from allstudy.training.run_folder import RunFolder
 
 #: Network controls: run-name suffix -> (input mode, what the model sees).
 CONTROL_RUNS = {
@@ -62,7 +61,7 @@ BASELINES = {
 
 
 def run_baseline(name: str, data: PreparedData, out: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                 seed: int = 0) -> Path:
+                 seed: int = 0) -> RunFolder:
     """Fit one shortcut baseline (logistic regression, class-balanced) on train; write its run folder."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -70,7 +69,7 @@ def run_baseline(name: str, data: PreparedData, out: str | os.PathLike, cache_di
 
     featurise, description = BASELINES[name]
     start = time.perf_counter()
-    run_dir = Path(out) / "runs" / f"control-{name}"
+    run = RunFolder.of(out, f"control-{name}")
     classes = sorted(data.split["class"].unique())
     parts = {s: data.split[data.split["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
     features = {s: featurise(load_images(data.root, p["path"].tolist(), BASELINE_SIZE, cache_dir)) for s, p in parts.items()}
@@ -88,17 +87,16 @@ def run_baseline(name: str, data: PreparedData, out: str | os.PathLike, cache_di
             frame[f"p_{c}"] = proba[:, order[i]]
         frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True)
-    write_csv(predictions, run_dir / "predictions.csv")
     accuracy = {s: float((f["label"] == f["class"]).mean()) for s, f in predictions.groupby("split")}
-    write_json(run_dir / "metrics.json", {"accuracy": accuracy})
-    write_json(run_dir / "params.json", {
+    run.write_results(predictions, {"accuracy": accuracy})
+    run.write_params({
         "arch": "logistic-regression", "control": name, "description": description, "classes": classes,
         "input_size": BASELINE_SIZE, "preprocessing": "standardised features", "data_hash": data.info["data_hash"],
         "config": {"arch": "logistic-regression", "weights": None, "input_mode": name, "tta_views": 1, "seed": seed},
         "params": int(model[-1].coef_.size + model[-1].intercept_.size),
         "train_seconds": round(time.perf_counter() - start, 1), "code_version": code_version(),
         "packages": package_versions(), "complete": True})
-    return run_dir
+    return run
 
 
 def control_table(controls: dict[str, dict], chosen: dict) -> list[dict]:

@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -354,7 +354,23 @@ def _split_report(y: np.ndarray, proba: np.ndarray, classes: list[str], n_resamp
     return report
 
 
-def evaluate(frame: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0) -> dict:
+class Evaluation(TypedDict, total=False):
+    """A run's ``evaluation.json``: the report of :func:`evaluate`, and ``key``, the cache key that
+    :func:`allstudy.evaluation.compare.evaluate_run` stores with it."""
+
+    key: dict[str, Any]
+    classes: list[str]
+    temperature: float
+    ece_before: float
+    ece_after: float
+    val: dict[str, Any]
+    test: dict[str, Any]
+    test_calibrated: dict[str, Any]
+    decision: dict[str, Any]
+    bootstrap: dict[str, Any]
+
+
+def evaluate(frame: pd.DataFrame, classes: list[str], n_resamples: int = 1000, seed: int = 0) -> Evaluation:
     """The whole evaluation of a run's ``predictions.csv`` frame, JSON-serialisable.
 
     The temperature is fitted on the ``val`` rows only. Output::
@@ -377,10 +393,10 @@ def evaluate(frame: pd.DataFrame, classes: list[str], n_resamples: int = 1000, s
     proba = {s: probabilities(p, classes) for s, p in parts.items()}
     temperature = fit_temperature(proba["val"], y["val"])
     calibrated = {s: apply_temperature(p, temperature) for s, p in proba.items()}
-    report = {"classes": list(classes), "temperature": temperature}
-    for name, (split, probs) in {"val": ("val", proba), "test": ("test", proba),
-                                 "test_calibrated": ("test", calibrated)}.items():
-        report[name] = _split_report(y[split], probs[split], classes, n_resamples, seed, confidence)
+    report: Evaluation = {"classes": list(classes), "temperature": temperature}
+    report["val"] = _split_report(y["val"], proba["val"], classes, n_resamples, seed, confidence)
+    report["test"] = _split_report(y["test"], proba["test"], classes, n_resamples, seed, confidence)
+    report["test_calibrated"] = _split_report(y["test"], calibrated["test"], classes, n_resamples, seed, confidence)
     report["ece_before"] = report["test"]["ece"]
     report["ece_after"] = report["test_calibrated"]["ece"]
     policy = DecisionPolicy.fit(y["val"], calibrated["val"], classes)

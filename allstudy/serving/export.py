@@ -41,6 +41,7 @@ from allstudy.evaluation.decision import DecisionPolicy
 from allstudy.evaluation.metrics import apply_temperature
 from allstudy.models.convert import forward_function, run_batched, to_tflite
 from allstudy.serving import EXPORT_FORMATS
+from allstudy.serving.model_folder import ModelFolder, ModelMeta
 from allstudy.serving.predictor import Predictor
 
 FORMATS = EXPORT_FORMATS
@@ -90,14 +91,14 @@ def find_test_split(model_dir: str | os.PathLike, meta: dict, split_csv: str | o
                                                           "model in OUTDIR/models/chosen)")
         raise FileNotFoundError(f"cannot find the test split of {model_dir}: {where}; pass --split-csv "
                                 "OUTDIR/data/splits.csv of the study that trained it")
-    provenance = meta.get("provenance") or {}
-    model_hash = provenance.get("data_hash")
+    view = ModelMeta(meta)
+    model_hash = view.data_hash
     info = read_json(csv.parent / "data.json") if (csv.parent / "data.json").is_file() else {}
     data_hash = info.get("data_hash")
     if model_hash and data_hash and model_hash != data_hash:
         raise ValueError(f"{csv} splits other data (data hash {data_hash[:12]}…) than {model_dir} was trained on "
                          f"({model_hash[:12]}…); pass --split-csv the splits.csv of the study that trained it")
-    root = data or info.get("root") or (provenance.get("data") or {}).get("root")
+    root = data or info.get("root") or view.data_root
     if not root or not Path(root).is_dir():
         found = f"{root} does not exist" if root else "neither data.json nor model.json records it"
         raise FileNotFoundError(f"cannot find the images of {csv}: {found}; pass --data the dataset folder")
@@ -296,16 +297,15 @@ def export_model(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
              f"(Keras {row['keras_test_accuracy']:.2%}, {row['accuracy_change_pp']:+.2f} pp), verdict agreement "
              f"{row['verdict_agreement']:.4f}", quiet)
 
-    keras_file = predictor.model_dir / "model.keras"
-    provenance = meta.get("provenance") or {}
+    keras_file, view = predictor.folder.model_file, ModelMeta(meta)
     report = {
         "format": fmt, **variants[0], "variants": variants,
         "source": {"model_dir": str(model_dir), "model_sha256": sha256_file(keras_file),
-                   "model_bytes": keras_file.stat().st_size, "run": meta.get("run"), "arch": meta.get("arch"),
-                   "tta_views": meta.get("tta_views"), "input_mode": meta.get("input_mode"),
-                   "code_version": provenance.get("code_version")},
+                   "model_bytes": keras_file.stat().st_size, "run": view.run, "arch": view.arch,
+                   "tta_views": view.tta_views, "input_mode": view.input_mode,
+                   "code_version": view.provenance.get("code_version")},
         "data": {"splits_csv": str(split.splits_csv), "root": str(split.root), "split": "test",
-                 "data_hash": split.data_hash or provenance.get("data_hash"), "n_test": len(split.paths),
+                 "data_hash": split.data_hash or view.data_hash, "n_test": len(split.paths),
                  "limited_to": limit},
         "io": {"input": {"name": "image", "shape": [None, size, size, 3], "dtype": "float32",
                          "values": "RGB 0..255, as allstudy.serving.predictor.Predictor.model_input gives"},
@@ -315,6 +315,6 @@ def export_model(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
         "tools": _versions(fmt),
         "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
     }
-    write_json(out / "model.json", meta)
+    write_json(ModelFolder(out).meta_file, meta)
     write_json(out / "parity.json", report)  # last: its presence marks a complete export
     return report

@@ -8,24 +8,24 @@ temperature and the decision policy, both fitted on validation) and what a reade
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-from allstudy.core.atomic import atomic_path, write_json, write_text
 from allstudy.data.classes import display_name, is_malignant
-from allstudy.evaluation.metrics import plot_tradeoff
+from allstudy.evaluation.metrics import Evaluation, plot_tradeoff
+from allstudy.serving.model_folder import ModelFolder
+from allstudy.training.run_folder import RunFolder, RunParams
 
 
-def model_json(run: str, params: dict, evaluation: dict, data_info: dict) -> dict:
+def model_json(run: str, params: dict, evaluation: Evaluation, data_info: dict) -> dict:
     """The metadata of a deployable model (see the module docstring)."""
-    test = evaluation["test"]
+    test, view = evaluation["test"], RunParams(params)
     return {
-        "format": 1, "run": run, "arch": params["arch"], "weights": params["config"]["weights"] or "none",
-        "classes": params["classes"], "display_names": {c: display_name(c) for c in params["classes"]},
-        "malignant": {c: is_malignant(c) for c in params["classes"]},
-        "input_size": params["input_size"], "input_mode": params["config"].get("input_mode", "original"),
+        "format": 1, "run": run, "arch": view.arch, "weights": view.weights,
+        "classes": view.classes, "display_names": {c: display_name(c) for c in view.classes},
+        "malignant": {c: is_malignant(c) for c in view.classes},
+        "input_size": view.input_size, "input_mode": view.input_mode,
         "preprocessing": f"inside the model ({params['preprocessing']}); feed RGB 0..255",
-        "tta_views": params["config"].get("tta_views", 1),
+        "tta_views": view.tta_views,
         "temperature": evaluation["temperature"],
         "decision": evaluation["decision"]["policy"],
         "metrics": {"test": {k: test[k] for k in ("n", "accuracy", "accuracy_ci", "balanced_accuracy", "macro_f1",
@@ -152,17 +152,11 @@ def decision_lines(policy: dict, decided: dict, tradeoff: list[dict]) -> list[st
     return lines
 
 
-def write_model_dir(run_dir: str | os.PathLike, dest: str | os.PathLike, run: str, params: dict, evaluation: dict,
-                    data_info: dict, controls: dict | None = None) -> Path:
-    """Copy a run's model into ``dest`` with model.json and MODEL_CARD.md, each file written atomically."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest / "model.keras") as tmp:
-        shutil.copyfile(Path(run_dir) / "model.keras", tmp)
+def write_model_dir(run_dir: str | os.PathLike, dest: str | os.PathLike, run: str, params: dict,
+                    evaluation: Evaluation, data_info: dict, controls: dict | None = None) -> ModelFolder:
+    """Copy a run's model into the model folder ``dest`` with model.json, MODEL_CARD.md and tradeoff.png."""
+    folder = ModelFolder(Path(dest))
     meta = model_json(run, params, evaluation, data_info)
-    with atomic_path(dest / "tradeoff.png") as tmp:
-        plot_tradeoff(evaluation["decision"]["tradeoff"], meta["decision"]["alpha"]).savefig(
-            tmp, format="png", dpi=100, bbox_inches="tight")
-    write_text(dest / "MODEL_CARD.md", model_card(meta, params, data_info, controls))
-    write_json(dest / "model.json", meta)  # last: its presence marks a complete folder
-    return dest
+    folder.write(RunFolder(Path(run_dir)).model_file, meta, model_card(meta, params, data_info, controls),
+                 plot_tradeoff(evaluation["decision"]["tradeoff"], meta["decision"]["alpha"]))
+    return folder

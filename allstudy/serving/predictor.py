@@ -34,25 +34,21 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from allstudy.core.atomic import read_json
-from allstudy.data.classes import display_name, is_malignant
 from allstudy.data.images import ImageProblem, check_image, read_rgb, to_rgb
 from allstudy.data.preprocess import model_input, to_input
 from allstudy.evaluation.decision import DecisionPolicy
 from allstudy.evaluation.gradcam import gradcam_for, overlay
 from allstudy.evaluation.metrics import apply_temperature
 from allstudy.models.convert import forward_function
-from allstudy.models.layers import load_model, single_view
+from allstudy.models.layers import single_view
+from allstudy.serving.model_folder import RUN_FIRST, ModelFolder, ModelMeta
 from allstudy.serving.ood import OODGuard, compression_artefacts, fine_detail, guard_statistics
 from allstudy.serving.runtime import load_serving
 
-#: Keys model.json must have for prediction (see allstudy.serving.modelcard.model_json).
-REQUIRED_KEYS = ("classes", "input_size", "input_mode", "temperature", "decision")
 VERDICTS = ("benign", "malignant", "uncertain", "out-of-distribution")
 RUNTIMES = ("auto", "keras", "tflite")
 UNCERTAIN_MESSAGE = "uncertain: refer for expert review"
 OOD_MESSAGE = "outside what this model was trained on"
-_RUN_FIRST = "run `python -m allstudy run` first (it writes OUTDIR/models/chosen/), or pass --model a model folder"
 
 
 @dataclass
@@ -114,16 +110,6 @@ def read_image(image) -> Image.Image:
                              "a PIL image or a uint8 array")
 
 
-def _check_meta(meta, path: Path) -> dict:
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} is not a model description (a JSON object); {_RUN_FIRST}")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by allstudy.serving.modelcard; "
-                         f"{_RUN_FIRST}")
-    return meta
-
-
 class Predictor:
     """The model of a model folder, ready to answer (see the module docstring).
 
@@ -137,48 +123,39 @@ class Predictor:
                  runtime: str = "auto"):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        folder = Path(model_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model folder {folder} does not exist; {_RUN_FIRST}")
-        for name in ("model.keras", "model.json"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"model folder {folder} has no {name}; it is not a complete model folder: "
-                                        f"{_RUN_FIRST}")
-        self.model_dir = folder
-        self.meta = _check_meta(read_json(folder / "model.json"), folder / "model.json")
+        folder = ModelFolder(Path(model_dir))
+        folder.check_complete()
+        self.folder, self.model_dir = folder, folder.path
+        view = folder.meta()
+        self.meta = view.raw
+        self.model = folder.load_model()
+        self.classes: list[str] = view.classes
+        self.input_size = view.input_size
+        self.input_mode = view.input_mode
+        self.temperature = view.temperature
         try:
-            self.model = load_model(folder / "model.keras")
-        except Exception as err:
-            raise ValueError(f"{folder / 'model.keras'} cannot be loaded ({type(err).__name__}: {err}); "
-                             f"{_RUN_FIRST}") from None
-        meta = self.meta
-        self.classes: list[str] = list(meta["classes"])
-        self.input_size = int(meta["input_size"])
-        self.input_mode = str(meta["input_mode"])
-        self.temperature = float(meta["temperature"])
-        try:
-            self.policy = DecisionPolicy.from_json(meta["decision"])
+            self.policy = DecisionPolicy.from_json(view.decision)
         except ValueError as err:
-            raise ValueError(f"{folder / 'model.json'}: {err}; {_RUN_FIRST}") from None
+            raise ValueError(f"{folder.meta_file}: {err}; {RUN_FIRST}") from None
         if list(self.policy.classes) != self.classes:
-            raise ValueError(f"{folder / 'model.json'}: its decision policy is for classes {list(self.policy.classes)}, "
-                             f"the model's are {self.classes}; {_RUN_FIRST}")
+            raise ValueError(f"{folder.meta_file}: its decision policy is for classes {list(self.policy.classes)}, "
+                             f"the model's are {self.classes}; {RUN_FIRST}")
         self.batch_size = int(batch_size)
         if tuple(self.model.input_shape[1:]) != (self.input_size, self.input_size, 3):
             raise ValueError(f"{folder}: model.json says {self.input_size}-px inputs, model.keras takes "
-                             f"{self.model.input_shape[1:]}; {_RUN_FIRST}")
+                             f"{self.model.input_shape[1:]}; {RUN_FIRST}")
         if int(self.model.output_shape[-1]) != len(self.classes):
             raise ValueError(f"{folder}: model.json lists {len(self.classes)} classes, model.keras outputs "
-                             f"{self.model.output_shape[-1]}; {_RUN_FIRST}")
+                             f"{self.model.output_shape[-1]}; {RUN_FIRST}")
 
-        self.display_names = {c: meta.get("display_names", {}).get(c, display_name(c)) for c in self.classes}
-        self.malignant = {c: bool(meta.get("malignant", {}).get(c, is_malignant(c))) for c in self.classes}
+        self.display_names = view.display_names
+        self.malignant = view.malignant
 
         self.guard = None
-        if (folder / "ood.json").is_file():
-            self.guard = OODGuard.load(folder / "ood.json")
+        if folder.guard_file.is_file():
+            self.guard = OODGuard.load(folder.guard_file)
             if self.guard.input_size != self.input_size or self.guard.input_mode != self.input_mode:
-                raise ValueError(f"{folder / 'ood.json'} was fitted for {self.guard.input_size}-px "
+                raise ValueError(f"{folder.guard_file} was fitted for {self.guard.input_size}-px "
                                  f"{self.guard.input_mode} inputs, the model takes {self.input_size}-px "
                                  f"{self.input_mode} ones; fit the guard again (allstudy.serving.ood.fit_guard)")
         self._build_forward(tf, runtime)
@@ -319,7 +296,7 @@ class Predictor:
     @property
     def info(self) -> dict:
         """What the app's model panel shows: architecture, classes, input, metrics with CIs, provenance, use."""
-        meta = self.meta
+        view = ModelMeta(self.meta)
         if self.guard is None:
             ood = "no ood.json in the model folder: inputs unlike the training fields are NOT detected"
         else:
@@ -330,13 +307,11 @@ class Predictor:
                    f"detail than all but {1 - self.guard.quantile:.1%} of them, and a compression check flagging "
                    f"stronger JPEG block edges than all but {1 - self.guard.quantile:.1%} of them")
         return {
-            "model_dir": str(self.model_dir), "run": meta.get("run"), "arch": meta.get("arch"),
-            "weights": meta.get("weights"), "classes": self.classes, "display_names": self.display_names,
+            "model_dir": str(self.model_dir), "run": view.run, "arch": view.arch,
+            "weights": view.weights, "classes": self.classes, "display_names": self.display_names,
             "malignant": self.malignant, "input_size": self.input_size, "input_mode": self.input_mode,
-            "tta_views": meta.get("tta_views", 1), "temperature": self.temperature,
-            "decision": meta.get("decision"),
-            "metrics": meta.get("metrics", {}), "provenance": meta.get("provenance", {}),
-            "intended_use": meta.get("intended_use", "research and teaching; not a diagnostic device"),
+            "tta_views": view.tta_views, "temperature": self.temperature, "decision": view.decision,
+            "metrics": view.metrics, "provenance": view.provenance, "intended_use": view.intended_use,
             "ood": ood, "ood_thresholds": None if self.guard is None else self.guard.thresholds,
             "gradcam": self._explainer is not None, "runtime": self.runtime, "runtime_note": self.runtime_note,
         }

@@ -26,10 +26,9 @@ import numpy as np
 from allstudy.core.atomic import atomic_path, read_json, write_json
 from allstudy.core.hashing import sha256_file
 from allstudy.models.convert import forward_function, litert_available, run_batched, to_tflite
-from allstudy.models.layers import load_model
+from allstudy.serving.model_folder import ModelFolder
 
-SERVING_FILE = "serving.tflite"
-SERVING_JSON = "serving.json"
+SERVING_FILE, SERVING_JSON = ModelFolder(Path()).serving_file.name, ModelFolder(Path()).serving_record_file.name
 #: Largest accepted difference of a class probability between the file and the Keras model.
 MAX_PROBABILITY_DIFF = 1e-4
 #: Largest accepted difference of the embedding, relative to its largest magnitude.
@@ -60,15 +59,15 @@ class ServingRunner:
 
 def load_serving(model_dir: str | os.PathLike) -> tuple[ServingRunner | None, str]:
     """(runner, why) for a model folder: the runner when its serving file is vouched for, else None and why not."""
-    folder = Path(model_dir)
-    record, file = folder / SERVING_JSON, folder / SERVING_FILE
+    model = ModelFolder(Path(model_dir))
+    folder, record, file = model.path, model.serving_record_file, model.serving_file
     if not record.is_file() or not file.is_file():
         return None, f"no {SERVING_FILE} with its {SERVING_JSON} in {folder} (the study writes them)"
     try:
         facts = read_json(record)
     except ValueError as err:
         return None, f"{record} is unreadable ({err})"
-    if facts.get("model_sha256") != sha256_file(folder / "model.keras"):
+    if facts.get("model_sha256") != sha256_file(model.model_file):
         return None, f"{record} describes another model.keras: {SERVING_FILE} is stale"
     if facts.get("file_sha256") != sha256_file(file):
         return None, f"{file} is not the file {record} vouches for"
@@ -88,9 +87,9 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
     Returns serving.json's content; ``accepted`` is False (and no file is left) when the check fails.
     Reused as it is while model.keras is unchanged.
     """
-    folder = Path(model_dir)
-    record, file = folder / SERVING_JSON, folder / SERVING_FILE
-    model_sha = sha256_file(folder / "model.keras")
+    target = ModelFolder(Path(model_dir))
+    record, file = target.serving_record_file, target.serving_file
+    model_sha = sha256_file(target.model_file)
     if record.is_file() and file.is_file():
         facts = read_json(record)
         if facts.get("model_sha256") == model_sha and facts.get("file_sha256") == sha256_file(file):
@@ -101,7 +100,7 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
         return {"accepted": False, "reason": "LiteRT is not installed"}
     if not quiet:
         print(f"writing {file} (the forward pass in LiteRT) and checking it on {len(inputs)} fields")
-    model = load_model(folder / "model.keras")
+    model = target.load_model()
     size = int(model.input_shape[1])
     function = forward_function(model, size, embedding=True)
     inputs = np.asarray(inputs, dtype=np.float32)

@@ -27,13 +27,12 @@ from allstudy.evaluation.compare import (
     data_provenance,
     evaluate_and_choose,
     evaluate_run,
-    finished_runs,
     run_summary,
     summary,
 )
 from allstudy.evaluation.controls import BASELINES, CONTROL_RUNS, IMAGE_SPLIT_RUN, control_table, run_baseline
-from allstudy.models.layers import load_model
 from allstudy.models.profiles import get_profile, train_config
+from allstudy.serving.model_folder import ModelFolder
 from allstudy.serving.modelcard import write_model_dir
 from allstudy.serving.ood import FORMAT as GUARD_FORMAT
 from allstudy.serving.ood import OODGuard, fit_guard
@@ -42,6 +41,7 @@ from allstudy.study.notebooks import StepResult, execute_notebook
 from allstudy.study.report import render_report
 from allstudy.training.fit import deterministic_ops, feature_rows, features_dir, train
 from allstudy.training.pipeline import load_images
+from allstudy.training.run_folder import RunParams, finished_runs
 
 #: The study's notebooks, in order; 03_train runs once per architecture of the profile.
 STEPS = ("01_explore", "02_preprocess", "03_train", "04_evaluate", "05_compare")
@@ -106,8 +106,8 @@ def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], c
     found, evaluations, params, chosen = (candidates.runs, candidates.evaluations, candidates.params,
                                           candidates.chosen)
     control_dirs = finished_runs(out, controls)
-    control_rows = control_table({name: run_summary(evaluate_run(path, n_resamples, seed), read_json(path / "params.json"))
-                                  for name, path in control_dirs.items()}, run_summary(evaluations[chosen], params[chosen]))
+    control_rows = control_table({name: run_summary(evaluate_run(run, n_resamples, seed), run.raw_params())
+                                  for name, run in control_dirs.items()}, run_summary(evaluations[chosen], params[chosen]))
     info = data_provenance(prepared.info)
     result = summary(info, evaluations, params, chosen, {"rows": control_rows})
     result["provenance"] = {"data_hash": info.get("data_hash"), "code_version": code_version(),
@@ -116,8 +116,9 @@ def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], c
     write_csv(comparison_table(result), out / "comparison.csv")
     write_model_dir(found[chosen], out / "models" / "chosen", chosen, params[chosen], evaluations[chosen], info,
                     {"rows": control_rows})
-    fit_chosen_guard(out / "models" / "chosen", prepared, params[chosen], out / "cache")
-    write_chosen_serving(out / "models" / "chosen", prepared, params[chosen], out / "cache")
+    model_folder = ModelFolder(out / "models" / "chosen")
+    fit_chosen_guard(model_folder, prepared, params[chosen], out / "cache")
+    write_chosen_serving(model_folder, prepared, params[chosen], out / "cache")
     return result
 
 
@@ -125,22 +126,23 @@ def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], c
 SERVING_CHECK_FIELDS = 64
 
 
-def write_chosen_serving(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> dict:
+def write_chosen_serving(folder: ModelFolder, prepared: PreparedData, params: dict, cache_dir: Path) -> dict:
     """Write the model folder's serving file (allstudy.serving.runtime), checked on validation fields; reused while
     model.keras is unchanged."""
+    view = RunParams(params)
     paths = prepared.split.loc[prepared.split["split"] == "val", "path"].tolist()[:SERVING_CHECK_FIELDS]
-    fields = load_images(prepared.root, paths, params["input_size"], cache_dir)
-    return write_serving(model_dir, model_inputs(fields, params["config"].get("input_mode", "original")))
+    fields = load_images(prepared.root, paths, view.input_size, cache_dir)
+    return write_serving(folder, model_inputs(fields, view.input_mode))
 
 
 def cached_train_embedding(params: dict, prepared: PreparedData, cache_dir: Path):
     """A transfer run's cached backbone features of the upright training fields: the embedding its guard reads
     (the head's input), as training computed them; None for a model trained on images, a fine-tuned backbone
     (the features no longer describe it) or a missing cache."""
-    if not params.get("feature_runtime") or params["config"].get("epochs", 0) > 0:
+    view = RunParams(params)
+    if not view.feature_runtime or view.fine_tuned:
         return None
-    folder = features_dir(cache_dir, params["config"], params.get("weights_sha256") or params.get("weights_file"),
-                          params["input_size"], params["data_hash"])
+    folder = features_dir(cache_dir, params["config"], view.weights_key, view.input_size, params["data_hash"])
     path = folder / "features-view0.npy" if folder else None
     if not (path and path.exists()):
         return None
@@ -148,19 +150,19 @@ def cached_train_embedding(params: dict, prepared: PreparedData, cache_dir: Path
     return features[feature_rows(prepared.split)["train"]] if len(features) == len(prepared.split) else None
 
 
-def fit_chosen_guard(model_dir: Path, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:
+def fit_chosen_guard(folder: ModelFolder, prepared: PreparedData, params: dict, cache_dir: Path) -> Path:
     """Fit the out-of-distribution guard of a model folder on its training fields (validation sets the
     thresholds) and write ``ood.json``; reused while the model file and the guard's format are unchanged."""
-    target, stamp_path = model_dir / "ood.json", model_dir / ".ood.stamp.json"
-    stamp = {"model_sha256": sha256_file(model_dir / "model.keras"),
-             "guard_format": GUARD_FORMAT}
+    target, stamp_path = folder.guard_file, folder.guard_stamp_file
+    stamp = {"model_sha256": sha256_file(folder.model_file), "guard_format": GUARD_FORMAT}
     if target.exists() and stamp_path.exists() and read_json(stamp_path) == stamp:
         return target
     print("fitting the out-of-distribution guard of the chosen model")
-    model = load_model(model_dir / "model.keras")
+    model = folder.load_model()
+    view = RunParams(params)
     images = {s: load_images(prepared.root, prepared.split.loc[prepared.split["split"] == s, "path"].tolist(),
-                             params["input_size"], cache_dir) for s in ("train", "val")}
-    guard: OODGuard = fit_guard(model, images["train"], images["val"], params["config"].get("input_mode", "original"),
+                             view.input_size, cache_dir) for s in ("train", "val")}
+    guard: OODGuard = fit_guard(model, images["train"], images["val"], view.input_mode,
                                 train_embedding=cached_train_embedding(params, prepared, cache_dir))
     guard.save(target)
     write_json(stamp_path, stamp)

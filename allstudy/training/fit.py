@@ -1,8 +1,5 @@
-"""Training runs: resumable fits, transfer learning in two phases, and the run folder.
-
-A run folder ``outputs/runs/<run>/`` holds ``model.keras``, ``params.json`` (every parameter, the
-data hash, code and package versions), ``history.csv``, ``curves.png``, ``predictions.csv`` and
-``metrics.json``. While training, each stage keeps ``<stage>/state.json`` and the checkpoint it
+"""Training runs: resumable fits and transfer learning in two phases, into a run folder
+(:class:`allstudy.training.run_folder.RunFolder`). While training, each stage keeps ``<stage>/state.json`` and the checkpoint it
 names, both written atomically after every epoch; ``kill -9`` at any moment, then the same command,
 resumes from the last finished epoch.
 
@@ -27,7 +24,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from allstudy.core.atomic import atomic_path, cached_array, read_json, write_csv, write_json
+from allstudy.core.atomic import atomic_path, cached_array, read_json, write_json
 from allstudy.core.hashing import sha256_file, short_hash
 from allstudy.core.provenance import code_version, package_versions
 from allstudy.data.prepare import PreparedData
@@ -38,6 +35,7 @@ from allstudy.models.profiles import STRATEGIES, TrainConfig
 from allstudy.models.registry import Built, adapt_standardise, build_model, copy_weights, get_architecture, unfreeze_top
 from allstudy.models.views import DIHEDRAL_VIEWS, dihedral
 from allstudy.training.pipeline import class_weights, load_images, make_dataset
+from allstudy.training.run_folder import RunFolder
 
 
 @dataclass
@@ -249,17 +247,15 @@ class _FeatureExtractor:
 def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
           progress: bool = True, weights_dir: str | os.PathLike | None = None) -> RunResult:
     """Train one architecture on a prepared dataset into ``run_dir``; reuse a finished run with the same parameters."""
-    run_dir = Path(run_dir)
-    params_path = run_dir / "params.json"
+    run = RunFolder(Path(run_dir))
     identity = {"config": asdict(config), "data_hash": data.info["data_hash"], "split_hash": split_hash(data.split),
                 "code_source": code_version()["training_source_sha256"]}
-    if params_path.exists() and (run_dir / "model.keras").exists():
-        params = read_json(params_path)
+    if run.params_file.exists() and run.model_file.exists():
+        params = run.raw_params()
         if {k: params.get(k) for k in identity} == identity:
-            print(f"{config.arch}: unchanged since its last run, reused {run_dir}")
-            return RunResult(run_dir, params, pd.read_csv(run_dir / "history.csv"), skipped=True,
-                             metrics=read_json(run_dir / "metrics.json"))
-    work = run_dir / "training"
+            print(f"{config.arch}: unchanged since its last run, reused {run.path}")
+            return RunResult(run.path, params, run.history(), skipped=True, metrics=run.metrics())
+    work = run.work_dir
     stamp_path = work / "identity.json"
     if stamp_path.exists() and read_json(stamp_path) != identity:
         shutil.rmtree(work)  # checkpoints of other parameters or data: start over
@@ -349,12 +345,7 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     predictions = _prediction_frame(parts, probabilities, classes)
     metrics = {s: float((predictions[predictions["split"] == s]["label"] ==
                          predictions[predictions["split"] == s]["class"]).mean()) for s in ("val", "test")}
-    with atomic_path(run_dir / "model.keras") as tmp:
-        deployable.save(tmp)
-    write_csv(history, run_dir / "history.csv")
-    write_csv(predictions, run_dir / "predictions.csv")
-    plot_curves(history, config.arch).savefig(run_dir / "curves.png", dpi=110, bbox_inches="tight")
-    write_json(run_dir / "metrics.json", {"accuracy": metrics})
+    run.write_results(predictions, {"accuracy": metrics}, history, deployable, plot_curves(history, config.arch))
     params = {**identity, "arch": config.arch, "classes": classes, "input_size": size,
               "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _weights_sha256(built.weights),
               "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
@@ -365,9 +356,9 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
               "leaked_fields": data.info.get("leaked_fields", {"val": 0, "test": 0}),
               "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
               "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
-    write_json(params_path, params)  # last: its presence marks a finished run
+    run.write_params(params)
     shutil.rmtree(work, ignore_errors=True)
-    return RunResult(run_dir, params, history, metrics={"accuracy": metrics})
+    return RunResult(run.path, params, history, metrics={"accuracy": metrics})
 
 
 def _deployable(model):
