@@ -1,4 +1,4 @@
-"""The security properties the README's Security section lists that are checked statically (fast, no model):
+"""The security properties docs/security.md lists that are checked statically (fast, no model):
 exact dependency pins, safe-mode model loading everywhere, the app's loopback default. The app's runtime
 properties (upload size and count limits, no path outside the uploads) are in test_app.py."""
 from __future__ import annotations
@@ -38,30 +38,49 @@ def test_the_gpu_build_is_the_same_tensorflow_and_environment_yml_installs_it():
     assert 10 <= int(python.split(".")[1]) <= 13  # within requires-python
 
 
-def _load_model_calls(source: str, where: str) -> list[tuple[str, bool]]:
+def _keras_load_calls(source: str, where: str) -> list[tuple[str, bool]]:
+    """Calls of Keras' own loader (``keras.saving.load_model``, ``keras.models.load_model``, ``tf.keras...``):
+    where they are, and whether ``safe_mode=True`` is written out."""
     calls = []
     for node in ast.walk(ast.parse(source, where)):
-        if isinstance(node, ast.Call):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if name == "load_model":
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load_model":
+            owner = ast.unparse(node.func.value)
+            if owner.endswith(("saving", "models")):
                 safe = any(k.arg == "safe_mode" and isinstance(k.value, ast.Constant) and k.value.value is True
                            for k in node.keywords)
                 calls.append((f"{where}:{node.lineno}", safe))
     return calls
 
 
-def test_every_model_load_uses_safe_mode():
-    """keras.saving.load_model / keras.models.load_model: safe_mode=True, written out, in the package, the app,
-    the benchmarks and every notebook (a .keras file with a Lambda layer cannot run code when loaded)."""
-    calls = []
-    for path in [*(ROOT / "allstudy").rglob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]:
-        calls += _load_model_calls(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+def _sources() -> list[tuple[str, str]]:
+    """(where, source) of the package, the app, the benchmarks and every notebook's code cells."""
+    sources = [(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
+               for path in [*(ROOT / "allstudy").rglob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]]
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
             if cell.cell_type == "code":
-                calls += _load_model_calls(cell.source, f"{path.name} cell {i}")
-    assert len(calls) >= 5, calls  # the Predictor, the guard, evaluation, training, models, 04_evaluate
-    assert all(safe for _, safe in calls), [where for where, safe in calls if not safe]
+                sources.append((f"{path.name} cell {i}", cell.source))
+    return sources
+
+
+def test_every_model_load_uses_safe_mode():
+    """Keras' loader is called in one place, models.layers.load_model, with safe_mode=True written out; the
+    package, the app, the benchmarks and every notebook load through it (a .keras file with a Lambda layer
+    cannot run code when loaded)."""
+    calls = [call for where, source in _sources() for call in _keras_load_calls(source, where)]
+    assert [where.split(":")[0] for where, _ in calls] == ["allstudy/models/layers.py"], calls
+    assert all(safe for _, safe in calls), calls
+
+
+def test_every_other_load_goes_through_the_one_loader():
+    """Every other load goes through models.layers.load_model (the name is imported from there)."""
+    users = [where for where, source in _sources() if "load_model(" in source and "def load_model" not in source]
+    assert len(users) >= 5, users  # evaluation, training, the registry, the model folder, 04_evaluate
+    for where, source in _sources():
+        tree = ast.parse(source, where)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "load_model" for a in node.names):
+                assert node.module in ("allstudy.models.layers", "allstudy"), f"{where}: load_model from {node.module}"
 
 
 def test_no_pickle_loading_in_the_package():
