@@ -3,6 +3,7 @@
 The same launcher as ``python -m allstudy serve`` (see allstudy/serving/app.py); it binds 127.0.0.1, opens a
 public link only with ``--share``, and uses outputs/models/chosen/ unless ``--model`` says otherwise.
 """
+
 from __future__ import annotations
 
 import sys

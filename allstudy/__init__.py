@@ -5,6 +5,7 @@ and the data commands do not start TensorFlow):
 
 >>> from allstudy import Predictor, prepare_data, run, train
 """
+
 from __future__ import annotations
 
 import importlib
@@ -34,9 +35,24 @@ _API = {
     "run": ("allstudy.study.runner", "run"),
     "train_architecture": ("allstudy.study.runner", "train_architecture"),
 }
-__all__ = ["DecisionPolicy", "Predictor", "TrainConfig", "__version__", "build_model", "evaluate_run", "export_model",
-           "generate_dataset", "launch", "load_model", "prepare_data", "run", "scan", "train", "train_architecture",
-           "train_config"]
+__all__ = [
+    "DecisionPolicy",
+    "Predictor",
+    "TrainConfig",
+    "__version__",
+    "build_model",
+    "evaluate_run",
+    "export_model",
+    "generate_dataset",
+    "launch",
+    "load_model",
+    "prepare_data",
+    "run",
+    "scan",
+    "train",
+    "train_architecture",
+    "train_config",
+]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time each name is imported on first use
     from allstudy.data.prepare import prepare as prepare_data

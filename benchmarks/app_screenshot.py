@@ -13,6 +13,7 @@ prints what the page showed, and stops the app.
 Choose an image of the model's test split (``OUTDIR/data/splits.csv``) so that the model has not seen it.
 Needs Playwright and a Chromium (``make browser``); exits with status 2 and the reason otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     app = launch(args.model, port=args.port or free_port(), prevent_thread_lock=True, quiet=True)
     try:
         if app.allstudy_dir is None:  # the app started without a model: its how-to page, nothing to upload
-            print(f"cannot take the screenshot: no usable model in {args.model} (the app shows how to make one)",
-                  file=sys.stderr)
+            print(
+                f"cannot take the screenshot: no usable model in {args.model} (the app shows how to make one)",
+                file=sys.stderr,
+            )
             return 2
         shown = screenshot_prediction(app.local_url, args.image, args.out, timeout_s=args.timeout)
     finally:

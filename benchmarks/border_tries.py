@@ -15,6 +15,7 @@ lower log-loss); the test columns are for the report, never for choosing.
 
     .venv/bin/python benchmarks/border_tries.py --study outputs/study-cpu --out outputs/benchmarks/border_tries.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,23 +63,38 @@ def main() -> None:
     per_run = []
     for r in args.runs:
         p = params[r]
-        folder = features_dir(study / "cache", p["config"], p["weights_sha256"] or p["weights_file"], p["input_size"],
-                              p["data_hash"])
+        folder = features_dir(
+            study / "cache", p["config"], p["weights_sha256"] or p["weights_file"], p["input_size"], p["data_hash"]
+        )
         per_run.append(np.stack([np.load(folder / f"features-view{k}.npy") for k in views]))  # (views, fields, d)
     every = np.concatenate(per_run, axis=-1)
     x = {s: every[:, rows[s]] for s in ("train", "val", "test")}
     y = {s: split.loc[split["split"] == s, "class"].map(index).to_numpy() for s in ("train", "val", "test")}
     keras.utils.set_random_seed(0)
-    head = keras.Sequential([keras.Input((every.shape[-1],)), keras.layers.Normalization(name="standardise"),
-                             keras.layers.Dense(len(classes), activation="softmax", name="probabilities")])
+    head = keras.Sequential(
+        [
+            keras.Input((every.shape[-1],)),
+            keras.layers.Normalization(name="standardise"),
+            keras.layers.Dense(len(classes), activation="softmax", name="probabilities"),
+        ]
+    )
     train_x = x["train"].reshape(-1, every.shape[-1])
     train_y = keras.utils.to_categorical(np.tile(y["train"], len(views)), len(classes))
     unscaled = adapt_standardise(head.get_layer("standardise"), train_x)
     steps = args.epochs * -(-len(train_x) // 32)
-    head.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)),
-                 loss="categorical_crossentropy")
-    head.fit(train_x, train_y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0,
-             class_weight=class_weights(y["train"], len(classes)))
+    head.compile(
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)),
+        loss="categorical_crossentropy",
+    )
+    head.fit(
+        train_x,
+        train_y,
+        batch_size=32,
+        epochs=args.epochs,
+        shuffle=True,
+        verbose=0,
+        class_weight=class_weights(y["train"], len(classes)),
+    )
     concat = frames[args.runs[0]].copy()
     for s in ("val", "test"):
         mean = np.mean([head.predict(v, batch_size=256, verbose=0) for v in x[s]], axis=0)
@@ -92,8 +108,10 @@ def main() -> None:
     candidates["concat"] = concat
 
     results = []
-    header = (f"{'candidate':12s} {'val err':>7s} {'val nll':>8s} {'val miss':>8s} {'val ref':>7s} | "
-              f"{'test err':>8s} {'test acc':>8s} {'test miss':>9s} {'test ref':>8s} {'answered acc':>12s}")
+    header = (
+        f"{'candidate':12s} {'val err':>7s} {'val nll':>8s} {'val miss':>8s} {'val ref':>7s} | "
+        f"{'test err':>8s} {'test acc':>8s} {'test miss':>9s} {'test ref':>8s} {'answered acc':>12s}"
+    )
     print(header)
     for name, frame in candidates.items():
         report = evaluate(frame, classes, n_resamples=200, seed=0)
@@ -102,23 +120,39 @@ def main() -> None:
             part = frame[frame["split"] == s]
             p, t = probabilities(part, classes), labels_of(part, classes)
             decided = report["decision"][s]
-            row.update({f"{s}_errors": int((p.argmax(axis=1) != t).sum()), f"{s}_n": int(len(t)),
-                        f"{s}_nll": float(-np.log(np.clip(p[np.arange(len(t)), t], 1e-12, 1)).mean()),
-                        f"{s}_missed": decided["malignant_called_benign"]["count"],
-                        f"{s}_referred": decided["referred"]["count"],
-                        f"{s}_answered_accuracy": decided["answered_accuracy"]["rate"]})
+            row.update(
+                {
+                    f"{s}_errors": int((p.argmax(axis=1) != t).sum()),
+                    f"{s}_n": int(len(t)),
+                    f"{s}_nll": float(-np.log(np.clip(p[np.arange(len(t)), t], 1e-12, 1)).mean()),
+                    f"{s}_missed": decided["malignant_called_benign"]["count"],
+                    f"{s}_referred": decided["referred"]["count"],
+                    f"{s}_answered_accuracy": decided["answered_accuracy"]["rate"],
+                }
+            )
         row["test_accuracy"] = report["test"]["accuracy"]
         row["rule_out"] = report["decision"]["policy"]["rule_out"]
         results.append(row)
-        print(f"{name:12s} {row['val_errors']:7d} {row['val_nll']:8.4f} {row['val_missed']:8d} "
-              f"{row['val_referred']:7d} | "
-              f"{row['test_errors']:8d} {row['test_accuracy']:8.2%} {row['test_missed']:9d} {row['test_referred']:8d} "
-              f"{row['test_answered_accuracy']:12.2%}", flush=True)
+        print(
+            f"{name:12s} {row['val_errors']:7d} {row['val_nll']:8.4f} {row['val_missed']:8d} "
+            f"{row['val_referred']:7d} | "
+            f"{row['test_errors']:8d} {row['test_accuracy']:8.2%} {row['test_missed']:9d} {row['test_referred']:8d} "
+            f"{row['test_answered_accuracy']:12.2%}",
+            flush=True,
+        )
     best = min(results, key=lambda r: (r["val_errors"], r["val_nll"]))
     print(f"chosen on validation (fewest errors, then lowest log-loss): {best['candidate']}")
     if args.out:
-        write_json(args.out, {"study": str(study), "rows": results, "chosen_on_validation": best["candidate"],
-                              "concat_features_unscaled": unscaled, "epochs": args.epochs})
+        write_json(
+            args.out,
+            {
+                "study": str(study),
+                "rows": results,
+                "chosen_on_validation": best["candidate"],
+                "concat_features_unscaled": unscaled,
+                "epochs": args.epochs,
+            },
+        )
 
 
 if __name__ == "__main__":

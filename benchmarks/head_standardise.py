@@ -11,6 +11,7 @@ unscaled, the last epoch's training and validation loss, validation and test acc
     .venv/bin/python benchmarks/head_standardise.py --data ../shared/data/all-taleqani \\
         --work outputs/study-cpu --weights-dir ../shared/weights  # reuses a study's feature cache
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,23 +51,48 @@ def main() -> None:
         for variant, adapt in (("before", _plain_adapt), ("after", None)):
             patch = mock.patch.object(allstudy.training.fit, "adapt_standardise", adapt) if adapt else mock.MagicMock()
             with patch:
-                result = train_architecture(args.data, args.work, args.profile, arch, args.weights_dir,
-                                            progress=False, run_name=f"bench-head-{arch}-{variant}")
+                result = train_architecture(
+                    args.data,
+                    args.work,
+                    args.profile,
+                    arch,
+                    args.weights_dir,
+                    progress=False,
+                    run_name=f"bench-head-{arch}-{variant}",
+                )
             history, params = result.history, result.params
             predictions = pd.read_csv(result.run_dir / "predictions.csv", keep_default_na=False)
             accuracy = {s: float((f["label"] == f["class"]).mean()) for s, f in predictions.groupby("split")}
             last = history.iloc[-1]
-            rows.append({"arch": arch, "variant": variant, "unscaled": params.get("features_left_unscaled"),
-                         "train_loss": float(last["loss"]), "val_loss": float(last["val_loss"]),
-                         "val_accuracy": accuracy["val"], "test_accuracy": accuracy["test"],
-                         "max_val_probability": float(predictions.filter(like="p_").to_numpy().max())})
+            rows.append(
+                {
+                    "arch": arch,
+                    "variant": variant,
+                    "unscaled": params.get("features_left_unscaled"),
+                    "train_loss": float(last["loss"]),
+                    "val_loss": float(last["val_loss"]),
+                    "val_accuracy": accuracy["val"],
+                    "test_accuracy": accuracy["test"],
+                    "max_val_probability": float(predictions.filter(like="p_").to_numpy().max()),
+                }
+            )
             r = rows[-1]
-            print(f"{arch:13s} {variant:6s} unscaled {r['unscaled'] or 0:4d}  train loss {r['train_loss']:.4f}  "
-                  f"val loss {r['val_loss']:9.4f}  val acc {r['val_accuracy']:.1%}  test acc {r['test_accuracy']:.1%}",
-                  flush=True)
+            print(
+                f"{arch:13s} {variant:6s} unscaled {r['unscaled'] or 0:4d}  train loss {r['train_loss']:.4f}  "
+                f"val loss {r['val_loss']:9.4f}  val acc {r['val_accuracy']:.1%}  test acc {r['test_accuracy']:.1%}",
+                flush=True,
+            )
     if args.out:
-        write_json(args.out, {"profile": args.profile, "data": args.data or "synthetic default", "rows": rows,
-                              "cores": os.cpu_count(), "numpy": np.__version__})
+        write_json(
+            args.out,
+            {
+                "profile": args.profile,
+                "data": args.data or "synthetic default",
+                "rows": rows,
+                "cores": os.cpu_count(),
+                "numpy": np.__version__,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ as a client sees it (upload and queueing included) and throughput.
     .venv/bin/python benchmarks/load.py --model outputs/models/chosen --requests 200 --concurrency 8 \\
         --out outputs/benchmarks/load.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,9 +70,17 @@ def run_load(url: str, paths: list[Path], requests: int, concurrency: int) -> di
     wall = time.perf_counter() - start
     ms = np.asarray([s for s, _ in results]) * 1000.0
     errors = [e for _, e in results if e]
-    return {"requests": len(results), "concurrency": concurrency, "errors": len(errors), "first_errors": errors[:5],
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "max_ms": float(ms.max()), "wall_s": wall, "requests_per_s": len(results) / wall}
+    return {
+        "requests": len(results),
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "max_ms": float(ms.max()),
+        "wall_s": wall,
+        "requests_per_s": len(results) / wall,
+    }
 
 
 def main() -> None:
@@ -94,9 +103,11 @@ def main() -> None:
         with local_server(command, url, 180, f"the app (log: {log.name})", log=log, env=env):
             figures = run_load(url, paths, args.requests, args.concurrency)
     figures.update({"cores": os.cpu_count(), "model": str(args.model)})
-    print(f"{figures['requests']} /predict requests, {figures['concurrency']} concurrent, {os.cpu_count()} cores: "
-          f"{figures['errors']} errors; latency p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
-          f"max {figures['max_ms']:.0f} ms; {figures['requests_per_s']:.1f} requests/s ({figures['wall_s']:.1f} s)")
+    print(
+        f"{figures['requests']} /predict requests, {figures['concurrency']} concurrent, {os.cpu_count()} cores: "
+        f"{figures['errors']} errors; latency p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
+        f"max {figures['max_ms']:.0f} ms; {figures['requests_per_s']:.1f} requests/s ({figures['wall_s']:.1f} s)"
+    )
     for error in figures["first_errors"]:
         print(f"  error: {error}")
     if args.out:

@@ -9,6 +9,7 @@ in allstudy/serving/ood.py comes from this script.
     .venv/bin/python benchmarks/ood_variants.py --study outputs/study-cpu --shared ../shared/data \\
         --out outputs/benchmarks/ood_variants.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _zoom(image, factor: int):
     w, h = image.size
-    return image.crop((w // 2 - w // (2 * factor), h // 2 - h // (2 * factor),
-                       w // 2 + w // (2 * factor), h // 2 + h // (2 * factor)))
+    return image.crop(
+        (w // 2 - w // (2 * factor), h // 2 - h // (2 * factor), w // 2 + w // (2 * factor), h // 2 + h // (2 * factor))
+    )
 
 
 def _jpeg(image, quality: int):
@@ -62,11 +64,14 @@ def variants(fields: list) -> dict:
 def measure(predictor, images: list, labels=None) -> dict:
     answers = predictor.predict_batch(images)
     flagged = np.array([a.verdict == "out-of-distribution" for a in answers])
-    row = {"n": len(answers), "flagged": float(flagged.mean()),
-           "flagged_by_focus": float(np.mean(["out of focus" in a.message for a in answers])),
-           "flagged_by_compression": float(np.mean(["JPEG-compressed" in a.message for a in answers]))}
+    row = {
+        "n": len(answers),
+        "flagged": float(flagged.mean()),
+        "flagged_by_focus": float(np.mean(["out of focus" in a.message for a in answers])),
+        "flagged_by_compression": float(np.mean(["JPEG-compressed" in a.message for a in answers])),
+    }
     if labels is not None:
-        right = np.array([a.label == c for a, c in zip(answers, labels)])
+        right = np.array([a.label == c for a, c in zip(answers, labels, strict=True)])
         row["accuracy"] = float(right.mean())
         row["accuracy_unflagged"] = float(right[~flagged].mean()) if (~flagged).any() else None
     return row
@@ -93,24 +98,33 @@ def main() -> None:
     predictor = Predictor(study / "models" / "chosen")
     fields = [Image.open(root / p).convert("RGB") for p in test["path"]]
     rows = {name: measure(predictor, images, test["class"].tolist()) for name, images in variants(fields).items()}
-    others = {"skimage photographs": [Image.fromarray(getattr(skimage.data, n)()).convert("RGB")
-                                      for n in ("astronaut", "chelsea", "coffee", "rocket")]}
+    others = {
+        "skimage photographs": [
+            Image.fromarray(getattr(skimage.data, n)()).convert("RGB")
+            for n in ("astronaut", "chelsea", "coffee", "rocket")
+        ]
+    }
     if args.shared:
         shared = Path(args.shared)
         others["C-NMC sample cells"] = [Image.open(p).convert("RGB") for p in sorted((shared / "cnmc").glob("*/*.bmp"))]
         others["the dataset's segmented fields (200)"] = [
-            Image.open(p).convert("RGB") for p in sorted((shared / "all-taleqani-segmented").rglob("*.jpg"))[:200]]
+            Image.open(p).convert("RGB") for p in sorted((shared / "all-taleqani-segmented").rglob("*.jpg"))[:200]
+        ]
     rows.update({name: measure(predictor, images) for name, images in others.items() if images})
 
-    print(f"{predictor.meta.get('arch')}, guard fitted on {predictor.guard.fit_info.get('n_train')} training fields; "
-          f"{len(fields)} test fields")
+    print(
+        f"{predictor.meta.get('arch')}, guard fitted on {predictor.guard.fit_info.get('n_train')} training fields; "
+        f"{len(fields)} test fields"
+    )
     print(f"{'input':40s} {'flagged':>8s} {'by focus':>9s} {'by JPEG':>8s} {'accuracy':>9s} {'unflagged':>10s}")
     for name, row in rows.items():
         accuracy = f"{row['accuracy']:9.1%}" if "accuracy" in row else " " * 9
         kept = row.get("accuracy_unflagged")
-        print(f"{name:40s} {row['flagged']:8.1%} {row['flagged_by_focus']:9.1%} "
-              f"{row['flagged_by_compression']:8.1%} {accuracy} "
-              f"{'' if kept is None else format(kept, '10.1%')}")
+        print(
+            f"{name:40s} {row['flagged']:8.1%} {row['flagged_by_focus']:9.1%} "
+            f"{row['flagged_by_compression']:8.1%} {accuracy} "
+            f"{'' if kept is None else format(kept, '10.1%')}"
+        )
     if args.out:
         write_json(args.out, {"study": str(study), "rows": rows})
         print(f"wrote {args.out}")

@@ -9,6 +9,7 @@ cost). Prints a table and writes JSON.
 
     .venv/bin/python benchmarks/scan_speed.py ../shared/data/all-taleqani --out outputs/benchmarks/scan_speed.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,9 @@ from allstudy.data.manifest import build_manifest
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="dataset folder")
-    parser.add_argument("--sample-pairs", type=int, default=400, help="random pairs verified to extrapolate all-pairs matching")
+    parser.add_argument(
+        "--sample-pairs", type=int, default=400, help="random pairs verified to extrapolate all-pairs matching"
+    )
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     params = DuplicateParams()

@@ -8,6 +8,7 @@ fields called benign and the fields not answered (referred or out-of-distributio
 
     .venv/bin/python benchmarks/served_decisions.py --study outputs/study-cpu --out outputs/benchmarks/served.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,26 @@ def main() -> None:
     print(f"{predictor.meta['run']} ({predictor.runtime}), {len(fields)} {args.split} fields")
     print(table.to_string())
     print(f"malignant fields called benign: {len(missed)} of {int(malignant.sum())} {list(missed['path'])}")
-    print(f"not answered: {int(not_answered.sum())} ({not_answered.mean():.1%}): "
-          f"{int((fields['verdict'] == 'uncertain').sum())} referred, "
-          f"{int((fields['verdict'] == 'out-of-distribution').sum())} out-of-distribution")
+    print(
+        f"not answered: {int(not_answered.sum())} ({not_answered.mean():.1%}): "
+        f"{int((fields['verdict'] == 'uncertain').sum())} referred, "
+        f"{int((fields['verdict'] == 'out-of-distribution').sum())} out-of-distribution"
+    )
     if args.out:
-        write_json(args.out, {"study": str(study), "run": predictor.meta["run"], "runtime": predictor.runtime,
-                              "split": args.split, "n": len(fields), "verdicts": table.to_dict(orient="index"),
-                              "malignant_called_benign": list(missed["path"]), "n_malignant": int(malignant.sum()),
-                              "not_answered": int(not_answered.sum())})
+        write_json(
+            args.out,
+            {
+                "study": str(study),
+                "run": predictor.meta["run"],
+                "runtime": predictor.runtime,
+                "split": args.split,
+                "n": len(fields),
+                "verdicts": table.to_dict(orient="index"),
+                "malignant_called_benign": list(missed["path"]),
+                "n_malignant": int(malignant.sum()),
+                "not_answered": int(not_answered.sum()),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ figures (it must: the kernels are the same, only their overlap changes).
     .venv/bin/python benchmarks/study_jobs.py --data ../shared/data/all-taleqani --profile cpu \\
         --weights-dir ../shared/weights --arch sequential lenet mobilenet --out outputs/benchmarks/study_jobs.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,26 +86,46 @@ def main() -> None:
     results = {}
     for jobs in args.jobs:
         out = work / f"jobs{jobs}"
-        command = [sys.executable, "-m", "allstudy", "run", "--profile", args.profile, "--out", str(out),
-                   "--jobs", str(jobs)]
+        command = [
+            sys.executable,
+            "-m",
+            "allstudy",
+            "run",
+            "--profile",
+            args.profile,
+            "--out",
+            str(out),
+            "--jobs",
+            str(jobs),
+        ]
         command += ["--data", args.data] if args.data else []
         command += ["--weights-dir", args.weights_dir] if args.weights_dir else []
         command += ["--arch", *args.arch] if args.arch else []
         print(f"--jobs {jobs}: {' '.join(command)}", flush=True)
         results[jobs] = {**timed_study(command, work / f"jobs{jobs}.log"), "figures": figures(out)}
-        print(f"  {results[jobs]['wall_s']:.0f} s, peak memory of the process tree "
-              f"{results[jobs]['peak_tree_rss_gb']:.1f} GB", flush=True)
+        print(
+            f"  {results[jobs]['wall_s']:.0f} s, peak memory of the process tree "
+            f"{results[jobs]['peak_tree_rss_gb']:.1f} GB",
+            flush=True,
+        )
 
     first, *others = args.jobs
-    report = {"profile": args.profile, "data": args.data, "architectures": args.arch, "cores": psutil.cpu_count(),
-              "runs": {str(j): r for j, r in results.items()}}
+    report = {
+        "profile": args.profile,
+        "data": args.data,
+        "architectures": args.arch,
+        "cores": psutil.cpu_count(),
+        "runs": {str(j): r for j, r in results.items()},
+    }
     for jobs in others:
         ratio = results[first]["wall_s"] / results[jobs]["wall_s"]
         same = results[first]["figures"] == results[jobs]["figures"]
         report[f"speed-up jobs {jobs} vs {first}"] = round(ratio, 2)
         report[f"same figures jobs {jobs} vs {first}"] = same
-        print(f"--jobs {jobs} vs --jobs {first}: {ratio:.2f}x the speed; "
-              f"{'the same' if same else 'DIFFERENT'} figures for all {len(results[jobs]['figures'])} runs")
+        print(
+            f"--jobs {jobs} vs --jobs {first}: {ratio:.2f}x the speed; "
+            f"{'the same' if same else 'DIFFERENT'} figures for all {len(results[jobs]['figures'])} runs"
+        )
     if args.out:
         write_json(args.out, report)
 

@@ -1,6 +1,7 @@
 """The Gradio app (allstudy.serving.app), served on a loopback port with a tiny model folder built as in
 test_predict (a LeNet at 32 px, model.json from allstudy.serving.modelcard, ood.json fitted on synthetic
 fields), driven by gradio_client and by a real browser. One app server runs at a time."""
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,8 @@ def _client(url: str):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A single-view LeNet model folder with an ood.json (its policy answers by p_malignant > 0.5: never 'uncertain')."""
+    """A single-view LeNet model folder with an ood.json (its policy answers by p_malignant > 0.5: never
+    'uncertain')."""
     import keras
 
     from allstudy.core.atomic import write_json
@@ -43,8 +45,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from allstudy.serving.ood import fit_guard
 
     base = tmp_path_factory.mktemp("app")
-    fields = {name: _fields(generate_dataset(base / name, n_per_class=10, seed=seed, size=64, recapture_fraction=0.0))
-              for name, seed in (("train", 0), ("val", 1))}
+    fields = {
+        name: _fields(generate_dataset(base / name, n_per_class=10, seed=seed, size=64, recapture_fraction=0.0))
+        for name, seed in (("train", 0), ("val", 1))
+    }
     keras.utils.set_random_seed(0)
     model = build_model("lenet", len(TALEQANI_CLASSES), 32).model
     folder = base / "model"
@@ -75,9 +79,18 @@ def test_without_a_model_the_app_starts_and_says_how_to_make_one(tmp_path, field
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, str(ROOT / "app.py"), "--model", str(tmp_path / "missing"), "--port", str(port)]
-    with open(tmp_path / "app.log", "w") as log, local_server(
-            command, url, 120, f"the app (log: {tmp_path / 'app.log'})", log=log, cwd=tmp_path,
-            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}):
+    with (
+        open(tmp_path / "app.log", "w") as log,
+        local_server(
+            command,
+            url,
+            120,
+            f"the app (log: {tmp_path / 'app.log'})",
+            log=log,
+            cwd=tmp_path,
+            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        ),
+    ):
         config = httpx.get(url + "config", timeout=10).text
         assert "No trained model yet" in config and "make study" in config
         assert "python -m allstudy run --data DIR --profile cpu" in config
@@ -127,8 +140,18 @@ def test_binds_loopback_with_the_limits(app):
 
 def test_predict_endpoint_is_the_predictors_answer(client, predictor, field):
     answer = _predict(client, field)
-    assert set(answer) == {"label", "display", "verdict", "malignant", "confidence", "probabilities", "message",
-                           "prediction_set", "reason", "error"}
+    assert set(answer) == {
+        "label",
+        "display",
+        "verdict",
+        "malignant",
+        "confidence",
+        "probabilities",
+        "message",
+        "prediction_set",
+        "reason",
+        "error",
+    }
     own = predictor.predict(field)
     assert answer["error"] == "" and answer["verdict"] in VERDICTS
     assert (answer["label"], answer["verdict"], answer["message"]) == (own.label, own.verdict, own.message)
@@ -169,11 +192,14 @@ def test_readable_oddities_are_answered(client, field, tmp_path):
     gif = io.BytesIO()
     image.save(gif, format="GIF", save_all=True, append_images=[image.rotate(90), image.rotate(180)], duration=100)
     oddities = {
-        "grey.png": _encode(image.convert("L"), "PNG"), "rgba.png": _encode(image.convert("RGBA"), "PNG"),
+        "grey.png": _encode(image.convert("L"), "PNG"),
+        "rgba.png": _encode(image.convert("RGBA"), "PNG"),
         "cmyk.jpg": _encode(image.convert("CMYK"), "JPEG"),
         "16-bit.png": _encode(Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257), "PNG"),
-        "palette.png": _encode(image.convert("P"), "PNG"), "field.bmp": _encode(image, "BMP"),
-        "animated.gif": gif.getvalue(), "field.png.txt": _encode(image, "PNG"),   # decided by content
+        "palette.png": _encode(image.convert("P"), "PNG"),
+        "field.bmp": _encode(image, "BMP"),
+        "animated.gif": gif.getvalue(),
+        "field.png.txt": _encode(image, "PNG"),  # decided by content
     }
     for name, data in oddities.items():
         (tmp_path / name).write_bytes(data)
@@ -216,12 +242,15 @@ def test_a_path_outside_the_uploads_is_never_read_or_served(app, field, tmp_path
 
     secret = tmp_path / "secret.png"
     secret.write_bytes(field.read_bytes())  # a readable field: an answer would prove it was read
-    for api_name, data in (("predict", [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]),
-                           ("predict_batch", [[{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]])):
+    for api_name, data in (
+        ("predict", [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]),
+        ("predict_batch", [[{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]]),
+    ):
         stream = _call(app, api_name, data)
         assert "event: error" in stream and "not uploaded by a user" in stream and "verdict" not in stream, stream
-    assert "not uploaded by a user" in _call(app, "predict", [{"path": "../../../etc/passwd",
-                                                               "meta": {"_type": "gradio.FileData"}}])
+    assert "not uploaded by a user" in _call(
+        app, "predict", [{"path": "../../../etc/passwd", "meta": {"_type": "gradio.FileData"}}]
+    )
     for path in (secret, Path(__file__), ROOT / "pyproject.toml"):
         response = httpx.get(app.local_url.rstrip("/") + f"/gradio_api/file={path}", timeout=30)
         assert response.status_code in (403, 404), (path, response.status_code)
@@ -245,13 +274,28 @@ def test_verdict_lines():
 
     malignant = verdict_line(answer("malignant", "Malignant: Pro-B ALL", reason="Malignant: Pro-B ALL"))
     assert malignant.startswith("### Malignant: Pro-B ALL\n") and "prediction set: Pro-B ALL." in malignant
-    benign = verdict_line(answer("benign", "Benign (hematogones)", "Benign", ("Benign",),
-                                 "Benign (hematogones): leukemia ruled out at the 99.5 % level"))
+    benign = verdict_line(
+        answer(
+            "benign",
+            "Benign (hematogones)",
+            "Benign",
+            ("Benign",),
+            "Benign (hematogones): leukemia ruled out at the 99.5 % level",
+        )
+    )
     assert "calibrated probability 60.0%" in benign and "leukemia ruled out at the 99.5 % level" in benign
-    uncertain = verdict_line(answer("uncertain", "uncertain: refer for expert review", "Benign", ("Benign", "Early"),
-                                    "Benign is likely, but leukemia is not ruled out at the 99.5 % level"))
-    assert uncertain.startswith("### uncertain: refer for expert review\n"
-                                "Benign is likely, but leukemia is not ruled out")
+    uncertain = verdict_line(
+        answer(
+            "uncertain",
+            "uncertain: refer for expert review",
+            "Benign",
+            ("Benign", "Early"),
+            "Benign is likely, but leukemia is not ruled out at the 99.5 % level",
+        )
+    )
+    assert uncertain.startswith(
+        "### uncertain: refer for expert review\nBenign is likely, but leukemia is not ruled out"
+    )
     assert "Prediction set: Benign (hematogones) · Early Pre-B ALL" in uncertain
     ood = verdict_line(answer("out-of-distribution", "outside what this model was trained on: near-black"))
     assert ood.startswith("### outside what this model was trained on\nnear-black")
@@ -280,11 +324,12 @@ def test_in_a_real_browser(app, tmp_path):
     shown = "(s) => { const i = document.querySelector(s); return !!i && i.complete && i.naturalWidth > 0; }"
     with open_page(app.local_url) as page:
         page.locator("#upload input[type=file]").set_input_files(str(empty))
-        page.wait_for_function("() => document.querySelector('#verdict').innerText.includes('empty file')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#verdict').innerText.includes('empty file')", timeout=60_000
+        )
         assert "Cannot read this file" in page.inner_text("#verdict")
         page.locator("#upload button[aria-label*=Clear]").first.click()
-        answer = show_prediction(page, example, SCREENSHOT)   # label, verdict and Grad-CAM shown; screenshot
+        answer = show_prediction(page, example, SCREENSHOT)  # label, verdict and Grad-CAM shown; screenshot
         page.wait_for_function(shown, arg="#segmentation img", timeout=60_000)
         assert answer["gradcam"] and answer["screenshot"] == str(SCREENSHOT)
         probabilities = page.inner_text("#probabilities")

@@ -1,4 +1,5 @@
 """The command line, run as a user runs it: ``python -m allstudy ...`` in a subprocess."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ from PIL import Image
 
 
 def allstudy(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "allstudy", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "allstudy", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_scan_of_broken_files_names_each_problem_and_exits_0(tmp_path):
@@ -53,8 +55,18 @@ def test_synth_and_split(tmp_path):
     assert allstudy("synth", str(tmp_path / "fields"), "--n-per-class", "12", "--quiet").returncode == 0
     too_fine = allstudy("data", "split", str(tmp_path / "fields"), "--out", str(tmp_path / "data"), "--quiet")
     assert too_fine.returncode == 2 and "--fractions" in too_fine.stderr and "Traceback" not in too_fine.stderr
-    result = allstudy("data", "split", str(tmp_path / "fields"), "--out", str(tmp_path / "data"), "--quiet",
-                      "--fractions", "0.6", "0.2", "0.2")
+    result = allstudy(
+        "data",
+        "split",
+        str(tmp_path / "fields"),
+        "--out",
+        str(tmp_path / "data"),
+        "--quiet",
+        "--fractions",
+        "0.6",
+        "0.2",
+        "0.2",
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "splits.csv").exists()
     assert "train" in result.stdout and "total" in result.stdout

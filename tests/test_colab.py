@@ -2,6 +2,7 @@
 README badges generated from one repository address, and papermill's injected parameters winning over
 Colab's choices (checked by executing the real set-up and parameters cells in a kernel made to look like
 Colab)."""
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,11 @@ def in_colab(monkeypatch):
 
 
 def test_outside_colab_setup_changes_nothing_and_imports_no_tensorflow():
-    code = ("import sys; from allstudy.study.colab import setup, ColabSettings; s = setup(); "
-            "assert s == ColabSettings() and not s.active and s.profile is None, s; "
-            "assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys; from allstudy.study.colab import setup, ColabSettings; s = setup(); "
+        "assert s == ColabSettings() and not s.active and s.profile is None, s; "
+        "assert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     assert not colab.in_colab() and setup(verbose=False) == ColabSettings()
 
@@ -65,8 +68,11 @@ def test_the_paper_profile_gives_imagenet_weights_to_every_transfer_model_and_on
 
 def test_colab_addresses():
     assert colab.colab_url("01_explore", "https://github.com/me/allstudy") == (
-        "https://colab.research.google.com/github/me/allstudy/blob/main/notebooks/01_explore.ipynb")
-    assert colab.pip_requirement("https://github.com/me/allstudy") == "allstudy @ git+https://github.com/me/allstudy@main"
+        "https://colab.research.google.com/github/me/allstudy/blob/main/notebooks/01_explore.ipynb"
+    )
+    assert (
+        colab.pip_requirement("https://github.com/me/allstudy") == "allstudy @ git+https://github.com/me/allstudy@main"
+    )
 
 
 def test_every_notebook_opens_with_the_setup_cell_then_its_parameters():
@@ -93,9 +99,11 @@ def test_the_readme_has_a_colab_badge_per_notebook():
 
 def test_the_setup_cell_is_inserted_once_and_keeps_other_cells(tmp_path):
     notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_markdown_cell("# t", id="title"),
-                      nbformat.v4.new_code_cell('out_dir = "x"\nrun = "lenet"', id="p", metadata={"tags": ["parameters"]}),
-                      nbformat.v4.new_code_cell("print(out_dir)", id="body")]
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# t", id="title"),
+        nbformat.v4.new_code_cell('out_dir = "x"\nrun = "lenet"', id="p", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(out_dir)", id="body"),
+    ]
     (tmp_path / "n.ipynb").write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")
     assert colab.write_setup_cells(tmp_path) == [tmp_path / "n.ipynb"]
     assert colab.write_setup_cells(tmp_path) == []
@@ -124,7 +132,9 @@ def _probe(tmp_path: Path, fake_colab: bool, parameters: dict, monkeypatch) -> d
     out = tmp_path / "values.json"
     probe = nbformat.v4.new_code_cell(
         f"import json\njson.dump({{'profile': profile, 'out_dir': out_dir, 'strategy': strategy, "
-        f"'colab': colab.active}}, open({str(out)!r}, 'w'))", id="probe")
+        f"'colab': colab.active}}, open({str(out)!r}, 'w'))",
+        id="probe",
+    )
     notebook = nbformat.v4.new_notebook(cells=[*keep, probe], metadata=source.metadata)
     nbformat.write(notebook, tmp_path / "probe.ipynb")
     ipython = tmp_path / "ipython"
@@ -133,8 +143,14 @@ def _probe(tmp_path: Path, fake_colab: bool, parameters: dict, monkeypatch) -> d
     if fake_colab:
         (startup / "00-fake-colab.py").write_text(FAKE_COLAB)
     monkeypatch.setenv("IPYTHONDIR", str(ipython))
-    papermill.execute_notebook(str(tmp_path / "probe.ipynb"), str(tmp_path / "done.ipynb"), parameters=parameters,
-                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(tmp_path / "probe.ipynb"),
+        str(tmp_path / "done.ipynb"),
+        parameters=parameters,
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return json.loads(out.read_text())
 
 
@@ -142,16 +158,24 @@ def _probe(tmp_path: Path, fake_colab: bool, parameters: dict, monkeypatch) -> d
 def test_papermill_parameters_win_over_colabs_choices(tmp_path, monkeypatch):
     # In "Colab", nothing injected: Colab's choices are the defaults (the GPUs found: two, so mirrored).
     chosen = _probe(tmp_path / "a", True, {}, monkeypatch)
-    assert chosen == {"profile": "paper", "out_dir": str(tmp_path / "a" / "outputs"), "strategy": "mirrored",
-                      "colab": True}
+    assert chosen == {
+        "profile": "paper",
+        "out_dir": str(tmp_path / "a" / "outputs"),
+        "strategy": "mirrored",
+        "colab": True,
+    }
     # In "Colab", injected by papermill: every injected value wins, even one equal to the literal default.
     injected = {"profile": "quick", "out_dir": "elsewhere", "strategy": "default"}
     assert _probe(tmp_path / "b", True, injected, monkeypatch) == {**injected, "colab": True}
     # Only what was injected: the rest keeps Colab's choice.
     assert _probe(tmp_path / "c", True, {"profile": "cpu"}, monkeypatch)["strategy"] == "mirrored"
     # Outside Colab: the parameters cell's own defaults, untouched.
-    assert _probe(tmp_path / "d", False, {}, monkeypatch) == {"profile": "quick", "out_dir": "../outputs",
-                                                             "strategy": None, "colab": False}
+    assert _probe(tmp_path / "d", False, {}, monkeypatch) == {
+        "profile": "quick",
+        "out_dir": "../outputs",
+        "strategy": None,
+        "colab": False,
+    }
 
 
 def test_the_whole_study_takes_a_strategy():

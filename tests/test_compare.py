@@ -1,5 +1,6 @@
 """Comparing runs: evaluation cache, the choice on validation, summary.json's keys, the chosen-model folder,
 and the shortcut baselines on data where the shortcut is planted."""
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,30 @@ def _fake_run(folder, accuracy_val: float, accuracy_test: float, seed: int, n: i
         proba = np.full((n, 4), 0.1)
         proba[np.arange(n), label] = 0.7
         for i in range(n):
-            rows.append({"split": split, "path": f"{CLASSES[truth[i]]}/{split}{i}.jpg", "class": CLASSES[truth[i]],
-                         "label": CLASSES[label[i]], **{f"p_{c}": proba[i, j] for j, c in enumerate(CLASSES)}})
+            rows.append(
+                {
+                    "split": split,
+                    "path": f"{CLASSES[truth[i]]}/{split}{i}.jpg",
+                    "class": CLASSES[truth[i]],
+                    "label": CLASSES[label[i]],
+                    **{f"p_{c}": proba[i, j] for j, c in enumerate(CLASSES)},
+                }
+            )
     write_csv(pd.DataFrame(rows), folder / "predictions.csv")
-    params = {"arch": folder.name, "classes": CLASSES, "input_size": 64, "preprocessing": "unit", "data_hash": "d" * 64,
-              "config": {"arch": folder.name, "weights": None, "tta_views": 1, "input_mode": "original"},
-              "params": 1000 + seed, "train_seconds": 1.0, "epoch_seconds_total": 1.0, "complete": True,
-              "code_version": {"version": "0.1.0", "source_sha256": "s" * 16, "git_commit": None},
-              "packages": {"keras": "3", "tensorflow": "2"}}
+    params = {
+        "arch": folder.name,
+        "classes": CLASSES,
+        "input_size": 64,
+        "preprocessing": "unit",
+        "data_hash": "d" * 64,
+        "config": {"arch": folder.name, "weights": None, "tta_views": 1, "input_mode": "original"},
+        "params": 1000 + seed,
+        "train_seconds": 1.0,
+        "epoch_seconds_total": 1.0,
+        "complete": True,
+        "code_version": {"version": "0.1.0", "source_sha256": "s" * 16, "git_commit": None},
+        "packages": {"keras": "3", "tensorflow": "2"},
+    }
     write_json(folder / "params.json", params)
     return params
 
@@ -80,8 +97,15 @@ def test_summary_has_the_keys_others_rely_on(runs):
     assert set(result) >= {"data", "chosen", "runs"} and result["chosen"] == "vgg16"
     entry = result["runs"]["lenet"]
     assert {"arch", "weights", "test", "train_seconds", "params"} <= set(entry)
-    assert {"accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "malignant_sensitivity", "malignant_specificity",
-            "ece"} <= set(entry["test"])
+    assert {
+        "accuracy",
+        "accuracy_ci",
+        "macro_f1",
+        "macro_f1_ci",
+        "malignant_sensitivity",
+        "malignant_specificity",
+        "ece",
+    } <= set(entry["test"])
     assert entry["test"]["accuracy"] == pytest.approx(0.95)
     table = comparison_table(result)
     assert table.set_index("run").loc["lenet", "published_accuracy"].startswith("95.8%")
@@ -92,13 +116,32 @@ def test_model_json_and_card_carry_the_figures_and_caveats(runs):
     out, params = runs
     evaluation = evaluate_run(out / "runs" / "lenet", n_resamples=50)
     meta = model_json("lenet", params["lenet"], evaluation, {"root": "/data/all", "images": 160})
-    assert meta["classes"] == CLASSES and meta["malignant"] == {"Benign": False, "Early": True, "Pre": True, "Pro": True}
+    assert meta["classes"] == CLASSES and meta["malignant"] == {
+        "Benign": False,
+        "Early": True,
+        "Pre": True,
+        "Pro": True,
+    }
     assert meta["temperature"] == evaluation["temperature"] and meta["decision"] == evaluation["decision"]["policy"]
-    card = model_card(meta, params["lenet"], {"root": "/data/all", "images": 160},
-                      {"rows": [{"control": "colour", "accuracy": 0.8, "accuracy_ci": [0.7, 0.9]}]})
-    for section in ("## Model details", "## Intended use", "## Factors", "## Metrics", "## Evaluation data",
-                    "## Training data", "## Ethical considerations", "## Caveats and recommendations",
-                    "Not a diagnostic device", "image-level", "colour: 80.0%"):
+    card = model_card(
+        meta,
+        params["lenet"],
+        {"root": "/data/all", "images": 160},
+        {"rows": [{"control": "colour", "accuracy": 0.8, "accuracy_ci": [0.7, 0.9]}]},
+    )
+    for section in (
+        "## Model details",
+        "## Intended use",
+        "## Factors",
+        "## Metrics",
+        "## Evaluation data",
+        "## Training data",
+        "## Ethical considerations",
+        "## Caveats and recommendations",
+        "Not a diagnostic device",
+        "image-level",
+        "colour: 80.0%",
+    ):
         assert section in card, section
 
 
@@ -110,7 +153,7 @@ def _planted(root, n_per_class=16, size=48):
         (root / name).mkdir(parents=True)
         for i in range(n_per_class):
             image = np.clip(np.asarray(tint) + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
-            image[-6:, -6 - 2 * k:-1] = 0  # a corner mark whose width gives the class away
+            image[-6:, -6 - 2 * k : -1] = 0  # a corner mark whose width gives the class away
             Image.fromarray(image).save(root / name / f"f{i:03d}.png")
     return root
 
@@ -141,9 +184,14 @@ def test_control_table_puts_the_chosen_model_first(runs):
 
 
 def test_control_findings_read_the_summary():
-    rows = [{"control": "chosen model", "accuracy": 0.99}, {"control": "control-colour-statistics", "accuracy": 0.95},
-            {"control": "control-scale-bar-corner", "accuracy": 0.75}, {"control": "control-x-original", "accuracy": 0.97},
-            {"control": "control-x-background", "accuracy": 0.96}, {"control": "control-x-mitigated", "accuracy": 0.98}]
+    rows = [
+        {"control": "chosen model", "accuracy": 0.99},
+        {"control": "control-colour-statistics", "accuracy": 0.95},
+        {"control": "control-scale-bar-corner", "accuracy": 0.75},
+        {"control": "control-x-original", "accuracy": 0.97},
+        {"control": "control-x-background", "accuracy": 0.96},
+        {"control": "control-x-mitigated", "accuracy": 0.98},
+    ]
     lines = control_findings({"data": {"classes": {"a": 30, "b": 70}}, "controls": {"rows": rows}})
     assert len(lines) == 3 and "**95.0%**" in lines[0] and "70.0%" in lines[0]
     assert "**96.0%**" in lines[1] and "+1.0 points" in lines[2]

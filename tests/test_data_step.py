@@ -1,4 +1,5 @@
 """The cached data step (allstudy.data.prepare.prepare) and the scan report's keys."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,9 @@ def test_prepare_writes_files_and_reuses_them(dataset, tmp_path):
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("manifest.csv", "splits.csv")}
     second = prepare(dataset, out, seed=0)
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps  # nothing rewritten
-    pd.testing.assert_frame_equal(first.split.reset_index(drop=True), second.split.reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        first.split.reset_index(drop=True), second.split.reset_index(drop=True), check_dtype=False
+    )
 
 
 def test_prepare_redoes_the_split_for_a_new_seed_and_the_scan_for_new_files(dataset, tmp_path):

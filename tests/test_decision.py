@@ -1,4 +1,5 @@
 """The decision policy: conformal thresholds, its guarantee, verdicts and sets, messages, model.json, metrics."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,10 @@ def _fields(n: int, seed: int, signal: float = 3.0) -> tuple[np.ndarray, np.ndar
 
 
 def test_conformal_threshold_is_the_kth_smallest_score():
-    scores = np.arange(1, 100) / 100.0          # 99 scores 0.01 .. 0.99
-    assert conformal_threshold(scores, 0.1) == pytest.approx(0.10)   # k = floor(0.1 * 100) = 10
+    scores = np.arange(1, 100) / 100.0  # 99 scores 0.01 .. 0.99
+    assert conformal_threshold(scores, 0.1) == pytest.approx(0.10)  # k = floor(0.1 * 100) = 10
     assert conformal_threshold(scores, 0.01) == pytest.approx(0.01)  # k = 1
-    assert conformal_threshold(scores[:98], 0.01) == 0.0             # k = 0: too few, nothing excluded
+    assert conformal_threshold(scores[:98], 0.01) == 0.0  # k = 0: too few, nothing excluded
     assert fields_needed(0.005) == 199 and fields_needed(0.01) == 99 and fields_needed(0.05) == 19
     assert conformal_threshold(np.full(199, 0.3), 0.005) == 0.3 and conformal_threshold(np.full(198, 0.3), 0.005) == 0
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
@@ -49,8 +50,8 @@ def test_at_most_alpha_of_malignant_fields_are_called_benign():
         malignant = y_new > 0
         rates.append(np.mean(decisions.verdict[malignant] == "benign"))
         referred.append(decisions.referred.mean())
-    assert np.mean(rates) <= alpha + 0.002          # Monte Carlo error of 200 x ~300 fields is ~0.0005
-    assert np.mean(rates) >= alpha / 3              # and not vacuous: it does call fields benign
+    assert np.mean(rates) <= alpha + 0.002  # Monte Carlo error of 200 x ~300 fields is ~0.0005
+    assert np.mean(rates) >= alpha / 3  # and not vacuous: it does call fields benign
     # the guarantee needs no luck: the same noisy classifier at its argmax misses far more
     y_new, p_new = _fields(4000, seed=1, signal=1.5)
     assert np.mean(p_new[y_new > 0].argmax(axis=1) == 0) > 4 * alpha
@@ -68,43 +69,77 @@ def test_the_same_sets_as_crepes_class_conditional_conformal_classifier():
         return np.stack([proba[:, 0], proba[:, 1:].sum(axis=1)], axis=1)
 
     group_cal = (y_cal > 0).astype(int)
-    classifier = crepes.ConformalClassifier().fit(1.0 - groups(p_cal)[np.arange(len(y_cal)), group_cal],
-                                                  bins=group_cal)
-    theirs = np.stack([classifier.predict_set(1.0 - groups(p_new), bins=np.full(len(p_new), g), confidence=1 - alpha,
-                                              smoothing=False)[:, g] for g in (0, 1)], axis=1).astype(bool)
+    classifier = crepes.ConformalClassifier().fit(1.0 - groups(p_cal)[np.arange(len(y_cal)), group_cal], bins=group_cal)
+    theirs = np.stack(
+        [
+            classifier.predict_set(
+                1.0 - groups(p_new), bins=np.full(len(p_new), g), confidence=1 - alpha, smoothing=False
+            )[:, g]
+            for g in (0, 1)
+        ],
+        axis=1,
+    ).astype(bool)
     decisions = policy.decide(p_new)
     ours = np.stack([decisions.sets[:, 0], decisions.p_malignant >= policy.rule_out], axis=1)
     np.testing.assert_array_equal(ours, theirs)
 
 
 def test_verdicts_follow_from_the_prediction_set():
-    policy = DecisionPolicy(tuple(CLASSES), (False, True, True, True), 0.005, 0.05, 0.05, rule_out=0.05,
-                            benign_limit=0.6, subtype_thresholds={"Early": 0.3, "Pre": 0.3, "Pro": 0.3},
-                            calibration={"n_malignant": 300})
-    proba = np.array([[0.98, 0.01, 0.005, 0.005],   # leukemia ruled out: {Benign} -> benign
-                      [0.80, 0.15, 0.03, 0.02],     # looks benign, not ruled out: both -> uncertain
-                      [0.05, 0.50, 0.44, 0.01],     # benign ruled out, two subtypes it cannot tell apart
-                      [0.01, 0.01, 0.01, 0.97],     # malignant, one subtype
-                      [0.30, 0.10, 0.30, 0.30]])    # p_malignant 0.70 > 0.6: benign ruled out
+    policy = DecisionPolicy(
+        tuple(CLASSES),
+        (False, True, True, True),
+        0.005,
+        0.05,
+        0.05,
+        rule_out=0.05,
+        benign_limit=0.6,
+        subtype_thresholds={"Early": 0.3, "Pre": 0.3, "Pro": 0.3},
+        calibration={"n_malignant": 300},
+    )
+    proba = np.array(
+        [
+            [0.98, 0.01, 0.005, 0.005],  # leukemia ruled out: {Benign} -> benign
+            [0.80, 0.15, 0.03, 0.02],  # looks benign, not ruled out: both -> uncertain
+            [0.05, 0.50, 0.44, 0.01],  # benign ruled out, two subtypes it cannot tell apart
+            [0.01, 0.01, 0.01, 0.97],  # malignant, one subtype
+            [0.30, 0.10, 0.30, 0.30],
+        ]
+    )  # p_malignant 0.70 > 0.6: benign ruled out
     decisions = policy.decide(proba)
     assert list(decisions.verdict) == ["benign", "uncertain", "malignant", "malignant", "malignant"]
     assert [policy.names(s) for s in decisions.sets] == [
-        ["Benign"], ["Benign", "Early"], ["Early", "Pre"], ["Pro"], ["Pre", "Pro"]]
+        ["Benign"],
+        ["Benign", "Early"],
+        ["Early", "Pre"],
+        ["Pro"],
+        ["Pre", "Pro"],
+    ]
     assert [CLASSES[i] for i in decisions.label] == ["Benign", "Benign", "Early", "Pro", "Pre"]
-    messages = [policy.message(v, s, p) for v, s, p in zip(decisions.verdict, decisions.sets, decisions.p_malignant)]
+    messages = [
+        policy.message(v, s, p)
+        for v, s, p in zip(decisions.verdict, decisions.sets, decisions.p_malignant, strict=True)
+    ]
     assert messages[0] == "Benign (hematogones): leukemia ruled out at the 99.5 % level"
     assert messages[1].startswith("Benign is likely, but leukemia is not ruled out at the 99.5 % level")
     assert messages[2] == "Malignant: Early Pre-B ALL or Pre-B ALL" and messages[3] == "Malignant: Pro-B ALL"
     # Both categories excluded (the rule-out lies above the benign limit): the subtypes stay, never benign.
-    odd = DecisionPolicy(tuple(CLASSES), (False, True, True, True), 0.2, 0.05, 0.05, rule_out=0.7,
-                         benign_limit=0.3, subtype_thresholds={"Early": 0.5, "Pre": 0.5, "Pro": 0.5})
+    odd = DecisionPolicy(
+        tuple(CLASSES),
+        (False, True, True, True),
+        0.2,
+        0.05,
+        0.05,
+        rule_out=0.7,
+        benign_limit=0.3,
+        subtype_thresholds={"Early": 0.5, "Pre": 0.5, "Pro": 0.5},
+    )
     decisions = odd.decide(np.array([[0.5, 0.4, 0.05, 0.05], [0.8, 0.1, 0.05, 0.05]]))
     assert list(decisions.verdict) == ["malignant", "benign"]
     assert [odd.names(s) for s in decisions.sets] == [["Early"], ["Benign"]]
 
 
 def test_too_few_malignant_fields_rule_nothing_out_and_say_so():
-    y, proba = _fields(120, seed=5, signal=5.0)            # about 90 malignant: alpha 0.005 needs 199
+    y, proba = _fields(120, seed=5, signal=5.0)  # about 90 malignant: alpha 0.005 needs 199
     policy = DecisionPolicy.fit(y, proba, CLASSES)
     assert policy.rule_out == 0.0 and policy.calibration["fields_needed"]["alpha"] == 199
     decisions = policy.decide(proba)
@@ -129,7 +164,7 @@ def test_the_policy_round_trips_through_model_json():
 
 def test_binary_classes_ruled_out_and_named():
     rng = np.random.default_rng(7)
-    y = rng.integers(0, 2, 600)                                  # all = 0 (malignant), hem = 1 (normal)
+    y = rng.integers(0, 2, 600)  # all = 0 (malignant), hem = 1 (normal)
     p_all = np.clip(np.where(y == 0, rng.beta(8, 2, 600), rng.beta(2, 8, 600)), 1e-6, 1 - 1e-6)
     proba = np.stack([p_all, 1 - p_all], axis=1)
     policy = DecisionPolicy.fit(y, proba, ["all", "hem"], alpha=0.01)
@@ -142,16 +177,31 @@ def test_binary_classes_ruled_out_and_named():
 
 def test_decision_metrics_count_with_exact_intervals():
     y = np.array([1, 1, 1, 2, 0, 0])
-    proba = np.array([[0.99, 0.01, 0, 0],       # malignant called benign
-                      [0.5, 0.5, 0, 0],         # referred
-                      [0, 1.0, 0, 0], [0, 0, 1.0, 0], [1.0, 0, 0, 0], [0.5, 0.5, 0, 0]])
-    policy = DecisionPolicy(tuple(CLASSES), (False, True, True, True), 0.005, 0.05, 0.05, rule_out=0.1,
-                            benign_limit=0.6, subtype_thresholds={"Early": 0.5, "Pre": 0.5, "Pro": 0.5})
+    proba = np.array(
+        [
+            [0.99, 0.01, 0, 0],  # malignant called benign
+            [0.5, 0.5, 0, 0],  # referred
+            [0, 1.0, 0, 0],
+            [0, 0, 1.0, 0],
+            [1.0, 0, 0, 0],
+            [0.5, 0.5, 0, 0],
+        ]
+    )
+    policy = DecisionPolicy(
+        tuple(CLASSES),
+        (False, True, True, True),
+        0.005,
+        0.05,
+        0.05,
+        rule_out=0.1,
+        benign_limit=0.6,
+        subtype_thresholds={"Early": 0.5, "Pre": 0.5, "Pro": 0.5},
+    )
     metrics = ev.decision_metrics(y, proba, policy, n_resamples=50)
     json.dumps(metrics, allow_nan=False)
     missed = metrics["malignant_called_benign"]
     assert (missed["count"], missed["n"]) == (1, 4) and missed["rate"] == 0.25
-    assert missed["ci"] == pytest.approx([0.00631, 0.80589], abs=1e-4)   # Clopper-Pearson, 1 of 4
+    assert missed["ci"] == pytest.approx([0.00631, 0.80589], abs=1e-4)  # Clopper-Pearson, 1 of 4
     assert metrics["verdicts"] == {"benign": 2, "malignant": 2, "uncertain": 2}
     assert (metrics["referred"]["count"], metrics["referred"]["n"]) == (2, 6)
     assert metrics["referred_per_class"]["Benign"]["count"] == 1 and metrics["referred_per_class"]["Pro"]["n"] == 0
@@ -172,6 +222,6 @@ def test_tradeoff_rules_out_more_as_alpha_grows():
     missed = [r["test_missed"] for r in rows]
     assert missed[0] <= missed[-1] and rows[-1]["test_referred"] < rows[0]["test_referred"]
     referred = [r["test_referred"] for r in rows]
-    assert referred == sorted(referred, reverse=True)   # ruling out more never refers more
+    assert referred == sorted(referred, reverse=True)  # ruling out more never refers more
     figure = ev.plot_tradeoff(rows, 0.005)
     assert figure.axes[0].get_xlabel().startswith("fields referred")

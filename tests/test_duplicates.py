@@ -9,6 +9,7 @@ SYNTHETIC.json) is generated per module, then edited by hand:
 * two unrelated fields that share only a pasted bottom-right corner (the scale-bar corner, which
   is masked, so they must stay unlinked).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ class Scene:
 
 
 def _pair_set(links: pd.DataFrame) -> set[frozenset[str]]:
-    return {frozenset((a, b)) for a, b in zip(links["a"], links["b"])}
+    return {frozenset((a, b)) for a, b in zip(links["a"], links["b"], strict=True)}
 
 
 def _kind(links: pd.DataFrame, a: str, b: str) -> str | None:
@@ -70,8 +71,9 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     in_groups = {path for group in recaptures for path in group}
 
     def singles(label: str) -> list[str]:
-        return [f"{label}/{p.name}" for p in sorted((root / label).glob("*.jpg"))
-                if f"{label}/{p.name}" not in in_groups]
+        return [
+            f"{label}/{p.name}" for p in sorted((root / label).glob("*.jpg")) if f"{label}/{p.name}" not in in_groups
+        ]
 
     benign, early, pre, pro = singles("Benign"), singles("Early"), singles("Pre"), singles("Pro")
 
@@ -92,7 +94,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     with Image.open(root / shift_source) as image:
         field = np.asarray(image.convert("RGB"))
     size = field.shape[0]
-    region = field[SHIFT:, SHIFT:]                       # the field seen SHIFT px further on
+    region = field[SHIFT:, SHIFT:]  # the field seen SHIFT px further on
     moved = np.pad(region, ((0, SHIFT), (0, SHIFT), (0, 0)), mode="edge")
     assert moved.shape == field.shape == (size, size, 3)
     Image.fromarray(moved, "RGB").save(root / shifted_copy, format="JPEG", quality=92)
@@ -109,20 +111,28 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
             pixels = np.asarray(image.convert("RGB")).copy()
         pixels[top:, left:] = donor[top:, left:]
         target = f"Pro/corner-{Path(source).stem}.png"
-        Image.fromarray(pixels, "RGB").save(root / target, format="PNG")   # lossless: identical corners
+        Image.fromarray(pixels, "RGB").save(root / target, format="PNG")  # lossless: identical corners
         (root / source).unlink()
         corner_paths.append(target)
 
     manifest = build_manifest(root)
     assert (manifest.table["problem"] == "").all()
     links = find_links(manifest.root, manifest.table)
-    return Scene(root, manifest, links, recaptures, tuple(sorted((exact_source, exact_copy))),
-                 tuple(sorted((near_source, near_copy))), tuple(sorted((shift_source, shifted_copy))),
-                 tuple(sorted(corner_paths)))
+    return Scene(
+        root,
+        manifest,
+        links,
+        recaptures,
+        tuple(sorted((exact_source, exact_copy))),
+        tuple(sorted((near_source, near_copy))),
+        tuple(sorted((shift_source, shifted_copy))),
+        tuple(sorted(corner_paths)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Links
+
 
 def test_links_frame_shape(scene: Scene):
     links = scene.links
@@ -168,7 +178,7 @@ def test_no_group_spans_two_classes(scene: Scene):
     table = scene.manifest.usable
     ids = group_ids(table["path"], scene.links)
     classes: dict[str, set[str]] = {}
-    for path, label in zip(table["path"], table["class"]):
+    for path, label in zip(table["path"], table["class"], strict=True):
         classes.setdefault(ids[path], set()).add(label)
     mixed = {group: labels for group, labels in classes.items() if len(labels) > 1}
     assert not mixed
@@ -214,6 +224,7 @@ def test_group_ids_are_first_member(scene: Scene):
 
 # ---------------------------------------------------------------------------------------------
 # Small cases and the mask itself
+
 
 def test_no_links_for_fewer_than_two_usable_images(scene: Scene):
     one = scene.manifest.table.iloc[:1]
@@ -264,6 +275,7 @@ def test_masking_is_what_keeps_a_shared_corner_apart(tmp_path: Path):
 # ---------------------------------------------------------------------------------------------
 # Parameters
 
+
 def test_duplicate_params_are_sane():
     p = DuplicateParams()
     assert 0 < p.corner_width < 0.5 and 0 < p.corner_height < 0.5
@@ -309,7 +321,9 @@ def test_every_duplicate_param_is_documented():
 def test_candidate_pairs_do_not_depend_on_the_block_size(scene: Scene):
     params = DuplicateParams()
     usable = scene.manifest.usable.sort_values("path").reset_index(drop=True)
-    thumbs = np.stack([duplicates._thumbnail(duplicates._matching_grey(scene.manifest.root / p), params) for p in usable["path"]])
+    thumbs = np.stack(
+        [duplicates._thumbnail(duplicates._matching_grey(scene.manifest.root / p), params) for p in usable["path"]]
+    )
     labels = usable["class"].to_numpy()
     whole_rows = duplicates.phase_correlation_candidates(thumbs, labels, params, block=len(thumbs))
     assert len(whole_rows) >= len(scene.recaptures)  # the re-captures at least are candidates

@@ -1,4 +1,5 @@
 """Run metrics: hand-checked scores, temperature scaling, ECE, bootstrap CIs, abstention, evaluate(), figures, cost."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,14 @@ def _predictions_frame(n_val: int, n_test: int, seed: int) -> pd.DataFrame:
     rows = []
     for split, n, offset in (("val", n_val, 0), ("test", n_test, 1)):
         y, proba = _overconfident(n, 2.0, seed + offset)
-        frame = pd.DataFrame({"split": split, "path": [f"{CLASSES[c]}/{split}-{i}.jpg" for i, c in enumerate(y)],
-                              "class": [CLASSES[c] for c in y], "label": [CLASSES[c] for c in proba.argmax(1)]})
+        frame = pd.DataFrame(
+            {
+                "split": split,
+                "path": [f"{CLASSES[c]}/{split}-{i}.jpg" for i, c in enumerate(y)],
+                "class": [CLASSES[c] for c in y],
+                "label": [CLASSES[c] for c in proba.argmax(1)],
+            }
+        )
         for i, label in enumerate(CLASSES):
             frame[f"p_{label}"] = proba[:, i]
         rows.append(frame)
@@ -62,8 +69,15 @@ def test_perfect_predictions_score_one_with_a_degenerate_interval():
     y = np.repeat(np.arange(4), 10)
     proba = _onehot_proba(list(y), confidence=0.97)
     metrics = ev.classification_metrics(y, proba, CLASSES)
-    for name in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "average_precision_macro",
-                 "malignant_sensitivity", "malignant_specificity"):
+    for name in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "roc_auc_macro",
+        "average_precision_macro",
+        "malignant_sensitivity",
+        "malignant_specificity",
+    ):
         assert metrics[name] == 1.0, name
     assert metrics["confusion"] == (np.eye(4, dtype=int) * 10).tolist()
     accuracy = lambda yy, pp: float((pp.argmax(1) == yy).mean())  # noqa: E731
@@ -78,8 +92,9 @@ def test_a_known_confusion_matrix_from_hand_made_probabilities():
     np.testing.assert_allclose(metrics["confusion_normalised"][0], [2 / 3, 1 / 3, 0, 0])
     assert metrics["accuracy"] == pytest.approx(0.6) and metrics["n"] == 10
     assert metrics["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3 + 1 / 2) / 4)
-    assert metrics["per_class"]["Benign"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3,
-                                                            "support": 3})
+    assert metrics["per_class"]["Benign"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
     assert metrics["per_class"]["Early"]["precision"] == pytest.approx(0.5)
     assert metrics["macro_f1"] == pytest.approx(np.mean([2 / 3, 0.5, 2 / 3, 0.5]))
 
@@ -140,8 +155,10 @@ def test_bootstrap_interval_contains_the_estimate_narrows_with_data_and_is_repro
 
 def test_fast_bootstrap_statistics_agree_with_scikit_learn():
     rng = np.random.default_rng(5)
-    for y, proba in [(rng.integers(0, 4, 300), rng.dirichlet(np.ones(4), 300).round(1)),  # ties in scores
-                     (rng.integers(1, 4, 50), rng.dirichlet(np.ones(4), 50))]:             # no Benign at all
+    for y, proba in [
+        (rng.integers(0, 4, 300), rng.dirichlet(np.ones(4), 300).round(1)),  # ties in scores
+        (rng.integers(1, 4, 50), rng.dirichlet(np.ones(4), 50)),
+    ]:  # no Benign at all
         fast = ev._ci_statistics(CLASSES)(y, proba)
         metrics = ev.classification_metrics(y, proba, CLASSES)
         expected = [np.nan if metrics[name] is None else metrics[name] for name in ev.CI_METRICS]
@@ -152,8 +169,17 @@ def test_evaluate_a_predictions_frame():
     frame = _predictions_frame(300, 200, seed=7)
     report = ev.evaluate(frame, CLASSES, n_resamples=200, seed=0)
     json.dumps(report, allow_nan=False)
-    assert set(report) == {"classes", "temperature", "ece_before", "ece_after", "val", "test", "test_calibrated",
-                           "decision", "bootstrap"}
+    assert set(report) == {
+        "classes",
+        "temperature",
+        "ece_before",
+        "ece_after",
+        "val",
+        "test",
+        "test_calibrated",
+        "decision",
+        "bootstrap",
+    }
     assert report["temperature"] == pytest.approx(2.0, rel=0.3)
     assert report["ece_before"] == report["test"]["ece"] and report["ece_after"] == report["test_calibrated"]["ece"]
     assert report["ece_after"] < report["ece_before"]
@@ -162,9 +188,22 @@ def test_evaluate_a_predictions_frame():
         for name in ev.CI_METRICS:
             low, high = metrics[f"{name}_ci"]
             assert 0 <= low <= high <= 1, (part, name)
-        for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion", "confusion_normalised",
-                    "roc_auc", "roc_auc_macro", "average_precision", "average_precision_macro",
-                    "malignant_sensitivity", "malignant_specificity", "ece", "n"):
+        for key in (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "per_class",
+            "confusion",
+            "confusion_normalised",
+            "roc_auc",
+            "roc_auc_macro",
+            "average_precision",
+            "average_precision_macro",
+            "malignant_sensitivity",
+            "malignant_specificity",
+            "ece",
+            "n",
+        ):
             assert key in metrics, (part, key)
     assert report["test"]["n"] == 200 and report["val"]["n"] == 300
     assert report["test"]["accuracy"] == report["test_calibrated"]["accuracy"]
@@ -172,7 +211,9 @@ def test_evaluate_a_predictions_frame():
     assert set(decision) == {"policy", "val", "test", "tradeoff"}
     assert decision["policy"]["calibration"] | {"split": "val", "n": 300} == decision["policy"]["calibration"]
     assert decision["test"]["n"] == 200 and len(decision["tradeoff"]) == len(ev.ALPHA_GRID)
-    assert decision["val"]["malignant_called_benign"]["n"] == int((frame[frame["split"] == "val"]["class"] != "Benign").sum())
+    assert decision["val"]["malignant_called_benign"]["n"] == int(
+        (frame[frame["split"] == "val"]["class"] != "Benign").sum()
+    )
     with pytest.raises(ValueError, match="no 'val' rows"):
         ev.evaluate(frame[frame["split"] == "test"], CLASSES, n_resamples=10)
 
@@ -182,9 +223,14 @@ def test_figures_are_figures():
 
     y, proba = _overconfident(200, 2.0, seed=8)
     metrics = ev.classification_metrics(y, proba, CLASSES)
-    figures = [ev.plot_confusion(metrics, CLASSES), ev.plot_confusion(metrics, CLASSES, normalised=False),
-               ev.plot_roc(y, proba, CLASSES), ev.plot_precision_recall(y, proba, CLASSES),
-               ev.plot_reliability(y, proba, ev.apply_temperature(proba, 2.0)), ev.plot_reliability(y, proba)]
+    figures = [
+        ev.plot_confusion(metrics, CLASSES),
+        ev.plot_confusion(metrics, CLASSES, normalised=False),
+        ev.plot_roc(y, proba, CLASSES),
+        ev.plot_precision_recall(y, proba, CLASSES),
+        ev.plot_reliability(y, proba, ev.apply_temperature(proba, 2.0)),
+        ev.plot_reliability(y, proba),
+    ]
     assert all(isinstance(fig, Figure) for fig in figures)
     assert len(figures[2].axes[0].get_legend().get_texts()) == 4
     assert "ECE" in figures[4].axes[0].get_legend().get_texts()[1].get_text()

@@ -1,6 +1,7 @@
 """Grad-CAM: every registry architecture (random weights, small inputs), checked against independent
 references (the keras-io recipe for flat models, CAM for backbones ending in global average pooling),
 after a save/load round trip, on a model trained to find a bright square; overlay and gallery."""
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,9 @@ def test_every_architecture(name):
     np.testing.assert_allclose(single, gradcam(model, images, class_index=1)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "efficientnet"])  # mobilenet 0.25: ~1e-16 maps at random init
+@pytest.mark.parametrize(
+    "name", ["resnet50", "mobilenetv2", "efficientnet"]
+)  # mobilenet 0.25: ~1e-16 maps at random init
 def test_backbones_ending_in_average_pooling_give_cam(name):
     """Feature map -> global average pooling -> Dense: the Grad-CAM channel weights are the Dense kernel's
     column of the class (Selvaraju et al. 2017, CAM as a special case), computed here without gradients."""
@@ -156,8 +159,14 @@ def test_bad_inputs_are_refused():
 
 def test_dead_relu_gives_zeros_not_nan():
     inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv", kernel_initializer="zeros",
-                            bias_initializer=keras.initializers.Constant(-1.0))(inputs)
+    x = keras.layers.Conv2D(
+        4,
+        3,
+        activation="relu",
+        name="conv",
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant(-1.0),
+    )(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(2, activation="softmax")(x)
     heatmaps = gradcam(keras.Model(inputs, outputs), images_of(16))
@@ -169,9 +178,9 @@ def square_images(rng: np.random.Generator, n: int, size: int = 32, side: int = 
     images = rng.uniform(0, 120, (n, size, size, 3)).astype(np.float32)
     labels = rng.integers(0, 2, n) if with_square is None else np.full(n, int(with_square))
     corners = rng.integers(0, size - side + 1, (n, 2))
-    for image, label, (row, col) in zip(images, labels, corners):
+    for image, label, (row, col) in zip(images, labels, corners, strict=True):
         if label:
-            image[row:row + side, col:col + side] = 255.0
+            image[row : row + side, col : col + side] = 255.0
     return images, labels, corners
 
 

@@ -1,6 +1,7 @@
-"""``allstudy export`` (allstudy.serving.export) on a tiny study laid out as ``allstudy run`` leaves it: a LeNet at 32 px
-with 8-view test-time augmentation in OUT/models/chosen (the model folder of test_predict), a splits.csv and
+"""``allstudy export`` (allstudy.serving.export) on a tiny study laid out as ``allstudy run`` leaves it: a LeNet at
+32 px with 8-view test-time augmentation in OUT/models/chosen (the model folder of test_predict), a splits.csv and
 data.json in OUT/data, synthetic fields as the dataset. No study is run."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,15 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("export")
     root = generate_dataset(base / "fields", n_per_class=6, seed=3, size=64, recapture_fraction=0.0)
     paths = [p.relative_to(root).as_posix() for p in _fields(root)]
-    splits = pd.DataFrame({"path": paths, "class": [p.split("/")[0] for p in paths], "subject": "", "group": paths,
-                           "split": ["test" if i % 2 else "train" for i in range(len(paths))]})
+    splits = pd.DataFrame(
+        {
+            "path": paths,
+            "class": [p.split("/")[0] for p in paths],
+            "subject": "",
+            "group": paths,
+            "split": ["test" if i % 2 else "train" for i in range(len(paths))],
+        }
+    )
     out = base / "study"
     (out / "data").mkdir(parents=True)
     splits.to_csv(out / "data" / "splits.csv", index=False)
@@ -85,13 +93,15 @@ def test_float_tflite_computes_the_models_probabilities(tflite, study):
     # parity.json on disk says the same, with the keys DESIGN.md names; model.json travels with the export.
     on_disk = read_json(out / "parity.json")
     assert {k: on_disk[k] for k in ("argmax_agreement", "max_abs_diff", "n_images")} == {
-        k: report[k] for k in ("argmax_agreement", "max_abs_diff", "n_images")}
+        k: report[k] for k in ("argmax_agreement", "max_abs_diff", "n_images")
+    }
     assert read_json(out / "model.json")["classes"] == list(TALEQANI_CLASSES)
     assert on_disk["source"]["model_sha256"] and on_disk["source"]["arch"] == "lenet"
     # Checked independently: the file on any batch size against the Keras model on the training loader's input.
     paths = study["test"][:3]
-    np.testing.assert_allclose(TFLiteRunner(out / "model.tflite")(_load(paths)), _keras_probabilities(study, paths),
-                               atol=MAX_ABS_DIFF)
+    np.testing.assert_allclose(
+        TFLiteRunner(out / "model.tflite")(_load(paths)), _keras_probabilities(study, paths), atol=MAX_ABS_DIFF
+    )
 
 
 def test_quantised_tflite_reports_its_accuracy_change(tflite):
@@ -102,7 +112,8 @@ def test_quantised_tflite_reports_its_accuracy_change(tflite):
     assert dynamic["n_images"] == float_["n_images"]
     assert dynamic["keras_test_accuracy"] == float_["keras_test_accuracy"]
     assert dynamic["accuracy_change_pp"] == pytest.approx(
-        100 * (dynamic["test_accuracy"] - dynamic["keras_test_accuracy"]), abs=1e-3)
+        100 * (dynamic["test_accuracy"] - dynamic["keras_test_accuracy"]), abs=1e-3
+    )
     assert 0.0 <= dynamic["argmax_agreement"] <= 1.0 and np.isfinite(dynamic["max_abs_diff"])
 
 
@@ -115,8 +126,9 @@ def test_onnx_computes_the_models_probabilities(onnx, study):
     assert report["argmax_agreement"] == 1.0 and report["max_abs_diff"] <= MAX_ABS_DIFF
     assert read_json(out / "parity.json")["variants"] == report["variants"]
     paths = study["test"][:5]
-    np.testing.assert_allclose(ONNXRunner(out / "model.onnx")(_load(paths)), _keras_probabilities(study, paths),
-                               atol=MAX_ABS_DIFF)
+    np.testing.assert_allclose(
+        ONNXRunner(out / "model.onnx")(_load(paths)), _keras_probabilities(study, paths), atol=MAX_ABS_DIFF
+    )
 
 
 def test_forward_function_is_the_saved_models_forward_pass(study):
@@ -165,8 +177,21 @@ def test_bad_input_gives_a_clear_error(study, tmp_path, capsys):
     from allstudy.cli import main
     from allstudy.serving.export import export_model
 
-    assert main(["export", "--model", str(tmp_path / "missing"), "--format", "tflite", "--out", str(tmp_path / "o"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "missing"),
+                "--format",
+                "tflite",
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("allstudy: error: model folder") and "missing does not exist" in err
     with pytest.raises(SystemExit) as exit_:

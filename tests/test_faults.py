@@ -8,6 +8,7 @@
 
 One uninterrupted quick study of one architecture (``sequential``, the cheapest) serves every comparison.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ from PIL import Image
 from allstudy.data.synthetic import generate_dataset
 from allstudy.models.profiles import get_profile
 
-pytestmark = [pytest.mark.notebook,
-              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find kernels")]
+pytestmark = [
+    pytest.mark.notebook,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find kernels"),
+]
 
 ARCH = "sequential"
 #: Test accuracy of a run resumed in the middle of its training, against the uninterrupted run. A resumed
@@ -62,6 +65,7 @@ def finish(cmd: list[str], log: Path, env: dict | None = None, timeout: int = 90
 
 
 # -- processes ---------------------------------------------------------------------------------------------
+
 
 def descendants(pid: int) -> set[int]:
     """Every living descendant of ``pid`` (papermill's kernels run in process groups of their own)."""
@@ -113,8 +117,10 @@ def run_until(cmd: list[str], condition, log: Path, timeout: float = 600) -> flo
         try:
             while not condition():
                 if process.poll() is not None:
-                    pytest.fail(f"the study ended (exit {process.returncode}) before the stage to kill it at:\n"
-                                f"{log.read_text()[-3000:]}")
+                    pytest.fail(
+                        f"the study ended (exit {process.returncode}) before the stage to kill it at:\n"
+                        f"{log.read_text()[-3000:]}"
+                    )
                 if time.time() - start > timeout:
                     pytest.fail(f"the stage to kill at never came within {timeout} s")
                 time.sleep(0.05)
@@ -126,10 +132,14 @@ def run_until(cmd: list[str], condition, log: Path, timeout: float = 600) -> flo
 
 # -- what a folder holds -----------------------------------------------------------------------------------
 
+
 def leftovers(out: Path) -> list[Path]:
     """Temporary files and folders of interrupted writers, and notebooks kept from failed steps."""
-    return sorted(p for p in out.rglob("*") if TEMPORARY.match(p.name) or ".tmp-" in p.name
-                  or ".old-" in p.name or p.name.endswith(".failed.ipynb"))
+    return sorted(
+        p
+        for p in out.rglob("*")
+        if TEMPORARY.match(p.name) or ".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".failed.ipynb")
+    )
 
 
 def unreadable_json(out: Path) -> list[str]:
@@ -169,6 +179,7 @@ def check_every_artefact_is_whole(out: Path) -> None:
 
 
 # -- the shared, uninterrupted study -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
@@ -228,6 +239,7 @@ def test_summary_and_every_run_carry_their_provenance(uninterrupted):
 
 # -- kill -9 and resume --------------------------------------------------------------------------------------
 
+
 def _epoch(state: Path) -> int:
     try:
         return json.loads(state.read_text())["epoch"]
@@ -238,10 +250,14 @@ def _epoch(state: Path) -> int:
 def _stages(out: Path) -> list[tuple[str, object]]:
     notebooks = out / "notebooks"
     return [
-        ("the data step, writing the synthetic fields",
-         lambda: any(sum(1 for _ in d.rglob("*.jpg")) >= 10 for d in out.glob("synthetic-data.tmp-*"))),
-        (f"03_train-{ARCH}, after its third epoch", lambda: _epoch(out / "runs" / ARCH / "training" / "train" /
-                                                                   "state.json") >= 3),
+        (
+            "the data step, writing the synthetic fields",
+            lambda: any(sum(1 for _ in d.rglob("*.jpg")) >= 10 for d in out.glob("synthetic-data.tmp-*")),
+        ),
+        (
+            f"03_train-{ARCH}, after its third epoch",
+            lambda: _epoch(out / "runs" / ARCH / "training" / "train" / "state.json") >= 3,
+        ),
         ("a control's 03_train, executing", lambda: any(out.glob(f"runs/control-{ARCH}-*/training/identity.json"))),
         ("05_compare, executing", lambda: any(notebooks.glob(".05_compare.*.tmp.ipynb"))),
     ]
@@ -269,9 +285,14 @@ def test_kill_9_at_every_stage_then_the_same_command_gives_the_uninterrupted_res
 
     for run in sorted((uninterrupted / "runs").glob("*/params.json")):
         name = run.parent.name
-        history = [pd.read_csv(o / "runs" / name / "history.csv") for o in (out, uninterrupted)] \
-            if (run.parent / "history.csv").exists() else []
-        figures = [json.loads((o / "runs" / name / "evaluation.json").read_text())["test"] for o in (out, uninterrupted)]
+        history = (
+            [pd.read_csv(o / "runs" / name / "history.csv") for o in (out, uninterrupted)]
+            if (run.parent / "history.csv").exists()
+            else []
+        )
+        figures = [
+            json.loads((o / "runs" / name / "evaluation.json").read_text())["test"] for o in (out, uninterrupted)
+        ]
         if name in interrupted:
             # the epochs before the kill are the uninterrupted run's, to the bit; the rest as another seed's
             assert list(history[0]["epoch"]) == list(history[1]["epoch"])  # every epoch exactly once
@@ -288,6 +309,7 @@ def test_kill_9_at_every_stage_then_the_same_command_gives_the_uninterrupted_res
 
 # -- reproducibility -----------------------------------------------------------------------------------------
 
+
 def test_two_seeded_runs_give_the_same_split_and_figures(uninterrupted, tmp_path):
     """`allstudy train` on the synthetic default in a fresh folder repeats the uninterrupted study's run."""
     out = tmp_path / "out"
@@ -296,14 +318,19 @@ def test_two_seeded_runs_give_the_same_split_and_figures(uninterrupted, tmp_path
     first, second = (json.loads((o / "runs" / ARCH / "params.json").read_text()) for o in (uninterrupted, out))
     assert first["data_hash"] == second["data_hash"] and first["config"] == second["config"]
     for split in ("val", "test"):
-        accuracy = [json.loads((o / "runs" / ARCH / "metrics.json").read_text())["accuracy"][split]
-                    for o in (uninterrupted, out)]
+        accuracy = [
+            json.loads((o / "runs" / ARCH / "metrics.json").read_text())["accuracy"][split]
+            for o in (uninterrupted, out)
+        ]
         assert abs(accuracy[0] - accuracy[1]) <= 0.005, (split, accuracy)
-    predictions = [pd.read_csv(o / "runs" / ARCH / "predictions.csv", keep_default_na=False) for o in (uninterrupted, out)]
+    predictions = [
+        pd.read_csv(o / "runs" / ARCH / "predictions.csv", keep_default_na=False) for o in (uninterrupted, out)
+    ]
     assert list(predictions[0]["label"]) == list(predictions[1]["label"])
 
 
 # -- a folder that cannot be written, a full disk -------------------------------------------------------------
+
 
 def _as_unprivileged_user() -> tuple[list[str], int | None]:
     """The command prefix that drops root (whom no permission stops), and that user's id; () for a normal user."""
@@ -334,8 +361,10 @@ def test_an_output_folder_that_cannot_be_written_is_one_clear_line():
             os.chown(locked, user, user)
         locked.chmod(0o500)
         env = {**os.environ, "HOME": str(base)}
-        for args in (["run", "--profile", "quick", "--out", str(locked)],  # the folder exists, read-only
-                     ["train", "--arch", ARCH, "--profile", "quick", "--out", str(locked / "new")]):  # inside it
+        for args in (
+            ["run", "--profile", "quick", "--out", str(locked)],  # the folder exists, read-only
+            ["train", "--arch", ARCH, "--profile", "quick", "--out", str(locked / "new")],
+        ):  # inside it
             done = subprocess.run(prefix + command(*args), capture_output=True, text=True, timeout=300, env=env)
             line = _one_clear_line(done)
             assert f"cannot write in {locked}" in line and "--out" in line and "chmod u+w" in line, line
@@ -378,8 +407,13 @@ def full_disk(tmp_path):
 def test_a_full_disk_is_one_clear_line_from_train(full_disk, tmp_path):
     data = generate_dataset(tmp_path / "fields", n_per_class=30, seed=3)
     out = tmp_path / "out"
-    done = subprocess.run(command("train", "--arch", ARCH, "--epochs", "1", "--profile", "quick", "--data", str(data),
-                                  "--out", str(out)), capture_output=True, text=True, timeout=600, env=full_disk)
+    done = subprocess.run(
+        command("train", "--arch", ARCH, "--epochs", "1", "--profile", "quick", "--data", str(data), "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=full_disk,
+    )
     line = _one_clear_line(done)
     assert f"no space left on the disk of {out}" in line and "run the same command again" in line, line
     assert not [p for p in out.rglob("*") if TEMPORARY.match(p.name)]  # the failed write left nothing behind
@@ -389,7 +423,9 @@ def test_a_full_disk_in_a_notebook_is_one_clear_line_from_run(uninterrupted, ful
     """A second architecture added to the uninterrupted study: its 03_train kernel finds the disk full."""
     out, extra = uninterrupted, "lenet"
     try:
-        done = subprocess.run(study_command(out, archs=(ARCH, extra)), capture_output=True, text=True, timeout=600, env=full_disk)
+        done = subprocess.run(
+            study_command(out, archs=(ARCH, extra)), capture_output=True, text=True, timeout=600, env=full_disk
+        )
         line = _one_clear_line(done)
         assert f"no space left on the disk of {out}" in line and "run the same command again" in line, line
         assert not [p for p in out.rglob("*") if TEMPORARY.match(p.name)]  # the failed write left nothing behind
@@ -424,8 +460,10 @@ def test_one_run_holds_its_output_folder(tmp_path, capsys):
     with output_lock(tmp_path / "out", shared=True), output_lock(tmp_path / "out", shared=True):  # train beside train
         assert main(["run", "--profile", "quick", "--out", str(tmp_path / "out")]) == 2
     line = capsys.readouterr().err.strip()
-    assert line == f"allstudy: error: another allstudy command is writing to {tmp_path / 'out'}; wait until it ends, " \
-                   "or pass another --out folder"
+    assert (
+        line == f"allstudy: error: another allstudy command is writing to {tmp_path / 'out'}; wait until it ends, "
+        "or pass another --out folder"
+    )
 
 
 def test_only_the_temporaries_of_killed_writers_are_removed(tmp_path):

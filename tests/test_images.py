@@ -1,4 +1,5 @@
 """Tests of safe image reading (allstudy.data.images): broken files give reasons, odd modes become RGB."""
+
 from __future__ import annotations
 
 import io
@@ -16,6 +17,7 @@ from allstudy.data.images import MAX_PIXELS, MIN_SIDE, ImageInfo, ImageProblem, 
 # ---------------------------------------------------------------------------------------------
 # Makers of image bytes, all in memory (no image file is committed).
 
+
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
@@ -28,15 +30,18 @@ def _noise_rgb(width: int = 80, height: int = 64, seed: int = 0) -> Image.Image:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A well-formed PNG (correct CRCs) whose IHDR claims width x height RGB, with a tiny IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _truncated_jpeg() -> bytes:
@@ -73,6 +78,7 @@ def broken_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------
 # Broken files: a reason in words, never a crash.
+
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_inspect_reports_broken_file_without_raising(name: str, broken_files: dict[str, Path]):
@@ -172,6 +178,7 @@ def test_max_pixels_itself_is_not_a_bomb():
 # ---------------------------------------------------------------------------------------------
 # Readable oddities: converted to RGB, with a note.
 
+
 def _read(data: bytes, tmp_path: Path, name: str) -> tuple[ImageInfo, np.ndarray]:
     """Inspect the bytes and read them back from a file; both routes must agree."""
     info, image = inspect_bytes(data, name)
@@ -201,9 +208,9 @@ def test_grey_l(tmp_path: Path):
 
 def test_rgba_transparent_pixels_become_white(tmp_path: Path):
     rgba = np.zeros((40, 60, 4), np.uint8)
-    rgba[:, :20] = (255, 0, 0, 0)        # fully transparent red -> white
-    rgba[:, 20:40] = (0, 0, 255, 255)    # opaque blue -> blue
-    rgba[:, 40:] = (0, 0, 0, 128)        # half-transparent black -> mid grey
+    rgba[:, :20] = (255, 0, 0, 0)  # fully transparent red -> white
+    rgba[:, 20:40] = (0, 0, 255, 255)  # opaque blue -> blue
+    rgba[:, 40:] = (0, 0, 0, 128)  # half-transparent black -> mid grey
     info, pixels = _read(_encode(Image.fromarray(rgba, "RGBA"), "PNG"), tmp_path, "alpha.png")
     assert info.mode == "RGBA" and "RGBA" in info.note
     assert (pixels[:, :20] == 255).all()
@@ -239,7 +246,7 @@ def test_palette_png_with_transparency(tmp_path: Path):
     index[:, 20:] = 1
     palette_image = Image.fromarray(index, "P")
     palette_image.putpalette([0, 0, 0, 0, 160, 0] + [0] * (256 * 3 - 6))
-    data = _encode(palette_image, "PNG", transparency=0)   # index 0 (black) is transparent
+    data = _encode(palette_image, "PNG", transparency=0)  # index 0 (black) is transparent
     info, pixels = _read(data, tmp_path, "palette.png")
     assert info.mode == "P" and "P" in info.note
     assert (pixels[:, :20] == 255).all(), "transparent palette entries must come out white, not black"
@@ -297,12 +304,15 @@ def test_read_rgb_uses_given_bytes(tmp_path: Path):
     assert np.asarray(image)[0, 0].tolist() == [9, 8, 7]
 
 
-@pytest.mark.parametrize("mode, value, expected", [
-    ("1", 1, (255, 255, 255)),
-    ("LA", (90, 255), (90, 90, 90)),
-    ("LA", (0, 0), (255, 255, 255)),
-    ("RGB", (4, 5, 6), (4, 5, 6)),
-])
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("1", 1, (255, 255, 255)),
+        ("LA", (90, 255), (90, 90, 90)),
+        ("LA", (0, 0), (255, 255, 255)),
+        ("RGB", (4, 5, 6), (4, 5, 6)),
+    ],
+)
 def test_to_rgb_in_memory(mode: str, value, expected):
     result = to_rgb(Image.new(mode, (40, 40), value))
     assert result.mode == "RGB"

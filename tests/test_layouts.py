@@ -1,4 +1,5 @@
 """Tests of dataset layouts (allstudy.data.layouts): class names, C-NMC subjects, folder discovery."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,49 +33,57 @@ def _by_path(items: list[Item]) -> dict[str, Item]:
 # ---------------------------------------------------------------------------------------------
 # canonical_class and subject_of
 
-@pytest.mark.parametrize("name, expected", [
-    ("Benign", "Benign"),
-    ("benign", "Benign"),
-    ("Hematogones", "Benign"),
-    ("[Malignant] early Pre-B", "Early"),
-    ("[Malignant] Pre-B", "Pre"),
-    ("[Malignant] Pro-B", "Pro"),
-    ("Early", "Early"),
-    ("Pre", "Pre"),
-    ("Pro", "Pro"),
-    ("Pre-B ALL", "Pre"),
-    ("all", "all"),
-    ("ALL", "all"),
-    ("hem", "hem"),
-    ("cats", None),
-    ("Original", None),
-    ("Segmented", None),
-    ("fold_0", None),
-    ("Malignant", None),
-    ("", None),
-])
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Benign", "Benign"),
+        ("benign", "Benign"),
+        ("Hematogones", "Benign"),
+        ("[Malignant] early Pre-B", "Early"),
+        ("[Malignant] Pre-B", "Pre"),
+        ("[Malignant] Pro-B", "Pro"),
+        ("Early", "Early"),
+        ("Pre", "Pre"),
+        ("Pro", "Pro"),
+        ("Pre-B ALL", "Pre"),
+        ("all", "all"),
+        ("ALL", "all"),
+        ("hem", "hem"),
+        ("cats", None),
+        ("Original", None),
+        ("Segmented", None),
+        ("fold_0", None),
+        ("Malignant", None),
+        ("", None),
+    ],
+)
 def test_canonical_class(name: str, expected: str | None):
     assert canonical_class(name) == expected
 
 
-@pytest.mark.parametrize("filename, expected", [
-    ("UID_1_3_1_all.bmp", "UID_1"),
-    ("UID_11_10_2_all.bmp", "UID_11"),
-    ("UID_H6_5_1_hem.bmp", "UID_H6"),
-    ("UID_h3_1_1_hem.bmp", "UID_H3"),
-    ("synthetic-Benign-0001.jpg", None),
-    ("Snap_001.jpg", None),
-    ("UID_x_1_1_all.bmp", None),
-    ("uid_1_1_1_all.bmp", None),
-    ("UID_1.bmp", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "filename, expected",
+    [
+        ("UID_1_3_1_all.bmp", "UID_1"),
+        ("UID_11_10_2_all.bmp", "UID_11"),
+        ("UID_H6_5_1_hem.bmp", "UID_H6"),
+        ("UID_h3_1_1_hem.bmp", "UID_H3"),
+        ("synthetic-Benign-0001.jpg", None),
+        ("Snap_001.jpg", None),
+        ("UID_x_1_1_all.bmp", None),
+        ("uid_1_1_1_all.bmp", None),
+        ("UID_1.bmp", None),
+        ("", None),
+    ],
+)
 def test_subject_of(filename: str, expected: str | None):
     assert subject_of(filename) == expected
 
 
 # ---------------------------------------------------------------------------------------------
 # discover
+
 
 def test_plain_class_per_folder(tmp_path: Path):
     root = _tree(tmp_path / "data", [f"{c}/{c.lower()}-{i}.jpg" for c in TALEQANI for i in range(2)])
@@ -84,7 +93,8 @@ def test_plain_class_per_folder(tmp_path: Path):
     assert len(items) == 8
     assert all(isinstance(item, Item) for item in items)
     assert {item.relpath: item.label for item in items} == {
-        f"{c}/{c.lower()}-{i}.jpg": c for c in TALEQANI for i in range(2)}
+        f"{c}/{c.lower()}-{i}.jpg": c for c in TALEQANI for i in range(2)
+    }
     assert all(item.subject is None for item in items)
 
 
@@ -92,15 +102,17 @@ def test_relpaths_use_forward_slashes_and_deeper_folders_keep_the_class(tmp_path
     root = _tree(tmp_path / "data", ["Benign/slide1/a.jpg", "Pro/slide2/deep/b.jpg", "cats/x/c.jpg"])
     _, _, items = discover(root)
     labels = {item.relpath: item.label for item in items}
-    assert labels == {"Benign/slide1/a.jpg": "Benign", "Pro/slide2/deep/b.jpg": "Pro",
-                      "cats/x/c.jpg": "cats"}  # unknown class names: the top-level folder
+    assert labels == {
+        "Benign/slide1/a.jpg": "Benign",
+        "Pro/slide2/deep/b.jpg": "Pro",
+        "cats/x/c.jpg": "cats",
+    }  # unknown class names: the top-level folder
 
 
 def test_nearest_known_class_folder_wins(tmp_path: Path):
     root = _tree(tmp_path / "data", ["batch1/Early/a.jpg", "batch1/Pre/b.jpg"])
     _, _, items = discover(root)
-    assert {item.relpath: item.label for item in items} == {"batch1/Early/a.jpg": "Early",
-                                                          "batch1/Pre/b.jpg": "Pre"}
+    assert {item.relpath: item.label for item in items} == {"batch1/Early/a.jpg": "Early", "batch1/Pre/b.jpg": "Pre"}
 
 
 def test_kaggle_original_and_segmented_reads_original_only(tmp_path: Path):
@@ -112,8 +124,7 @@ def test_kaggle_original_and_segmented_reads_original_only(tmp_path: Path):
     assert "kaggle" in layout.lower()
     assert len(items) == 8
     assert all(item.relpath.split("/")[-1].startswith("o-") for item in items)
-    assert {item.relpath: item.label for item in items} == {
-        f"{c}/o-{i}.jpg": c for c in TALEQANI for i in range(2)}
+    assert {item.relpath: item.label for item in items} == {f"{c}/o-{i}.jpg": c for c in TALEQANI for i in range(2)}
     # Pointing at Segmented reads the segmented version.
     seg_root, seg_layout, seg_items = discover(root / "Segmented")
     assert seg_root == root / "Segmented" and seg_layout == "class-per-folder"
@@ -132,8 +143,11 @@ def test_kaggle_four_class_variant_names(tmp_path: Path):
     image_root, layout, items = discover(root)
     assert image_root == root and layout == "class-per-folder"
     labels = {item.relpath: item.label for item in items}
-    assert labels == {f"{folder}/img-{i}.jpg": canonical for folder, canonical in zip(VARIANT, TALEQANI)
-                      for i in range(2)}
+    assert labels == {
+        f"{folder}/img-{i}.jpg": canonical
+        for folder, canonical in zip(VARIANT, TALEQANI, strict=True)
+        for i in range(2)
+    }
 
 
 def test_kaggle_variant_inside_original_and_segmented(tmp_path: Path):

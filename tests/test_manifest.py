@@ -1,4 +1,5 @@
 """Tests of the manifest (allstudy.data.manifest): one row per file, problems recorded, hashes, CSV."""
+
 from __future__ import annotations
 
 import hashlib
@@ -73,6 +74,7 @@ def _clean_dataset(root: Path, n: int = 3) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Rows
 
+
 def test_one_row_per_file_with_columns(mixed: Manifest):
     table = mixed.table
     assert list(table.columns) == COLUMNS
@@ -138,6 +140,7 @@ def test_cnmc_subjects_in_manifest(tmp_path: Path):
 # ---------------------------------------------------------------------------------------------
 # content_hash and fingerprint
 
+
 def test_content_hash_is_stable(tmp_path: Path):
     root = _clean_dataset(tmp_path / "data")
     first = build_manifest(root)
@@ -194,6 +197,7 @@ def test_fingerprint_ignores_documentation(tmp_path: Path):
 # ---------------------------------------------------------------------------------------------
 # CSV round trip
 
+
 def test_csv_round_trip_keeps_empty_strings(mixed: Manifest, tmp_path: Path):
     path = tmp_path / "manifest.csv"
     mixed.table.to_csv(path, index=False)
@@ -230,6 +234,7 @@ def test_read_manifest_csv_refuses_other_csv(tmp_path: Path):
 
 # ---------------------------------------------------------------------------------------------
 # Unreadable files
+
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can read a chmod 000 file")
 def test_unreadable_file_is_a_problem_not_a_crash(tmp_path: Path):

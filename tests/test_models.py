@@ -1,5 +1,6 @@
 """The model registry: building every architecture, preprocessing as layers, weights resolution, ImageNet
 downloads (stubbed, never the network), the offline weight files in ../shared/weights, fine-tuning and saving."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ from allstudy.models.views import dihedral
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 needs_shared_weights = pytest.mark.skipif(
-    not SHARED_WEIGHTS.is_dir(), reason="../shared/weights (offline ImageNet files) is absent")
+    not SHARED_WEIGHTS.is_dir(), reason="../shared/weights (offline ImageNet files) is absent"
+)
 
 MOBILENET_025 = "mobilenet_2_5_224_tf_no_top.h5"
 MOBILENET_V2 = "mobilenet_v2_1.0_224_imagenet_no_top.h5"
@@ -43,8 +45,10 @@ RESNET50_URL = "https://storage.googleapis.com/tensorflow/keras-applications/res
 EFFICIENTNETB0_NOTOP = "efficientnetb0_notop.h5"
 EFFICIENTNETB0_URL = "https://storage.googleapis.com/keras-applications/" + EFFICIENTNETB0_NOTOP
 
-OFFLINE_ERROR = ("URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/: "
-                 "None -- [Errno -3] Temporary failure in name resolution")
+OFFLINE_ERROR = (
+    "URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/: "
+    "None -- [Errno -3] Temporary failure in name resolution"
+)
 
 SMALL = 32
 
@@ -81,7 +85,7 @@ def _save_legacy_h5(model, path: Path) -> Path:
 
 def _assert_same_weights(actual, expected):
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         np.testing.assert_array_equal(a, e)
 
 
@@ -105,6 +109,7 @@ def small_models():
 
 
 # 1. Every architecture builds and gives probabilities -------------------------------------------------
+
 
 def test_registry_lists_the_seven_architectures():
     assert list(REGISTRY) == ["sequential", "lenet", "vgg16", "resnet50", "mobilenet", "mobilenetv2", "efficientnet"]
@@ -144,18 +149,22 @@ def test_fewer_than_two_classes_is_a_clear_error(n_classes):
 
 # 2. Preprocessing layers match keras.applications' own functions -----------------------------------------
 
+
 def _preprocess_output(model, x):
     sub = keras.Model(model.input, model.get_layer("preprocess").output)
     return sub(x, training=False).numpy()
 
 
-@pytest.mark.parametrize("name, reference", [
-    ("vgg16", keras.applications.vgg16.preprocess_input),
-    ("resnet50", keras.applications.resnet50.preprocess_input),
-    ("mobilenet", keras.applications.mobilenet.preprocess_input),
-    ("mobilenetv2", keras.applications.mobilenet.preprocess_input),
-    ("mobilenetv2", keras.applications.mobilenet_v2.preprocess_input),
-])
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("vgg16", keras.applications.vgg16.preprocess_input),
+        ("resnet50", keras.applications.resnet50.preprocess_input),
+        ("mobilenet", keras.applications.mobilenet.preprocess_input),
+        ("mobilenetv2", keras.applications.mobilenet.preprocess_input),
+        ("mobilenetv2", keras.applications.mobilenet_v2.preprocess_input),
+    ],
+)
 def test_preprocess_layer_matches_keras_applications(small_models, name, reference):
     x = _images(4, SMALL, seed=1)
     expected = reference(x.copy())  # preprocess_input may work in place on NumPy input
@@ -181,6 +190,7 @@ def test_efficientnet_preprocessing_is_inside_the_backbone(small_models):
 
 
 # 3. Weights resolution -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("weights", [None, "none", "None", "", "scratch"])
 def test_no_weights_resolve_to_none(weights):
@@ -212,12 +222,15 @@ def test_imagenet_for_a_model_without_backbone_is_an_error(name):
         build_model(name, 2, SMALL, weights="imagenet")
 
 
-@pytest.mark.parametrize("name, alpha, file_name", [
-    ("mobilenet", 0.25, MOBILENET_025),
-    ("mobilenet", 1.0, "mobilenet_1_0_224_tf_no_top.h5"),
-    ("mobilenetv2", 1.0, MOBILENET_V2),
-    ("efficientnet", 1.0, EFFICIENTNET_LITE0),
-])
+@pytest.mark.parametrize(
+    "name, alpha, file_name",
+    [
+        ("mobilenet", 0.25, MOBILENET_025),
+        ("mobilenet", 1.0, "mobilenet_1_0_224_tf_no_top.h5"),
+        ("mobilenetv2", 1.0, MOBILENET_V2),
+        ("efficientnet", 1.0, EFFICIENTNET_LITE0),
+    ],
+)
 def test_imagenet_resolves_to_the_offline_file_in_the_weights_dir(tmp_path, name, alpha, file_name):
     arch = get_architecture(name)
     assert resolve_weights(arch, "imagenet", alpha, tmp_path) == "imagenet"  # folder without the file
@@ -256,6 +269,7 @@ def test_the_weights_dir_environment_variable_is_honoured(tmp_path, monkeypatch)
 
 
 # 4. No network: a clear WeightsUnavailable ------------------------------------------------------------------
+
 
 def _offline(monkeypatch, module_name: str) -> list[tuple[str, str]]:
     calls: list[tuple[str, str]] = []
@@ -298,12 +312,17 @@ def test_offline_mobilenet_message_names_the_real_file(monkeypatch):
 
 # 5. The download path, with a stubbed download location ----------------------------------------------------
 
-@pytest.mark.parametrize("name, application, module_name, file_name, url", [
-    ("vgg16", keras.applications.VGG16, "vgg16", VGG16_NOTOP, VGG16_URL),
-    ("resnet50", keras.applications.ResNet50, "resnet", RESNET50_NOTOP, RESNET50_URL),
-])
-def test_imagenet_download_path_loads_keras_weights(tmp_path, monkeypatch, name, application, module_name,
-                                                    file_name, url):
+
+@pytest.mark.parametrize(
+    "name, application, module_name, file_name, url",
+    [
+        ("vgg16", keras.applications.VGG16, "vgg16", VGG16_NOTOP, VGG16_URL),
+        ("resnet50", keras.applications.ResNet50, "resnet", RESNET50_NOTOP, RESNET50_URL),
+    ],
+)
+def test_imagenet_download_path_loads_keras_weights(
+    tmp_path, monkeypatch, name, application, module_name, file_name, url
+):
     size = 64
     reference = application(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
     saved = reference.get_weights()
@@ -325,8 +344,9 @@ def test_imagenet_download_path_loads_keras_weights(tmp_path, monkeypatch, name,
 def downloaded_efficientnet(tmp_path_factory):
     """efficientnet with weights='imagenet' and no local file: keras' EfficientNetB0, download stubbed."""
     size = 64
-    reference = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3),
-                                                  pooling="avg")
+    reference = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
+    )
     saved = reference.get_weights()
     path = _save_legacy_h5(reference, tmp_path_factory.mktemp("efficientnet") / EFFICIENTNETB0_NOTOP)
     with pytest.MonkeyPatch.context() as mp:
@@ -355,11 +375,15 @@ def test_pretrained_efficientnetb0_backbone_runs_in_inference_mode(downloaded_ef
 
 # 6. The real offline files in ../shared/weights ------------------------------------------------------------
 
+
 @needs_shared_weights
-@pytest.mark.parametrize("name, alpha, file_name, n_features, application", [
-    ("mobilenet", 0.25, MOBILENET_025, 256, keras.applications.MobileNet),
-    ("mobilenetv2", 1.0, MOBILENET_V2, 1280, keras.applications.MobileNetV2),
-])
+@pytest.mark.parametrize(
+    "name, alpha, file_name, n_features, application",
+    [
+        ("mobilenet", 0.25, MOBILENET_025, 256, keras.applications.MobileNet),
+        ("mobilenetv2", 1.0, MOBILENET_V2, 1280, keras.applications.MobileNetV2),
+    ],
+)
 def test_offline_mobilenet_files_load(name, alpha, file_name, n_features, application):
     built = build_model(name, 2, 224, weights="imagenet", alpha=alpha, weights_dir=SHARED_WEIGHTS)
     assert built.weights == str(SHARED_WEIGHTS / file_name)
@@ -367,8 +391,13 @@ def test_offline_mobilenet_files_load(name, alpha, file_name, n_features, applic
     assert built.features.output_shape == (None, n_features)
     if name == "mobilenet":
         assert built.info["alpha"] == 0.25
-    reference = application(include_top=False, weights=str(SHARED_WEIGHTS / file_name), alpha=alpha,
-                            input_shape=(224, 224, 3), pooling="avg")
+    reference = application(
+        include_top=False,
+        weights=str(SHARED_WEIGHTS / file_name),
+        alpha=alpha,
+        input_shape=(224, 224, 3),
+        pooling="avg",
+    )
     _assert_same_weights(built.backbone.get_weights(), reference.get_weights())
     probabilities = built.model(_images(1, 224), training=False).numpy()
     assert probabilities.shape == (1, 2)
@@ -396,17 +425,21 @@ def test_offline_efficientnet_is_lite0():
 def test_pretrained_mobilenetv2_backbone_ignores_training_mode():
     built = build_model("mobilenetv2", 2, 224, weights="imagenet", dropout=0.0, weights_dir=SHARED_WEIGHTS)
     x = _images(2, 224, seed=5)
-    np.testing.assert_allclose(built.features(x, training=True).numpy(), built.features(x, training=False).numpy(),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(built.model(x, training=True).numpy(), built.model(x, training=False).numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        built.features(x, training=True).numpy(), built.features(x, training=False).numpy(), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        built.model(x, training=True).numpy(), built.model(x, training=False).numpy(), rtol=1e-5, atol=1e-6
+    )
     # Still so after unfreezing the top for phase 2: BatchNorm stays frozen.
     unfreeze_top(built.backbone, REGISTRY["mobilenetv2"].fine_tune_layers)
-    np.testing.assert_allclose(built.features(x, training=True).numpy(), built.features(x, training=False).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        built.features(x, training=True).numpy(), built.features(x, training=False).numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 # 7. From scratch the backbone's BatchNorm learns ------------------------------------------------------------
+
 
 def test_from_scratch_backbone_trains_batchnorm():
     built = build_model("resnet50", 2, 64, weights=None)
@@ -420,8 +453,11 @@ def test_from_scratch_backbone_trains_batchnorm():
 def test_from_scratch_batchnorm_follows_the_weights_quickly():
     import keras
 
-    batch_norms = [layer for layer in build_model("resnet50", 2, 64, weights=None).backbone.layers
-                   if isinstance(layer, keras.layers.BatchNormalization)]
+    batch_norms = [
+        layer
+        for layer in build_model("resnet50", 2, 64, weights=None).backbone.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert batch_norms and all(layer.momentum == 0.9 for layer in batch_norms)
 
 
@@ -429,10 +465,15 @@ def test_from_scratch_convolutions_start_from_he_initialisation():
     import keras
 
     keras.utils.set_random_seed(0)
-    convolutions = [layer for layer in build_model("vgg16", 2, 32, weights=None).backbone.layers
-                    if isinstance(layer, keras.layers.Conv2D)]
+    convolutions = [
+        layer
+        for layer in build_model("vgg16", 2, 32, weights=None).backbone.layers
+        if isinstance(layer, keras.layers.Conv2D)
+    ]
     assert len(convolutions) == 13
-    for layer in convolutions:  # He: std sqrt(2 / fan_in); Glorot's uniform kernels have std sqrt(2 / (fan_in + fan_out))
+    for (
+        layer
+    ) in convolutions:  # He: std sqrt(2 / fan_in); Glorot's uniform kernels have std sqrt(2 / (fan_in + fan_out))
         kernel = layer.kernel.numpy()
         fan_in = int(np.prod(kernel.shape[:-1]))
         assert kernel.std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.15), layer.name
@@ -442,6 +483,7 @@ def test_from_scratch_convolutions_start_from_he_initialisation():
 
 
 # 7b. Test-time augmentation: the dihedral views, inside the saved model ------------------------------------
+
 
 def test_the_eight_dihedral_views_are_distinct_symmetries():
     x = _images(1, 8, seed=7)
@@ -470,13 +512,15 @@ def test_tta_model_averages_the_views_and_survives_safe_mode_loading(tmp_path):
 
 # 8. unfreeze_top ----------------------------------------------------------------------------------------------
 
+
 def test_unfreeze_top_unfreezes_the_top_layers_with_weights_but_not_batchnorm():
     built = build_model("mobilenetv2", 2, SMALL, weights=None)
     backbone = built.backbone
     backbone.trainable = False
     n = 8
-    candidates = [layer for layer in backbone.layers
-                  if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    candidates = [
+        layer for layer in backbone.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
     unfrozen = candidates[-n:]
 
     count = unfreeze_top(backbone, n)
@@ -503,6 +547,7 @@ def test_unfreeze_top_zero_layers_keeps_everything_frozen():
 
 # 9. Save and load .keras with safe_mode ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["sequential", "vgg16", "mobilenetv2"])
 def test_model_saves_and_loads_with_safe_mode(small_models, tmp_path, name):
     model = small_models(name).model
@@ -527,8 +572,13 @@ def test_copy_weights_carries_an_adapted_normalization():
     features = np.random.default_rng(0).normal(5.0, 3.0, (200, 6)).astype("float32")
 
     def head():
-        return keras.Sequential([keras.Input((6,)), keras.layers.Normalization(name="standardise"),
-                                 keras.layers.Dense(2, activation="softmax")])
+        return keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Normalization(name="standardise"),
+                keras.layers.Dense(2, activation="softmax"),
+            ]
+        )
 
     source, target = head(), head()
     source.get_layer("standardise").adapt(features)
@@ -542,14 +592,19 @@ def test_a_feature_dead_in_training_cannot_explode_the_answer(tmp_path):
     """A feature no training field lights up is only centred: a field that lights it up stays a bounded answer."""
     rng = np.random.default_rng(0)
     features = rng.normal(1.0, 0.5, (400, 8)).astype("float32")
-    features[:, 0] = 0.0                        # a ReLU unit dead on every training field
+    features[:, 0] = 0.0  # a ReLU unit dead on every training field
     features[:, 1] = 2.0 + 1e-6 * rng.normal(size=400).astype("float32")  # almost constant
     labels = keras.utils.to_categorical((features[:, 2] > 1.0).astype(int), 2)
 
     def trained_head(standardise):
         keras.utils.set_random_seed(0)
-        head = keras.Sequential([keras.Input((8,)), keras.layers.Normalization(name="standardise"),
-                                 keras.layers.Dense(2, activation="softmax")])
+        head = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Normalization(name="standardise"),
+                keras.layers.Dense(2, activation="softmax"),
+            ]
+        )
         unscaled = standardise(head.get_layer("standardise"), features)
         head.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
         head.fit(features, labels, epochs=20, batch_size=64, verbose=0)
@@ -558,7 +613,7 @@ def test_a_feature_dead_in_training_cannot_explode_the_answer(tmp_path):
     head, unscaled = trained_head(adapt_standardise)
     assert unscaled == 2
     lit = features[:50].copy()
-    lit[:, 0], lit[:, 1] = 6.0, 2.5             # far beyond anything seen in training
+    lit[:, 0], lit[:, 1] = 6.0, 2.5  # far beyond anything seen in training
     before, after = head.predict(features[:50], verbose=0), head.predict(lit, verbose=0)
     assert float(np.abs(after - before).max()) < 0.75 and float(after.max()) < 1 - 1e-4
     z = keras.Sequential(head.layers[:1])(lit).numpy()

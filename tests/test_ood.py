@@ -1,5 +1,6 @@
 """The out-of-distribution guard (allstudy.serving.ood): embeddings of each kind of model, the fit on training and
 validation fields, what it flags, and its JSON form. Tiny models (32 px) on synthetic fields."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from allstudy.models.registry import build_model
 
     base = tmp_path_factory.mktemp("ood")
-    out = {name: _load(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
-           for name, n, seed in (("train", 20, 0), ("val", 10, 1), ("fresh", 25, 2))}
+    out = {
+        name: _load(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
+        for name, n, seed in (("train", 20, 0), ("val", 10, 1), ("fresh", 25, 2))
+    }
     keras.utils.set_random_seed(0)
     out["model"] = with_tta(build_model("lenet", 4, SIZE).model, 8)
     out["guard"] = ood.fit_guard(out["model"], out["train"], out["val"])
@@ -104,7 +107,7 @@ def test_a_wide_flattened_map_is_averaged_over_space():
 
     from allstudy.models.registry import build_model
 
-    model = build_model("sequential", 2, SIZE).model   # Flatten of 15 x 15 x 32 = 7200 > MAX_EMBEDDING_DIM
+    model = build_model("sequential", 2, SIZE).model  # Flatten of 15 x 15 x 32 = 7200 > MAX_EMBEDDING_DIM
     embedder = ood.Embedder(model)
     assert "spatial mean" in embedder.layer and embedder.dim == 32
     x = np.random.default_rng(2).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
@@ -116,7 +119,7 @@ def test_the_embedder_is_traced_once(data):
     embedder = ood.embedder_for(data["model"])
     assert ood.embedder_for(data["model"]) is embedder
     before = embedder.traces
-    for n in (1, 5, 70):   # 70: two batches of the embedder's 64
+    for n in (1, 5, 70):  # 70: two batches of the embedder's 64
         assert embedder(np.zeros((n, SIZE, SIZE, 3), np.uint8)).shape == (n, 84)
     assert embedder.traces == before == 1
 
@@ -128,7 +131,7 @@ def test_image_statistics_see_a_cell_on_black():
     stats = ood.guard_statistics(np.stack([_cell_on_black(0), np.full((SIZE, SIZE, 3), 230, np.uint8)]))
     assert stats.shape == (2, len(ood.STAT_NAMES))
     black = ood.STAT_NAMES.index("black_share")
-    assert stats[0, black] > 0 > stats[1, black]      # logits: more than half near-black, then none
+    assert stats[0, black] > 0 > stats[1, black]  # logits: more than half near-black, then none
     assert np.isfinite(stats).all()
     assert ood.guard_statistics(_cell_on_black(1)).shape == (1, len(ood.STAT_NAMES))
     with pytest.raises(ValueError, match="uint8"):
@@ -150,14 +153,14 @@ def test_thresholds_are_the_validation_quantile(data):
     assert (scores["compression"] > guard.compression_threshold).mean() <= 1 / len(data["val"])
     fit = guard.fit_info
     assert fit["n_train"] == 80 and fit["n_val"] == 40
-    assert fit["embedding_components"] == 8     # one per 10 training fields (at most N_COMPONENTS)
-    assert fit["val_flag_rate"]["either"] <= 4 / 40   # at most one of the 40 per check
+    assert fit["embedding_components"] == 8  # one per 10 training fields (at most N_COMPONENTS)
+    assert fit["val_flag_rate"]["either"] <= 4 / 40  # at most one of the 40 per check
 
 
 def test_unseen_in_distribution_fields_are_rarely_flagged(data):
     flagged = data["guard"].is_ood(data["fresh"])
     assert flagged.dtype == bool and flagged.shape == (100,)
-    assert flagged.mean() <= 0.1   # about 2 x 1/41 expected with 40 validation fields (see allstudy.serving.ood)
+    assert flagged.mean() <= 0.1  # about 2 x 1/41 expected with 40 validation fields (see allstudy.serving.ood)
 
 
 def test_photos_cells_on_black_and_other_stains_are_flagged(data):
@@ -166,16 +169,23 @@ def test_photos_cells_on_black_and_other_stains_are_flagged(data):
     from allstudy.data.preprocess import to_input
 
     guard = data["guard"]
-    photos = np.stack([to_input(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), SIZE)
-                       for name in ("astronaut", "chelsea", "coffee", "rocket")])
+    photos = np.stack(
+        [
+            to_input(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), SIZE)
+            for name in ("astronaut", "chelsea", "coffee", "rocket")
+        ]
+    )
     assert guard.is_ood(photos).all()
     assert guard.is_ood(np.stack([_cell_on_black(s) for s in range(5)])).all()
     fresh = data["fresh"]
     grey = np.repeat(np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in fresh])[..., None], 3, axis=-1)
-    variants = {"grey": grey, "hue rotated by 120 degrees": _hue_shift(fresh, 1 / 3),
-                "under-exposed (x0.6)": (fresh * 0.6).astype(np.uint8)}
+    variants = {
+        "grey": grey,
+        "hue rotated by 120 degrees": _hue_shift(fresh, 1 / 3),
+        "under-exposed (x0.6)": (fresh * 0.6).astype(np.uint8),
+    }
     for name, fields in variants.items():
-        assert guard.is_ood(fields).mean() >= 0.8, name   # measured: 100 %, 97 %, 100 % at 48 px
+        assert guard.is_ood(fields).mean() >= 0.8, name  # measured: 100 %, 97 %, 100 % at 48 px
 
 
 def test_blurred_fields_are_flagged_as_out_of_focus(data):
@@ -192,11 +202,11 @@ def test_blurred_fields_are_flagged_as_out_of_focus(data):
 def test_compression_artefacts_measure_steps_at_the_jpeg_block_edges():
     smooth = np.tile(np.linspace(0, 255, 64, dtype=np.float32)[None, :, None], (64, 1, 3)).astype(np.uint8)
     blocky = np.repeat(np.repeat(np.random.default_rng(0).integers(0, 256, (8, 8, 1)), 8, 0), 8, 1)
-    blocky = np.repeat(blocky, 3, axis=2).astype(np.uint8)           # flat 8 x 8 blocks: steps only at their edges
-    shifted = np.roll(blocky, 3, axis=(0, 1))                        # the same blocks off JPEG's grid
+    blocky = np.repeat(blocky, 3, axis=2).astype(np.uint8)  # flat 8 x 8 blocks: steps only at their edges
+    shifted = np.roll(blocky, 3, axis=(0, 1))  # the same blocks off JPEG's grid
     values = ood.compression_artefacts(np.stack([smooth, blocky, shifted]))
     assert abs(values[0]) < 0.05 and values[1] > 5 and values[2] < 0
-    assert ood.compression_artefacts(np.zeros((12, 12, 3), np.uint8)).tolist() == [0.0]   # under two blocks a side
+    assert ood.compression_artefacts(np.zeros((12, 12, 3), np.uint8)).tolist() == [0.0]  # under two blocks a side
 
 
 def test_heavily_compressed_fields_are_flagged(data):
@@ -236,8 +246,17 @@ def test_the_reason_names_the_most_unusual_statistic(data):
     scores = {k: float(v[0]) for k, v in guard.score(cell).items()}
     reason = guard.reason(scores, ood.guard_statistics(cell)[0])
     assert reason.startswith("its colours and brightness are unlike the training fields (most of all the ")
-    assert guard.reason({"stats": 0.0, "embedding": 0.0, "focus": guard.focus_threshold + 1.0,
-                         "compression": guard.compression_threshold - 1.0}) == ""
+    assert (
+        guard.reason(
+            {
+                "stats": 0.0,
+                "embedding": 0.0,
+                "focus": guard.focus_threshold + 1.0,
+                "compression": guard.compression_threshold - 1.0,
+            }
+        )
+        == ""
+    )
 
 
 def test_fit_errors_are_clear(data):
@@ -276,8 +295,9 @@ def test_a_guard_fitted_on_given_training_embeddings_is_the_same_guard(data):
     embedding = ood.embedder_for(data["model"])(data["train"])
     given = ood.fit_guard(data["model"], data["train"], data["val"], train_embedding=embedding)
     assert given.thresholds == pytest.approx(data["guard"].thresholds, rel=1e-5)
-    np.testing.assert_allclose(given.score(data["fresh"])["embedding"], data["guard"].score(data["fresh"])["embedding"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        given.score(data["fresh"])["embedding"], data["guard"].score(data["fresh"])["embedding"], rtol=1e-4
+    )
     with pytest.raises(ValueError, match="one embedding per training field"):
         ood.fit_guard(data["model"], data["train"], data["val"], train_embedding=embedding[:-1])
 

@@ -1,4 +1,5 @@
 """Chains of steps side by side (the study's --jobs): order of results, real overlap, and failures."""
+
 from __future__ import annotations
 
 import threading
@@ -17,6 +18,7 @@ def _step(log: list, name: str, seconds: float = 0.0, error: Exception | None = 
             raise error
         log.append(f"end {name}")
         return name
+
     return call
 
 
@@ -39,9 +41,11 @@ def test_two_jobs_run_two_steps_at_once():
 
 def test_a_failure_is_raised_and_stops_what_has_not_started():
     log = []
-    chains = [[_step(log, "a1", 0.3), _step(log, "a2")],
-              [_step(log, "b1", error=RuntimeError("b1 broke"))],
-              [_step(log, "c1")]]
+    chains = [
+        [_step(log, "a1", 0.3), _step(log, "a2")],
+        [_step(log, "b1", error=RuntimeError("b1 broke"))],
+        [_step(log, "c1")],
+    ]
     with pytest.raises(RuntimeError, match="b1 broke"):
         run_chains(chains, jobs=2)
     assert "end a1" in log  # the step running when b1 failed was let finish ...
@@ -51,8 +55,11 @@ def test_a_failure_is_raised_and_stops_what_has_not_started():
 def test_one_job_runs_in_the_calling_thread_and_stops_at_the_first_failure():
     log = []
     threads = []
-    chains = [[lambda: threads.append(threading.current_thread()) or "x"],
-              [_step(log, "b1", error=ValueError("bad"))], [_step(log, "c1")]]
+    chains = [
+        [lambda: threads.append(threading.current_thread()) or "x"],
+        [_step(log, "b1", error=ValueError("bad"))],
+        [_step(log, "c1")],
+    ]
     with pytest.raises(ValueError, match="bad"):
         run_chains(chains, jobs=1)
     assert threads == [threading.main_thread()] and "start c1" not in log
@@ -86,6 +93,7 @@ def test_an_interrupt_starts_nothing_more_and_lets_the_running_steps_end(monkeyp
         def call():
             both_running.wait()
             return _step(log, name, 0.3)()
+
         return call
 
     def interrupted_join(threads):
@@ -119,16 +127,28 @@ def test_notebooks_side_by_side_start_in_notebooks_and_leave_the_callers_directo
     caller.mkdir()
     cell = nbformat.v4.new_code_cell("where, seconds = '', 0.0")
     cell.metadata["tags"] = ["parameters"]
-    book = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(
-        "import os, pathlib, time\ntime.sleep(seconds)\npathlib.Path(where).write_text(os.getcwd())")])
+    book = nbformat.v4.new_notebook(
+        cells=[
+            cell,
+            nbformat.v4.new_code_cell(
+                "import os, pathlib, time\ntime.sleep(seconds)\npathlib.Path(where).write_text(os.getcwd())"
+            ),
+        ]
+    )
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(book, notebooks / "where.ipynb")
     monkeypatch.setattr(allstudy.study.notebooks, "NOTEBOOKS", notebooks)
     monkeypatch.chdir(caller)
 
     def notebook(k: int, seconds: float):
-        return lambda: execute_notebook("where", {"where": str(tmp_path / f"cwd-{k}.txt"), "seconds": seconds},
-                                        tmp_path / "out", "data", output_name=f"where-{k}", progress=False)
+        return lambda: execute_notebook(
+            "where",
+            {"where": str(tmp_path / f"cwd-{k}.txt"), "seconds": seconds},
+            tmp_path / "out",
+            "data",
+            output_name=f"where-{k}",
+            progress=False,
+        )
 
     # The second starts while the first runs (a kernel takes over a second to start) and ends after it.
     run_chains([[notebook(0, 0.0)], [lambda: time.sleep(0.5), notebook(1, 3.0)]], jobs=2)

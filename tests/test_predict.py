@@ -1,6 +1,7 @@
 """The Predictor (allstudy.serving.predictor) and ``allstudy predict``, on a tiny model folder built here: a LeNet at
 32 px with 8-view test-time augmentation, a model.json from allstudy.serving.modelcard and an ood.json fitted on
 synthetic fields. No study is run."""
+
 from __future__ import annotations
 
 import io
@@ -45,25 +46,61 @@ def _meta(classes: list[str], refer_all: bool, tta_views: int = 8) -> dict:
     from allstudy.evaluation.metrics import decision_metrics, tradeoff
     from allstudy.serving.modelcard import model_json
 
-    params = {"arch": "lenet", "config": {"weights": None, "input_mode": "original", "tta_views": tta_views},
-              "classes": classes, "input_size": SIZE, "preprocessing": "unit", "data_hash": "0" * 64,
-              "code_version": {"version": "test", "source_sha256": "0"}, "packages": {"keras": "3"},
-              "train_seconds": 0.0}
-    test = {"n": 40, "accuracy": 0.5, "accuracy_ci": [0.4, 0.6], "balanced_accuracy": 0.5, "macro_f1": 0.5,
-            "macro_f1_ci": [0.4, 0.6], "malignant_sensitivity": 0.9, "malignant_sensitivity_ci": [0.8, 1.0],
-            "malignant_specificity": 0.7, "malignant_specificity_ci": [0.5, 0.9]}
+    params = {
+        "arch": "lenet",
+        "config": {"weights": None, "input_mode": "original", "tta_views": tta_views},
+        "classes": classes,
+        "input_size": SIZE,
+        "preprocessing": "unit",
+        "data_hash": "0" * 64,
+        "code_version": {"version": "test", "source_sha256": "0"},
+        "packages": {"keras": "3"},
+        "train_seconds": 0.0,
+    }
+    test = {
+        "n": 40,
+        "accuracy": 0.5,
+        "accuracy_ci": [0.4, 0.6],
+        "balanced_accuracy": 0.5,
+        "macro_f1": 0.5,
+        "macro_f1_ci": [0.4, 0.6],
+        "malignant_sensitivity": 0.9,
+        "malignant_sensitivity_ci": [0.8, 1.0],
+        "malignant_specificity": 0.7,
+        "malignant_specificity_ci": [0.5, 0.9],
+    }
     malignant = tuple(is_malignant(c) for c in classes)
-    policy = DecisionPolicy(tuple(classes), malignant, 0.005, 0.05, 0.05, rule_out=0.0 if refer_all else 0.5,
-                            benign_limit=1.0 if refer_all else 0.5,
-                            subtype_thresholds={c: 0.5 for c, m in zip(classes, malignant) if m},
-                            calibration={"split": "val", "n": 40, "n_malignant": 30, "n_benign": 10,
-                                         "n_per_class": {}, "fields_needed": {"alpha": 199, "alpha_benign": 19,
-                                                                              "alpha_subtype": 19}})
+    policy = DecisionPolicy(
+        tuple(classes),
+        malignant,
+        0.005,
+        0.05,
+        0.05,
+        rule_out=0.0 if refer_all else 0.5,
+        benign_limit=1.0 if refer_all else 0.5,
+        subtype_thresholds={c: 0.5 for c, m in zip(classes, malignant, strict=True) if m},
+        calibration={
+            "split": "val",
+            "n": 40,
+            "n_malignant": 30,
+            "n_benign": 10,
+            "n_per_class": {},
+            "fields_needed": {"alpha": 199, "alpha_benign": 19, "alpha_subtype": 19},
+        },
+    )
     rng = np.random.default_rng(0)
     y, proba = rng.integers(0, len(classes), 40), rng.dirichlet(np.ones(len(classes)), 40)
-    evaluation = {"test": test, "temperature": TEMPERATURE, "ece_before": 0.1, "ece_after": 0.05,
-                  "decision": {"policy": policy.to_json(), "test": decision_metrics(y, proba, policy, n_resamples=20),
-                               "tradeoff": tradeoff(y, proba, y, proba, classes)}}
+    evaluation = {
+        "test": test,
+        "temperature": TEMPERATURE,
+        "ece_before": 0.1,
+        "ece_after": 0.05,
+        "decision": {
+            "policy": policy.to_json(),
+            "test": decision_metrics(y, proba, policy, n_resamples=20),
+            "tradeoff": tradeoff(y, proba, y, proba, classes),
+        },
+    }
     return model_json("lenet", params, evaluation, {"root": "synthetic", "images": 160, "seed": 0})
 
 
@@ -80,8 +117,10 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from allstudy.serving.ood import fit_guard
 
     base = tmp_path_factory.mktemp("predict")
-    fields = {name: _fields(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
-              for name, n, seed in (("train", 20, 0), ("val", 10, 1), ("fresh", 25, 2))}
+    fields = {
+        name: _fields(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
+        for name, n, seed in (("train", 20, 0), ("val", 10, 1), ("fresh", 25, 2))
+    }
     keras.utils.set_random_seed(0)
     single = build_model("lenet", len(TALEQANI_CLASSES), SIZE).model
     train, val = _load(fields["train"]), _load(fields["val"])
@@ -136,7 +175,7 @@ def test_batch_equals_singles(predictor, folders):
     paths = folders["fresh"][:11]
     batch = predictor.predict_batch(paths, batch_size=4)
     singles = [predictor.predict(p) for p in paths]
-    for b, s in zip(batch, singles):
+    for b, s in zip(batch, singles, strict=True):
         np.testing.assert_allclose(list(b.probabilities.values()), list(s.probabilities.values()), atol=1e-6)
         assert (b.label, b.verdict, b.message) == (s.label, s.verdict, s.message)
         assert b.ood_scores == pytest.approx(s.ood_scores, rel=1e-5)
@@ -147,7 +186,11 @@ def test_verdicts_and_messages(predictor, folders):
 
     benign = predictor._answer(np.array([0.9, 0.05, 0.03, 0.02]), {}, "", None, "")
     assert (benign.verdict, benign.message, benign.malignant, benign.display) == (
-        "benign", "Benign (hematogones)", False, "Benign (hematogones)")
+        "benign",
+        "Benign (hematogones)",
+        False,
+        "Benign (hematogones)",
+    )
     pro = predictor._answer(np.array([0.02, 0.03, 0.05, 0.9]), {}, "", None, "")
     assert (pro.verdict, pro.message, pro.malignant) == ("malignant", "Malignant: Pro-B ALL", True)
     # A policy that rules nothing out refers everything ...
@@ -173,7 +216,7 @@ def test_in_distribution_fields_pass_the_guard_at_the_documented_rate(predictor,
     assert all(a.verdict in ("benign", "malignant") for a in answers if a.verdict != "out-of-distribution")
 
 
-@pytest.mark.parametrize("folder", ["guarded", "abstaining"])   # TTA: two calls; single view: one combined model
+@pytest.mark.parametrize("folder", ["guarded", "abstaining"])  # TTA: two calls; single view: one combined model
 def test_ood_scores_equal_the_guards_own(folder, predictor, folders):
     import keras
 
@@ -219,9 +262,11 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def _field_image(folders) -> Image.Image:
@@ -231,9 +276,12 @@ def _field_image(folders) -> Image.Image:
 BROKEN = {  # name -> (bytes, a word of the reason)
     "empty.jpg": (lambda: b"", "empty"),
     "text.jpg": (lambda: b"This is a text file, not a picture.\n" * 20, "not an image"),
-    "truncated.jpg": (lambda: _encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3),
-                                                                                       dtype=np.uint8)), "JPEG")[:900],
-                      "truncated"),
+    "truncated.jpg": (
+        lambda: _encode(
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)), "JPEG"
+        )[:900],
+        "truncated",
+    ),
     "one-pixel.png": (lambda: _encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"), "too small"),
     "bomb.png": (lambda: _png_header_only(100_000, 100_000), "decompression bomb"),
 }
@@ -248,22 +296,23 @@ def test_bad_inputs_give_errors_and_do_not_stop_the_batch(predictor, folders, tm
     paths += [good[1], tmp_path / "missing.jpg"]
     answers = predictor.predict_batch(paths)
     assert [a.ok for a in answers] == [True] + [False] * len(BROKEN) + [True, False]
-    for answer, (_, word) in zip(answers[1:], BROKEN.values()):
+    for answer, (_, word) in zip(answers[1:], BROKEN.values(), strict=False):
         assert word in answer.error and answer.verdict == "" and answer.probabilities == {}
         assert answer.message.startswith("cannot read the image")
     assert "cannot read the file" in answers[-1].error
-    np.testing.assert_allclose(list(answers[0].probabilities.values()),
-                               list(predictor.predict(good[0]).probabilities.values()), atol=1e-6)
+    np.testing.assert_allclose(
+        list(answers[0].probabilities.values()), list(predictor.predict(good[0]).probabilities.values()), atol=1e-6
+    )
     single = predictor.predict(tmp_path / "empty.jpg")
     assert not single.ok and "empty" in single.error
-    for bad in (np.zeros((40, 40, 3), np.float32), "not a path ".encode()[:0], 42):
+    for bad in (np.zeros((40, 40, 3), np.float32), b"not a path "[:0], 42):
         assert not predictor.predict(bad).ok
 
 
 def test_every_mode_and_kind_of_input_is_read(predictor, folders):
     field = _field_image(folders)
     rgba = field.convert("RGBA")
-    sixteen = Image.fromarray((np.asarray(field.convert("L"), np.uint16) * 257))
+    sixteen = Image.fromarray(np.asarray(field.convert("L"), np.uint16) * 257)
     frames = [field, field.rotate(90), field.rotate(180)]
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -281,7 +330,7 @@ def test_every_mode_and_kind_of_input_is_read(predictor, folders):
         "grey array": np.asarray(field.convert("L")),
     }
     answers = predictor.predict_batch(list(inputs.values()))
-    for name, answer in zip(inputs, answers):
+    for name, answer in zip(inputs, answers, strict=True):
         assert answer.ok, (name, answer.error)
         assert answer.verdict in ("benign", "malignant", "uncertain", "out-of-distribution")
     lossless = [answers[i] for i, name in enumerate(inputs) if name in ("bmp", "PIL", "array", "file-like")]
@@ -352,17 +401,39 @@ def test_cli_writes_the_columns_in_order_and_goes_on_past_bad_files(folders, tmp
     data = tmp_path / "in"
     (data / "deeper").mkdir(parents=True)
     for i, path in enumerate(folders["fresh"][:3]):
-        shutil.copyfile(path, data / "deeper" / f"field-{i}.dat")   # decided by content, not extension
+        shutil.copyfile(path, data / "deeper" / f"field-{i}.dat")  # decided by content, not extension
     (data / "notes.jpg").write_text("not a picture")
     (data / "empty.png").write_bytes(b"")
     out = tmp_path / "preds.csv"
-    result = subprocess.run([sys.executable, "-m", "allstudy", "predict", str(data), str(folders["fresh"][4]),
-                             "--model", str(folders["guarded"]), "--out", str(out), "--batch-size", "2"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "allstudy",
+            "predict",
+            str(data),
+            str(folders["fresh"][4]),
+            "--model",
+            str(folders["guarded"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out, keep_default_na=False)
-    assert list(frame.columns) == ["path", "label", "verdict", "confidence",
-                                   *(f"p_{c}" for c in TALEQANI_CLASSES), "error"]
+    assert list(frame.columns) == [
+        "path",
+        "label",
+        "verdict",
+        "confidence",
+        *(f"p_{c}" for c in TALEQANI_CLASSES),
+        "error",
+    ]
     assert len(frame) == 6
     bad = frame[frame["error"] != ""]
     assert sorted(Path(p).name for p in bad["path"]) == ["empty.png", "notes.jpg"]
@@ -379,8 +450,9 @@ def test_cli_exits_2_when_nothing_is_readable_or_the_model_is_missing(folders, t
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.jpg").write_text("no")
     out = tmp_path / "preds.csv"
-    assert main(["predict", str(tmp_path / "junk"), "--model", str(folders["plain"]), "--out", str(out),
-                 "--quiet"]) == 2
+    assert (
+        main(["predict", str(tmp_path / "junk"), "--model", str(folders["plain"]), "--out", str(out), "--quiet"]) == 2
+    )
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("allstudy: error: none of the 1 files")
     assert pd.read_csv(out, keep_default_na=False)["error"].str.contains("not an image").all()
@@ -411,7 +483,7 @@ def test_the_serving_file_answers_as_the_keras_model(served, folders):
     assert (lite.runtime, reference.runtime) == ("tflite", "keras")
     assert lite.info["runtime"] == "tflite" and "LiteRT" in lite.info["runtime_note"]
     paths = folders["fresh"][:9] + [SHARED_DATA / "nowhere.jpg"]
-    for a, b in zip(lite.predict_batch(paths, batch_size=4), reference.predict_batch(paths)):
+    for a, b in zip(lite.predict_batch(paths, batch_size=4), reference.predict_batch(paths), strict=True):
         assert (a.label, a.verdict, a.error) == (b.label, b.verdict, b.error)
         if a.ok:
             np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-4)
@@ -470,5 +542,5 @@ def test_the_serving_runtime_is_safe_from_several_threads(served, folders):
     expected = [predictor.predict(p).probabilities for p in paths]
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda p: predictor.predict_batch([p] * (1 + paths.index(p) % 3))[0], paths))
-    for answer, probabilities in zip(answers, expected):
+    for answer, probabilities in zip(answers, expected, strict=True):
         assert answer.probabilities == pytest.approx(probabilities, abs=1e-6)

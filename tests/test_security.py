@@ -1,6 +1,7 @@
 """The security properties docs/security.md lists that are checked statically (fast, no model):
 exact dependency pins, safe-mode model loading everywhere, the app's loopback default. The app's runtime
 properties (upload size and count limits, no path outside the uploads) are in test_app.py."""
+
 from __future__ import annotations
 
 import ast
@@ -22,15 +23,22 @@ def _pyproject() -> dict:
 
 def test_every_dependency_is_an_exact_pin():
     project = _pyproject()
-    requirements = [*project["build-system"]["requires"], *project["project"]["dependencies"],
-                    *(r for extra in project["project"]["optional-dependencies"].values() for r in extra)]
+    requirements = [
+        *project["build-system"]["requires"],
+        *project["project"]["dependencies"],
+        *(r for extra in project["project"]["optional-dependencies"].values() for r in extra),
+    ]
     loose = [r for r in requirements if not EXACT.match(r.strip())]
     assert not loose, f"not pinned with ==: {loose}"
 
 
 def test_the_gpu_build_is_the_same_tensorflow_and_environment_yml_installs_it():
     extras = _pyproject()["project"]["optional-dependencies"]
-    version = {r.split("==")[1].split(";")[0].strip() for r in extras["cpu"] if r.startswith(("tensorflow-cpu==", "tensorflow=="))}
+    version = {
+        r.split("==")[1].split(";")[0].strip()
+        for r in extras["cpu"]
+        if r.startswith(("tensorflow-cpu==", "tensorflow=="))
+    }
     assert extras["gpu"] == [f"tensorflow[and-cuda]=={version.pop()}"] and not version
     environment = (ROOT / "environment.yml").read_text(encoding="utf-8")
     assert re.search(r"^\s*- -e \.\[gpu(,dev)?\]\s*$", environment, re.MULTILINE), "environment.yml must install .[gpu]"
@@ -46,16 +54,20 @@ def _keras_load_calls(source: str, where: str) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load_model":
             owner = ast.unparse(node.func.value)
             if owner.endswith(("saving", "models")):
-                safe = any(k.arg == "safe_mode" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+                safe = any(
+                    k.arg == "safe_mode" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 calls.append((f"{where}:{node.lineno}", safe))
     return calls
 
 
 def _sources() -> list[tuple[str, str]]:
     """(where, source) of the package, the app, the benchmarks and every notebook's code cells."""
-    sources = [(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
-               for path in [*(ROOT / "allstudy").rglob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]]
+    sources = [
+        (str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
+        for path in [*(ROOT / "allstudy").rglob("*.py"), ROOT / "app.py", *(ROOT / "benchmarks").glob("*.py")]
+    ]
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
             if cell.cell_type == "code":

@@ -1,6 +1,7 @@
 """Leukocyte segmentation (allstudy.data.segment): against where the synthetic generator drew its cells,
 on blank and uniform images, the mask metrics, the input variants, and on the real fields against
 the dataset's own segmented versions (skipped when ../shared/data is absent)."""
+
 from __future__ import annotations
 
 import io
@@ -46,7 +47,8 @@ README_BLANK_PRO = (
     "232–238, 240–241, 244–245, 248, 255, 261, 268, 271, 281–283, 285–291, 298, 301, 304–307, 313, "
     "330, 369–370, 383, 396, 403–404, 408–409, 418, 422, 425, 429–430, 436, 438, 446, 462–464, 467, "
     "475, 481–482, 484, 508, 510, 512–513, 516, 577, 590–591, 598, 601, 603, 607–608, 622, 677, 702, "
-    "724, 738")
+    "724, 738"
+)
 
 
 # ----------------------------------------------------------------------------- synthetic ground truth
@@ -76,8 +78,16 @@ def _fields(size: int, seeds: range) -> list[dict]:
         cell = _painted(field, _render(label, seed, size, ("_NUCLEUS_OD", "_CYTOPLASM_OD")), size)
         nucleus = _painted(field, _render(label, seed, size, ("_NUCLEUS_OD",)), size)
         smudge = _painted(field, _render(label, seed, size, ("_SMUDGE_OD",)), size)
-        out.append({"label": label, "field": field, "cell": cell, "nucleus": nucleus,
-                    "stained": cell | smudge, "mask": leukocyte_mask(field)})
+        out.append(
+            {
+                "label": label,
+                "field": field,
+                "cell": cell,
+                "nucleus": nucleus,
+                "stained": cell | smudge,
+                "mask": leukocyte_mask(field),
+            }
+        )
     return out
 
 
@@ -131,14 +141,18 @@ def test_mask_at_64_pixels(fields64):
         assert (f["mask"] & ~dilation(f["stained"], disk(1))).sum() / max(f["mask"].sum(), 1) < 0.05
 
 
-@pytest.mark.parametrize("image", [
-    np.zeros((224, 224, 3), np.uint8),
-    np.full((224, 224, 3), 255, np.uint8),
-    np.full((50, 40, 3), (120, 60, 200), np.uint8),          # uniform violet: nothing to separate
-    np.zeros((1, 1, 3), np.uint8),
-    np.repeat(np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None], 96, axis=0).repeat(3, axis=2),
-    np.clip(np.random.default_rng(0).normal((236, 232, 244), 3, (224, 224, 3)), 0, 255).astype(np.uint8),
-], ids=["black", "white", "violet", "1px", "grey-ramp", "pale-noise"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((224, 224, 3), np.uint8),
+        np.full((224, 224, 3), 255, np.uint8),
+        np.full((50, 40, 3), (120, 60, 200), np.uint8),  # uniform violet: nothing to separate
+        np.zeros((1, 1, 3), np.uint8),
+        np.repeat(np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None], 96, axis=0).repeat(3, axis=2),
+        np.clip(np.random.default_rng(0).normal((236, 232, 244), 3, (224, 224, 3)), 0, 255).astype(np.uint8),
+    ],
+    ids=["black", "white", "violet", "1px", "grey-ramp", "pale-noise"],
+)
 def test_blank_and_uniform_images_give_an_empty_mask(image):
     mask = leukocyte_mask(image)
     assert mask.dtype == bool and mask.shape == image.shape[:2] and not mask.any()
@@ -166,13 +180,13 @@ def test_params_dilation_grows_the_mask(fields224):
 def test_dice_and_iou_on_hand_masks():
     a = np.zeros((4, 4), bool)
     b = np.zeros((4, 4), bool)
-    a[:, :2] = True                          # left half, 8 px
-    b[:2, :] = True                          # top half, 8 px; 4 px shared
+    a[:, :2] = True  # left half, 8 px
+    b[:2, :] = True  # top half, 8 px; 4 px shared
     assert dice(a, b) == pytest.approx(0.5)
     assert iou(a, b) == pytest.approx(1 / 3)
     assert dice(a, a) == iou(a, a) == 1.0
     empty = np.zeros((4, 4), bool)
-    assert dice(empty, empty) == iou(empty, empty) == 1.0       # both empty: agree perfectly
+    assert dice(empty, empty) == iou(empty, empty) == 1.0  # both empty: agree perfectly
     assert dice(a, empty) == iou(a, empty) == 0.0
     with pytest.raises(ValueError, match="shape"):
         dice(a, np.zeros((4, 5), bool))
@@ -182,16 +196,16 @@ def test_reference_mask_and_is_blank():
     black = np.zeros((100, 100, 3), np.uint8)
     assert is_blank(black) and not reference_mask(black).any()
     few = black.copy()
-    few.reshape(-1, 3)[:40] = 200            # 0.4 % bright: still a failed segmentation
+    few.reshape(-1, 3)[:40] = 200  # 0.4 % bright: still a failed segmentation
     assert is_blank(few)
     enough = black.copy()
-    enough.reshape(-1, 3)[:100] = 200        # 1 %
+    enough.reshape(-1, 3)[:100] = 200  # 1 %
     assert not is_blank(enough)
     assert reference_mask(enough).sum() == 100
-    at_threshold = np.full((10, 10), 30, np.uint8)      # grey input; 30 is not brighter than 30
+    at_threshold = np.full((10, 10), 30, np.uint8)  # grey input; 30 is not brighter than 30
     assert not reference_mask(at_threshold).any() and is_blank(at_threshold)
     red = np.zeros((10, 10, 3), np.uint8)
-    red[..., 0] = 255                        # grey level 76 (ITU-R 601): not black
+    red[..., 0] = 255  # grey level 76 (ITU-R 601): not black
     assert reference_mask(red).all() and not is_blank(red)
 
 
@@ -208,15 +222,23 @@ def test_compare_with_reference_on_a_small_tree(tmp_path):
     for path in paths:
         image = np.asarray(Image.open(originals / path).convert("RGB"))
         (segmented / path).parent.mkdir(parents=True, exist_ok=True)
-        (segmented / path).write_bytes(_png_bytes(apply_mask(image, leukocyte_mask(image))))   # read by content
+        (segmented / path).write_bytes(_png_bytes(apply_mask(image, leukocyte_mask(image))))  # read by content
     blank, missing = paths[-1], paths[0]
     (segmented / blank).write_bytes(_png_bytes(np.zeros((224, 224, 3), np.uint8)))
     (segmented / missing).unlink()
 
     table = compare_with_reference(originals, segmented, paths)
     assert list(table["path"]) == paths
-    assert set(table.columns) >= {"path", "class", "reference_blank", "reference_missing", "dice", "iou",
-                                  "mask_fraction", "reference_fraction"}
+    assert set(table.columns) >= {
+        "path",
+        "class",
+        "reference_blank",
+        "reference_missing",
+        "dice",
+        "iou",
+        "mask_fraction",
+        "reference_fraction",
+    }
     assert list(table["class"]) == [p.split("/")[0] for p in paths]
     rows = table.set_index("path")
     assert rows.loc[missing, "reference_missing"] and math.isnan(rows.loc[missing, "dice"])
@@ -262,7 +284,7 @@ def test_segmented_and_background_modes(fields224):
         fill = background[mask][0]
         hidden = (background == fill).all(-1)
         assert hidden[mask].all()
-        assert (hidden & cell).sum() / cell.sum() > 0.85          # the margin hides most of the pale rim
+        assert (hidden & cell).sum() / cell.sum() > 0.85  # the margin hides most of the pale rim
         far = ~dilation(cell, disk(8))
         assert (background[far] == image[far]).all(-1).mean() > 0.99
         assert np.array_equal(mask_out(image, mask)[~mask], image[~mask])
@@ -275,7 +297,7 @@ def test_mask_corner_changes_only_the_corner():
     changed = (out != image).any(-1)
     assert not changed[:-side].any() and not changed[:, :-side].any()
     corner = out[-side:, -side:].reshape(-1, 3)
-    assert (corner == corner[0]).all()                                   # one fill colour
+    assert (corner == corner[0]).all()  # one fill colour
     outside = np.ones((224, 224), bool)
     outside[-side:, -side:] = False
     assert np.array_equal(corner[0], np.median(image[outside], axis=0).round().astype(np.uint8))
@@ -290,7 +312,7 @@ def test_corner_holds_the_synthetic_scale_bar_and_corner_mode():
     bar = (bare != image).any(-1)
     side = math.ceil(CORNER_FRACTION * 224)
     assert side == 41 and bar.any()
-    assert not bar[:-side].any() and not bar[:, :-side].any()           # every scale-bar pixel is inside
+    assert not bar[:-side].any() and not bar[:, :-side].any()  # every scale-bar pixel is inside
     crop = scale_bar_corner(image)
     assert crop.shape == (side, side, 3) and np.array_equal(crop, image[-side:, -side:])
     assert scale_bar_corner(np.zeros((64, 64, 3), np.uint8)).shape == (12, 12, 3)
@@ -323,8 +345,9 @@ def _readme_blank_numbers() -> set[int]:
 
 
 @pytest.mark.shared
-@pytest.mark.skipif(not TALEQANI.is_dir() or not TALEQANI_SEGMENTED.is_dir(),
-                    reason=f"real data not found at {SHARED} (../shared/data)")
+@pytest.mark.skipif(
+    not TALEQANI.is_dir() or not TALEQANI_SEGMENTED.is_dir(), reason=f"real data not found at {SHARED} (../shared/data)"
+)
 def test_real_fields_agree_with_the_dataset_segmentation():
     # 50 fields per class spread over the numbering. On all 2744 fields the median Dice against the
     # non-blank references is Benign 0.81, Early 0.90, Pre 0.92 (0.82, 0.90, 0.92 on this sample);
@@ -346,7 +369,7 @@ def test_real_fields_agree_with_the_dataset_segmentation():
     pro = table[table["class"] == "Pro"]
     listed = [int(p.rsplit("-", 1)[1].removesuffix(".jpg")) in _readme_blank_numbers() for p in pro["path"]]
     assert listed == list(pro["reference_blank"]) and 0 < sum(listed) < len(listed)
-    assert (pro.loc[pro["reference_blank"], "mask_fraction"] > 0).mean() > 0.9   # the cells are there
+    assert (pro.loc[pro["reference_blank"], "mask_fraction"] > 0).mean() > 0.9  # the cells are there
 
     # Where the Pro reference is a fragment, the fragment lies mostly inside our mask.
     recalls = []

@@ -4,6 +4,7 @@ Validates the duplicate thresholds on all-taleqani against what its README docum
 byte-identical pairs, the near pair Pro-744/745, the overlapping pairs it names, no group across
 classes and no giant group; and the C-NMC sample's subjects.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,23 +22,33 @@ from allstudy.data.split import make_split, split_counts
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TALEQANI = SHARED / "all-taleqani"
 CNMC = SHARED / "cnmc"
-pytestmark = [pytest.mark.shared,
-              pytest.mark.skipif(not TALEQANI.is_dir(), reason=f"real data not found at {SHARED} (../shared/data)")]
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.skipif(not TALEQANI.is_dir(), reason=f"real data not found at {SHARED} (../shared/data)"),
+]
 
-EXACT_PAIRS = ("017=018 019=020 021=022 029=030 037=038 050=051 061=062 074=075 077=078 079=080 089=090 "
-               "095=096 097=098 102=103 104=105 106=107 112=113 114=115 117=118 122=123 128=129 130=131 "
-               "132=133 134=135 136=137 142=143 145=146 151=152 154=155 157=158 170=171 172=173 177=178 "
-               "181=182 188=189").split()
-NAMED_OVERLAPS = [("Pre/WBC-Malignant-Pre-729.jpg", "Pre/WBC-Malignant-Pre-730.jpg"),
-                  ("Pre/WBC-Malignant-Pre-755.jpg", "Pre/WBC-Malignant-Pre-756.jpg"),
-                  ("Pre/WBC-Malignant-Pre-407.jpg", "Pre/WBC-Malignant-Pre-408.jpg"),
-                  ("Benign/WBC-Benign-351.jpg", "Benign/WBC-Benign-354.jpg"),
-                  ("Pro/WBC-Malignant-Pro-744.jpg", "Pro/WBC-Malignant-Pro-745.jpg")]
+EXACT_PAIRS = (
+    "017=018 019=020 021=022 029=030 037=038 050=051 061=062 074=075 077=078 079=080 089=090 "
+    "095=096 097=098 102=103 104=105 106=107 112=113 114=115 117=118 122=123 128=129 130=131 "
+    "132=133 134=135 136=137 142=143 145=146 151=152 154=155 157=158 170=171 172=173 177=178 "
+    "181=182 188=189"
+).split()
+NAMED_OVERLAPS = [
+    ("Pre/WBC-Malignant-Pre-729.jpg", "Pre/WBC-Malignant-Pre-730.jpg"),
+    ("Pre/WBC-Malignant-Pre-755.jpg", "Pre/WBC-Malignant-Pre-756.jpg"),
+    ("Pre/WBC-Malignant-Pre-407.jpg", "Pre/WBC-Malignant-Pre-408.jpg"),
+    ("Benign/WBC-Benign-351.jpg", "Benign/WBC-Benign-354.jpg"),
+    ("Pro/WBC-Malignant-Pro-744.jpg", "Pro/WBC-Malignant-Pro-745.jpg"),
+]
 
 
 def _scan(folder: Path, out: Path) -> dict:
-    result = subprocess.run([sys.executable, "-m", "allstudy", "data", "scan", str(folder), "--json", "--quiet",
-                             "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-m", "allstudy", "data", "scan", str(folder), "--json", "--quiet", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -57,8 +68,10 @@ def test_counts_and_no_problems(taleqani):
 
 def test_the_35_exact_pairs(taleqani):
     report, _ = taleqani
-    expected = sorted([f"Pro/WBC-Malignant-Pro-{a}.jpg", f"Pro/WBC-Malignant-Pro-{b}.jpg"]
-                      for a, b in (pair.split("=") for pair in EXACT_PAIRS))
+    expected = sorted(
+        [f"Pro/WBC-Malignant-Pro-{a}.jpg", f"Pro/WBC-Malignant-Pro-{b}.jpg"]
+        for a, b in (pair.split("=") for pair in EXACT_PAIRS)
+    )
     assert sorted(report["exact_duplicate_groups"]) == expected
 
 
@@ -99,4 +112,4 @@ def test_cnmc_sample_subjects(tmp_path):
     assert report["classes"] == {"all": 3, "hem": 3}
     assert report["subjects"] == ["UID_1", "UID_H6"]
     table = read_manifest_csv(tmp_path / "manifest.csv")
-    assert set(zip(table["class"], table["subject"])) == {("all", "UID_1"), ("hem", "UID_H6")}
+    assert set(zip(table["class"], table["subject"], strict=True)) == {("all", "UID_1"), ("hem", "UID_H6")}

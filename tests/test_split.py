@@ -1,4 +1,5 @@
 """The grouped, stratified, seeded split."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -19,8 +20,14 @@ def _table(n_per_class: int = 100, classes=("A", "B", "C"), subjects: bool = Fal
     rows = []
     for label in classes:
         for i in range(n_per_class):
-            rows.append({"path": f"{label}/{i:04d}.jpg", "class": label,
-                         "subject": f"S{label}{i // 4}" if subjects else "", "problem": ""})
+            rows.append(
+                {
+                    "path": f"{label}/{i:04d}.jpg",
+                    "class": label,
+                    "subject": f"S{label}{i // 4}" if subjects else "",
+                    "problem": "",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -77,8 +84,9 @@ def test_problem_files_are_left_out():
 
 
 def test_check_split_catches_a_crossing_group():
-    split = pd.DataFrame({"path": ["a", "b"], "class": ["A", "A"], "subject": ["", ""], "group": ["g", "g"],
-                          "split": ["train", "test"]})
+    split = pd.DataFrame(
+        {"path": ["a", "b"], "class": ["A", "A"], "subject": ["", ""], "group": ["g", "g"], "split": ["train", "test"]}
+    )
     with pytest.raises(AssertionError, match="cross"):
         check_split(split)
 
@@ -106,7 +114,7 @@ def test_the_image_level_split_lets_overlapping_fields_cross_and_counts_them():
     assert split_counts(leaky).loc["total"].tolist() == split_counts(grouped).loc["total"].tolist()
     leaked = leaked_fields(leaky, groups)
     # A field leaks when a field of its overlap chain is in training: count them by hand.
-    chain_in_training = {groups[p] for p, s in zip(leaky["path"], leaky["split"]) if s == "train"}
+    chain_in_training = {groups[p] for p, s in zip(leaky["path"], leaky["split"], strict=True) if s == "train"}
     for name in ("val", "test"):
         part = leaky[leaky["split"] == name]
         assert leaked[name] == sum(groups[p] in chain_in_training for p in part["path"]) > 0

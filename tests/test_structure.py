@@ -2,6 +2,7 @@
 
 Read with ``ast`` (nothing is imported), so the test also sees imports inside functions.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,16 +26,27 @@ def _module(path: Path) -> str:
 def _imports(path: Path) -> list[tuple[str, bool]]:
     """(imported allstudy module, at module level?) for every import the file executes."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {id(node) for top in tree.body if isinstance(top, ast.If) and ast.unparse(top.test) == "TYPE_CHECKING"
-               for node in ast.walk(top)}
+    skipped = {
+        id(node)
+        for top in tree.body
+        if isinstance(top, ast.If) and ast.unparse(top.test) == "TYPE_CHECKING"
+        for node in ast.walk(top)
+    }
     top_level = {id(node) for node in tree.body}
     found = []
     for node in ast.walk(tree):
         if id(node) in skipped:
             continue
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "allstudy":
-            found += [(f"{node.module}.{a.name}" if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
-                       else node.module, id(node) in top_level) for a in node.names]
+            found += [
+                (
+                    f"{node.module}.{a.name}"
+                    if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
+                    else node.module,
+                    id(node) in top_level,
+                )
+                for a in node.names
+            ]
         elif isinstance(node, ast.Import):
             found += [(a.name, id(node) in top_level) for a in node.names if a.name.split(".")[0] == "allstudy"]
     return found
@@ -63,7 +75,7 @@ def test_no_import_circle_function_level_imports_included():
         state[module] = 1
         for target in GRAPH.get(module, []):
             if state.get(target) == 1:
-                circles.append(path[path.index(target):] + [target])
+                circles.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target, path + [target])
         state[module] = 2
@@ -80,7 +92,7 @@ def test_each_stage_imports_only_from_itself_the_stages_above_and_core():
         stage = _stage(module)
         for target in targets:
             other = _stage(target)
-            if stage in STAGES and other not in ("", *STAGES[:STAGES.index(stage) + 1]):
+            if stage in STAGES and other not in ("", *STAGES[: STAGES.index(stage) + 1]):
                 upward.append(f"{module} -> {target}")
             if stage != TESTING and other == TESTING:
                 upward.append(f"{module} -> {target} (testing code in the runtime package)")
@@ -88,8 +100,13 @@ def test_each_stage_imports_only_from_itself_the_stages_above_and_core():
 
 
 def test_imports_of_the_package_are_at_module_top_except_in_the_command_line():
-    inside = [f"{name} imports {target} inside a function" for name, path in MODULES.items()
-              if _stage(name) not in TOP for target, top in _imports(path) if not top]
+    inside = [
+        f"{name} imports {target} inside a function"
+        for name, path in MODULES.items()
+        if _stage(name) not in TOP
+        for target, top in _imports(path)
+        if not top
+    ]
     assert not inside, "\n".join(inside)
 
 
@@ -99,8 +116,9 @@ def test_the_graph_sees_function_level_imports(tmp_path):
     assert _imports(probe) == [("allstudy.data.images", False)]
 
 
-@pytest.mark.parametrize("name", ["Predictor", "run", "train", "prepare_data", "scan", "load_model",
-                                  "DecisionPolicy", "export_model"])
+@pytest.mark.parametrize(
+    "name", ["Predictor", "run", "train", "prepare_data", "scan", "load_model", "DecisionPolicy", "export_model"]
+)
 def test_the_public_api_is_importable_from_the_package(name):
     import allstudy
 

@@ -1,5 +1,6 @@
 """The whole study on the embedded synthetic default: every notebook executed by papermill, the report,
 summary.json against the runs' own predictions, the chosen model, and every step reused on a second run."""
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,16 @@ def test_notebooks_are_committed_clean():
 def test_every_step_executes_without_error_and_renders(study):
     out, results = study
     chosen = json.loads((out / "summary.json").read_text())["chosen"]
-    controls = [f"03_train-control-{chosen}-{c}"
-                for c in ("original", "background", "segmented", "mitigated", "image-split")]
-    assert [r.name for r in results] == (["01_explore", "02_preprocess"] + [f"03_train-{a}" for a in ARCHS]
-                                         + [f"04_evaluate-{a}" for a in ARCHS] + controls + ["05_compare"])
+    controls = [
+        f"03_train-control-{chosen}-{c}" for c in ("original", "background", "segmented", "mitigated", "image-split")
+    ]
+    assert [r.name for r in results] == (
+        ["01_explore", "02_preprocess"]
+        + [f"03_train-{a}" for a in ARCHS]
+        + [f"04_evaluate-{a}" for a in ARCHS]
+        + controls
+        + ["05_compare"]
+    )
     for result in results:
         notebook = nbformat.read(result.notebook, as_version=4)
         errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -63,15 +70,20 @@ def test_training_notebooks_report_their_runs(study):
 def test_exploration_reports_the_synthetic_default(study):
     out, _ = study
     html = (out / "notebooks" / "01_explore.html").read_text(encoding="utf-8")
-    for text in ("synthetic", "Classes", "Duplicates and overlapping fields", "no group crosses splits",
-                 "Colour statistics alone"):
+    for text in (
+        "synthetic",
+        "Classes",
+        "Duplicates and overlapping fields",
+        "no group crosses splits",
+        "Colour statistics alone",
+    ):
         assert text in html, text
     split = pd.read_csv(out / "data" / "splits.csv", keep_default_na=False)
     assert split.groupby("group")["split"].nunique().max() == 1
     info = json.loads((out / "data" / "data.json").read_text())
     assert info["synthetic"] is True and len(info["data_hash"]) == 64
     marker = json.loads((out / "synthetic-data" / "SYNTHETIC.json").read_text())
-    groups = dict(zip(split["path"], split["group"]))
+    groups = dict(zip(split["path"], split["group"], strict=True))
     for a, b in marker["recapture_groups"]:  # every synthetic re-capture was found and kept together
         assert groups[a] == groups[b], (a, b)
 
@@ -82,8 +94,16 @@ def test_the_report_shows_every_architecture_and_section(study):
     assert html.count("data:image/png;base64") > 20  # figures inline
     for arch in ARCHS:
         assert arch in html, arch
-    for text in ("Explore the dataset", "region-based segmentation", "Evaluate one run", "Grad-CAM",
-                 "Validity controls", "Our runs beside the published figures", "95.8%", "Model card"):
+    for text in (
+        "Explore the dataset",
+        "region-based segmentation",
+        "Evaluate one run",
+        "Grad-CAM",
+        "Validity controls",
+        "Our runs beside the published figures",
+        "95.8%",
+        "Model card",
+    ):
         assert text in html, text
     assert "prepare_study_data(" not in html  # code hidden
 
@@ -126,8 +146,9 @@ def test_summary_agrees_with_the_runs_predictions(study):
         predictions = pd.read_csv(out / "runs" / name / "predictions.csv", keep_default_na=False)
         test, val = predictions[predictions["split"] == "test"], predictions[predictions["split"] == "val"]
         assert entry["test"]["accuracy"] == pytest.approx((test["label"] == test["class"]).mean())
-        assert entry["test"]["macro_f1"] == pytest.approx(f1_score(test["class"], test["label"], average="macro",
-                                                                   labels=sorted(test["class"].unique())))
+        assert entry["test"]["macro_f1"] == pytest.approx(
+            f1_score(test["class"], test["label"], average="macro", labels=sorted(test["class"].unique()))
+        )
         low, high = entry["test"]["accuracy_ci"]
         assert low <= entry["test"]["accuracy"] <= high
         for key in ("macro_f1_ci", "malignant_sensitivity", "malignant_specificity", "ece"):
@@ -138,7 +159,10 @@ def test_summary_agrees_with_the_runs_predictions(study):
     comparison = pd.read_csv(out / "comparison.csv")
     assert set(comparison["run"]) == set(ARCHS) and comparison["chosen"].sum() == 1
     assert [r["control"] for r in summary["controls"]["rows"]][:3] == [
-        "chosen model", "control-colour-statistics", "control-scale-bar-corner"]
+        "chosen model",
+        "control-colour-statistics",
+        "control-scale-bar-corner",
+    ]
     # the published protocol's control: the chosen architecture on the image-level split, whose leak it counts
     leaky = summary["controls"]["rows"][-1]
     assert leaky["control"] == f"control-{summary['chosen']}-image-split" and leaky["split_protocol"] == "image-level"
@@ -169,7 +193,7 @@ def test_the_chosen_model_folder_loads_and_reproduces_its_predictions(study):
     images = load_images(root, test["path"].tolist(), meta["input_size"]).astype("float32")
     expected = test[[f"p_{c}" for c in meta["classes"]]].to_numpy()
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
-    serving = json.loads((folder / "serving.json").read_text())   # the LiteRT file the Predictor serves with
+    serving = json.loads((folder / "serving.json").read_text())  # the LiteRT file the Predictor serves with
     assert serving["accepted"] and serving["argmax_agreement"] == 1.0 and serving["n_images"] > 0
     from allstudy.serving.predictor import Predictor
 

@@ -1,4 +1,5 @@
 """Tests of the synthetic blood-smear generator (allstudy.data.synthetic)."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def _rgb(path: Path) -> np.ndarray:
 def _first_captures(root: Path) -> list[tuple[Path, int]]:
     """Every file but the second member of a re-capture pair, with its class index."""
     seconds = {b for _, b in _marker(root)["recapture_groups"]}
-    return [(p, ci) for ci, label in enumerate(TALEQANI_CLASSES)
-            for p in sorted((root / label).glob("*.jpg")) if f"{label}/{p.name}" not in seconds]
+    return [
+        (p, ci)
+        for ci, label in enumerate(TALEQANI_CLASSES)
+        for p in sorted((root / label).glob("*.jpg"))
+        if f"{label}/{p.name}" not in seconds
+    ]
 
 
 def _best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 48) -> tuple[float, tuple[int, int]]:
@@ -50,12 +55,12 @@ def _best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 48) -
     +-max_shift, and that shift (how far ``b``'s content moved relative to ``a``)."""
     a, b = a.mean(axis=2), b.mean(axis=2)
     h, w = b.shape
-    t = a[max_shift:h - max_shift, max_shift:w - max_shift]
+    t = a[max_shift : h - max_shift, max_shift : w - max_shift]
     th, tw = t.shape
     t = t - t.mean()
     # Numerator for every placement by FFT (the valid part of a circular correlation is exact).
     full = np.fft.irfft2(np.fft.rfft2(b) * np.fft.rfft2(t[::-1, ::-1], s=b.shape), s=b.shape)
-    num = full[th - 1:, tw - 1:]
+    num = full[th - 1 :, tw - 1 :]
     ii = np.pad(b.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     ii2 = np.pad((b * b).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     s = ii[th:, tw:] - ii[:-th, tw:] - ii[th:, :-tw] + ii[:-th, :-tw]
@@ -67,6 +72,7 @@ def _best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int = 48) -
 
 
 # --- render_field -------------------------------------------------------------------------------
+
 
 def test_render_field_is_rgb_of_the_requested_size_and_seeded() -> None:
     for label in TALEQANI_CLASSES:
@@ -89,13 +95,14 @@ def test_fields_look_like_smears() -> None:
     for ci, label in enumerate(TALEQANI_CLASSES):
         a = np.asarray(render_field(label, np.random.default_rng(100 + ci)), dtype=np.float64)
         gray = a.mean(axis=2)
-        assert np.percentile(gray, 95) > 200                     # pale background
-        assert 0.25 < (gray < np.percentile(gray, 97) - 25).mean() < 0.9   # cells cover much of it
+        assert np.percentile(gray, 95) > 200  # pale background
+        assert 0.25 < (gray < np.percentile(gray, 97) - 25).mean() < 0.9  # cells cover much of it
         purple = (a[..., 2] - a[..., 1] > 60) & (a[..., 1] < 150)
-        assert purple.sum() > 150                                 # at least one stained nucleus
+        assert purple.sum() > 150  # at least one stained nucleus
 
 
 # --- layout, marker, determinism ---------------------------------------------------------------
+
 
 def test_layout_and_counts(dataset: Path) -> None:
     entries = sorted(p.name for p in dataset.iterdir())
@@ -108,7 +115,7 @@ def test_layout_and_counts(dataset: Path) -> None:
         with Image.open(files[0]) as image:
             assert image.format == "JPEG" and image.mode == "RGB" and image.size == (224, 224)
     leftovers = [p.name for p in dataset.parent.iterdir() if p.name != dataset.name]
-    assert leftovers == []                                        # no temporary folder left behind
+    assert leftovers == []  # no temporary folder left behind
 
 
 def test_marker_content(dataset: Path) -> None:
@@ -121,11 +128,11 @@ def test_marker_content(dataset: Path) -> None:
     assert marker["classes"] == list(TALEQANI_CLASSES)
     assert "not patient data" in marker["note"]
     groups = marker["recapture_groups"]
-    assert len(groups) == 4 * 4                                   # round(40 * 0.1 / 1.1) = 4 per class
+    assert len(groups) == 4 * 4  # round(40 * 0.1 / 1.1) = 4 per class
     seen = set()
     for a, b in groups:
         assert "\\" not in a and "\\" not in b
-        assert a.split("/")[0] == b.split("/")[0]                 # a pair stays within its class
+        assert a.split("/")[0] == b.split("/")[0]  # a pair stays within its class
         assert (dataset / a).is_file() and (dataset / b).is_file()
         seen.update((a, b))
     assert len(seen) == 2 * len(groups)
@@ -155,6 +162,7 @@ def test_fields_do_not_depend_on_the_dataset_size(tmp_path: Path) -> None:
 
 # --- cache and safety ---------------------------------------------------------------------------
 
+
 def test_cache_does_not_rewrite_and_other_parameters_rebuild(tmp_path: Path) -> None:
     root = tmp_path / "data"
     assert generate_dataset(root, n_per_class=2, seed=1) == root
@@ -164,7 +172,7 @@ def test_cache_does_not_rewrite_and_other_parameters_rebuild(tmp_path: Path) -> 
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
     assert root.stat().st_ino == inode
 
-    generate_dataset(root, n_per_class=3, seed=1)                # other parameters: rebuilt
+    generate_dataset(root, n_per_class=3, seed=1)  # other parameters: rebuilt
     assert _marker(root)["n_per_class"] == 3
     assert all(len(list((root / label).glob("*.jpg"))) == 3 for label in TALEQANI_CLASSES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
@@ -217,6 +225,7 @@ def test_invalid_arguments(tmp_path: Path) -> None:
 
 # --- re-captures --------------------------------------------------------------------------------
 
+
 def test_recapture_pairs_are_shifted_crops_of_one_region(dataset: Path) -> None:
     groups = _marker(dataset)["recapture_groups"]
     for a, b in groups:
@@ -229,12 +238,13 @@ def test_recapture_pairs_are_shifted_crops_of_one_region(dataset: Path) -> None:
     firsts = [p for p, _ in _first_captures(dataset)]
     paired = {dataset / x for group in groups for x in group}
     unrelated = [p for p in firsts if p not in paired][:12]
-    for p, q in zip(unrelated[0::2], unrelated[1::2]):
+    for p, q in zip(unrelated[0::2], unrelated[1::2], strict=False):
         corr, _ = _best_shift_correlation(_rgb(p), _rgb(q))
         assert corr < 0.7, (p.name, q.name, corr)
 
 
 # --- no colour shortcut, but morphology --------------------------------------------------------
+
 
 def _colour_features(a: np.ndarray) -> np.ndarray:
     pixels = a.reshape(-1, 3)

@@ -1,4 +1,5 @@
 """Training runs: the run folder, transfer learning in two phases, kill -9 and resume, MirroredStrategy."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def prepared(tmp_path_factory):
 
 
 def test_a_run_folder_has_everything(prepared, tmp_path):
-    result = train(TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run",
-                   progress=False)
+    result = train(
+        TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run", progress=False
+    )
     for name in ("model.keras", "params.json", "history.csv", "curves.png", "predictions.csv", "metrics.json"):
         assert (tmp_path / "run" / name).exists(), name
     assert not (tmp_path / "run" / "training").exists()  # checkpoints are removed once the run is complete
@@ -47,14 +49,19 @@ def test_a_run_folder_has_everything(prepared, tmp_path):
     assert len(best) == 1 and best["val_accuracy"].iloc[0] == result.history["val_accuracy"].max()
     val = predictions[predictions["split"] == "val"]
     assert (val["class"] == val["label"]).mean() == pytest.approx(best["val_accuracy"].iloc[0], abs=1e-6)
-    again = train(TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run",
-                  progress=False)
+    again = train(
+        TrainConfig("lenet", input_size=48, epochs=3, batch_size=16), prepared, tmp_path / "run", progress=False
+    )
     assert again.skipped
 
 
 def test_best_epoch_is_chosen_by_validation_accuracy_then_earliest():
-    rows = [{"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0}, {"epoch": 2, "val_accuracy": 0.8, "val_loss": 0.9},
-            {"epoch": 3, "val_accuracy": 0.8, "val_loss": 0.5}, {"epoch": 4, "val_accuracy": 0.3, "val_loss": 2.0}]
+    rows = [
+        {"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0},
+        {"epoch": 2, "val_accuracy": 0.8, "val_loss": 0.9},
+        {"epoch": 3, "val_accuracy": 0.8, "val_loss": 0.5},
+        {"epoch": 4, "val_accuracy": 0.3, "val_loss": 2.0},
+    ]
     assert _best_epoch(rows) == 2
     assert _best_epoch([{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.0}]) == 2
     assert _best_epoch([]) == 0
@@ -65,35 +72,49 @@ def tiny_mobilenet_weights(tmp_path):
     """A weights file for MobileNet alpha 0.25 at 64 px (random: what matters is the transfer path)."""
     import keras
 
-    backbone = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(64, 64, 3),
-                                            pooling="avg")
+    backbone = keras.applications.MobileNet(
+        alpha=0.25, include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg"
+    )
     weights = tmp_path / "mobilenet_tiny.weights.h5"
     backbone.save_weights(weights)
     return weights
 
 
-def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(prepared, tmp_path,
-                                                                             tiny_mobilenet_weights):
+def test_transfer_learning_trains_the_head_on_cached_features_then_fine_tunes(
+    prepared, tmp_path, tiny_mobilenet_weights
+):
     import keras
 
     weights = tiny_mobilenet_weights
-    config = TrainConfig("mobilenet", weights=str(weights), alpha=0.25, input_size=64, head_epochs=3, epochs=2,
-                         batch_size=16)
+    config = TrainConfig(
+        "mobilenet", weights=str(weights), alpha=0.25, input_size=64, head_epochs=3, epochs=2, batch_size=16
+    )
     result = train(config, prepared, tmp_path / "run", progress=False)
     assert list(result.history["stage"]) == ["head"] * 3 + ["finetune"] * 2
     model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
-    batch_norms = [layer for layer in model.get_layer("backbone").layers
-                   if isinstance(layer, keras.layers.BatchNormalization)]
+    batch_norms = [
+        layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert batch_norms and not any(layer.trainable for layer in batch_norms)
     assert result.params["weights_sha256"]
 
 
-def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(prepared, tmp_path,
-                                                                            tiny_mobilenet_weights):
+def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(
+    prepared, tmp_path, tiny_mobilenet_weights
+):
     import keras
 
-    config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=2, epochs=0,
-                         batch_size=16, tta_views=8, lr_schedule="cosine")
+    config = TrainConfig(
+        "mobilenet",
+        weights=str(tiny_mobilenet_weights),
+        alpha=0.25,
+        input_size=64,
+        head_epochs=2,
+        epochs=0,
+        batch_size=16,
+        tta_views=8,
+        lr_schedule="cosine",
+    )
     result = train(config, prepared, tmp_path / "run", progress=False)
     assert list(result.history["stage"]) == ["head"] * 2
     # predictions come from cached features; the saved 8-view model computes the same
@@ -113,16 +134,25 @@ def test_transfer_heads_train_on_every_view_and_the_saved_model_averages_them(pr
     assert abs(model.predict(images, verbose=0) - expected).max() < 1e-4
 
 
-def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(prepared, tmp_path,
-                                                                              tiny_mobilenet_weights):
+def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(
+    prepared, tmp_path, tiny_mobilenet_weights
+):
     import keras
 
     from allstudy.serving import ood
     from allstudy.study.runner import cached_train_embedding
     from allstudy.training.pipeline import load_images
 
-    config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
-                         epochs=0, batch_size=16, tta_views=8)
+    config = TrainConfig(
+        "mobilenet",
+        weights=str(tiny_mobilenet_weights),
+        alpha=0.25,
+        input_size=64,
+        head_epochs=1,
+        epochs=0,
+        batch_size=16,
+        tta_views=8,
+    )
     result = train(config, prepared, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
     params = dict(result.params)
     cached = cached_train_embedding(params, prepared, tmp_path / "cache")
@@ -131,8 +161,10 @@ def test_the_guard_of_a_transfer_run_reads_its_cached_upright_training_features(
     expected = ood.embedder_for(model)(load_images(prepared.root, paths, 64))
     assert cached.shape == expected.shape
     np.testing.assert_allclose(cached, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
-    assert cached_train_embedding({**params, "config": {**params["config"], "epochs": 2}}, prepared,
-                                  tmp_path / "cache") is None  # a fine-tuned backbone: the features are stale
+    assert (
+        cached_train_embedding({**params, "config": {**params["config"], "epochs": 2}}, prepared, tmp_path / "cache")
+        is None
+    )  # a fine-tuned backbone: the features are stale
     assert cached_train_embedding(params, prepared, tmp_path / "elsewhere") is None
 
 
@@ -155,15 +187,30 @@ def test_bulk_features_use_keras_when_litert_disagrees(tiny_mobilenet_weights, m
 
 def test_unknown_schedule_and_view_count_are_clear_errors(prepared, tmp_path):
     with pytest.raises(ValueError, match="schedule"):
-        train(TrainConfig("lenet", input_size=48, epochs=1, lr_schedule="step"), prepared, tmp_path / "a",
-              progress=False)
+        train(
+            TrainConfig("lenet", input_size=48, epochs=1, lr_schedule="step"), prepared, tmp_path / "a", progress=False
+        )
     with pytest.raises(ValueError, match="tta_views"):
         train(TrainConfig("lenet", input_size=48, epochs=1, tta_views=2), prepared, tmp_path / "b", progress=False)
 
 
 def _train_command(out: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "allstudy", "train", "--arch", "lenet", "--profile", "quick", "--out", str(out),
-            "--epochs", str(epochs), "--input-size", "48"]
+    return [
+        sys.executable,
+        "-m",
+        "allstudy",
+        "train",
+        "--arch",
+        "lenet",
+        "--profile",
+        "quick",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--input-size",
+        "48",
+    ]
 
 
 def test_kill_9_at_random_moments_then_the_same_command_resumes(tmp_path):
@@ -172,7 +219,7 @@ def test_kill_9_at_random_moments_then_the_same_command_resumes(tmp_path):
     state = out / "runs" / "lenet" / "training" / "train" / "state.json"
     rng = random.Random(7)
     resumed_from = []
-    for kill in range(3):
+    for _attempt in range(3):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # wait until this attempt has trained at least one more epoch, then kill at a random moment
         before = json.loads(state.read_text())["epoch"] if state.exists() else 0
@@ -207,9 +254,9 @@ def test_mirrored_strategy_over_two_logical_cpus(prepared, tmp_path):
         from allstudy.data.prepare import prepare
         from allstudy.training.fit import train
         from allstudy.models.profiles import TrainConfig
-        data = prepare({str(prepared.root)!r}, {str(tmp_path / 'data')!r}, seed=0, fractions=(0.6, 0.2, 0.2))
+        data = prepare({str(prepared.root)!r}, {str(tmp_path / "data")!r}, seed=0, fractions=(0.6, 0.2, 0.2))
         result = train(TrainConfig("lenet", input_size=48, epochs=2, batch_size=8, strategy="mirrored"), data,
-                       {str(tmp_path / 'run')!r}, progress=False)
+                       {str(tmp_path / "run")!r}, progress=False)
         print(json.dumps({{"replicas": result.params["replicas"], "epochs": result.params["epochs_run"]}}))
     """)
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
@@ -220,8 +267,12 @@ def test_mirrored_strategy_over_two_logical_cpus(prepared, tmp_path):
 
 def test_unknown_strategy_is_a_clear_error(prepared, tmp_path):
     with pytest.raises(ValueError, match="unknown strategy"):
-        train(TrainConfig("lenet", input_size=48, epochs=1, strategy="cluster"), prepared, tmp_path / "run",
-              progress=False)
+        train(
+            TrainConfig("lenet", input_size=48, epochs=1, strategy="cluster"),
+            prepared,
+            tmp_path / "run",
+            progress=False,
+        )
 
 
 def _tiny_ema_model():
@@ -230,10 +281,12 @@ def _tiny_ema_model():
     from allstudy.training.fit import _optimizer
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=_optimizer("adam", 0.05, 0.9, ema_momentum=0.8), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")]
+    )
+    model.compile(
+        optimizer=_optimizer("adam", 0.05, 0.9, ema_momentum=0.8), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
@@ -249,21 +302,23 @@ def test_a_weight_average_is_what_validation_sees_what_is_kept_and_what_a_resume
     train_data = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(16)
     val_data = tf.data.Dataset.from_tensor_slices((x[64:], y[64:])).batch(16)
 
-    whole, rows = fit_resumable(_tiny_ema_model(), train_data, val_data, 4, tmp_path / "whole", "train", verbose=0,
-                                restore_best=False)
+    whole, rows = fit_resumable(
+        _tiny_ema_model(), train_data, val_data, 4, tmp_path / "whole", "train", verbose=0, restore_best=False
+    )
     # validation measured the average, and the model kept is the average, not the last raw weights
     assert whole.evaluate(val_data, verbose=0, return_dict=True)["accuracy"] == pytest.approx(rows[-1]["val_accuracy"])
     raw = keras.saving.load_model(tmp_path / "whole" / "epoch-0004.keras", safe_mode=True)
-    assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), whole.get_weights()))
+    assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), whole.get_weights(), strict=True))
     averaged = _use_average(raw).get_weights()
-    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(averaged, whole.get_weights()))
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(averaged, whole.get_weights(), strict=True))
 
     # cut off after epoch 2, then the same call resumes: the average goes on as if never interrupted
     fit_resumable(_tiny_ema_model(), train_data, val_data, 2, tmp_path / "cut", "train", verbose=0, restore_best=False)
-    resumed, resumed_rows = fit_resumable(_tiny_ema_model(), train_data, val_data, 4, tmp_path / "cut", "train",
-                                          verbose=0, restore_best=False)
+    resumed, resumed_rows = fit_resumable(
+        _tiny_ema_model(), train_data, val_data, 4, tmp_path / "cut", "train", verbose=0, restore_best=False
+    )
     assert [r["epoch"] for r in resumed_rows] == [1, 2, 3, 4]
-    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(resumed.get_weights(), whole.get_weights()))
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(resumed.get_weights(), whole.get_weights(), strict=True))
 
 
 def test_a_weight_average_momentum_outside_0_1_is_a_clear_error():
@@ -285,8 +340,12 @@ def test_a_run_with_a_weight_average_keeps_the_average_its_validation_measured(p
         return optimizer
 
     monkeypatch.setattr(allstudy.training.fit, "_optimizer", recording)
-    result = train(TrainConfig("lenet", input_size=48, epochs=4, batch_size=16, ema_momentum=0.5), prepared,
-                   tmp_path / "run", progress=False)
+    result = train(
+        TrainConfig("lenet", input_size=48, epochs=4, batch_size=16, ema_momentum=0.5),
+        prepared,
+        tmp_path / "run",
+        progress=False,
+    )
     assert [o.use_ema for o in made] == [True] and result.params["config"]["ema_momentum"] == 0.5
     best = result.history[result.history["best"]]["val_accuracy"].iloc[0]
     assert result.metrics["accuracy"]["val"] == pytest.approx(best, abs=1e-6)
@@ -308,22 +367,38 @@ def test_a_run_on_the_published_image_level_split_is_a_run_of_its_own(prepared, 
     assert params["split_protocol"] == "image-level" and params["leaked_fields"] == leaky.info["leaked_fields"]
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     expected = leaky.split[leaky.split["split"] != "train"]
-    assert sorted(zip(predictions["split"], predictions["path"])) == sorted(zip(expected["split"], expected["path"]))
+    assert sorted(zip(predictions["split"], predictions["path"], strict=True)) == sorted(
+        zip(expected["split"], expected["path"], strict=True)
+    )
 
 
-def test_cached_features_are_per_field_so_another_split_of_the_data_reuses_them(prepared, tmp_path,
-                                                                                tiny_mobilenet_weights):
+def test_cached_features_are_per_field_so_another_split_of_the_data_reuses_them(
+    prepared, tmp_path, tiny_mobilenet_weights
+):
     from allstudy.data.prepare import with_image_level_split
 
-    config = TrainConfig("mobilenet", weights=str(tiny_mobilenet_weights), alpha=0.25, input_size=64, head_epochs=1,
-                         epochs=0, batch_size=16, tta_views=4)
+    config = TrainConfig(
+        "mobilenet",
+        weights=str(tiny_mobilenet_weights),
+        alpha=0.25,
+        input_size=64,
+        head_epochs=1,
+        epochs=0,
+        batch_size=16,
+        tta_views=4,
+    )
     grouped = train(config, prepared, tmp_path / "grouped", cache_dir=tmp_path / "cache", progress=False)
     files = sorted((tmp_path / "cache").glob("features-*/features-view*.npy"))
     assert [f.name for f in files] == [f"features-view{k}.npy" for k in range(4)]
     assert all(len(np.load(f)) == len(prepared.split) for f in files)
     stamps = [f.stat().st_mtime_ns for f in files]
-    leaky = train(config, with_image_level_split(prepared, 0, (0.6, 0.2, 0.2)), tmp_path / "leaky",
-                  cache_dir=tmp_path / "cache", progress=False)
+    leaky = train(
+        config,
+        with_image_level_split(prepared, 0, (0.6, 0.2, 0.2)),
+        tmp_path / "leaky",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert leaky.params["feature_runtime"] == "cached"  # every view read from the grouped run's files
     assert [f.stat().st_mtime_ns for f in files] == stamps
     # a field's probabilities depend on the head, not on where the field's features were read from

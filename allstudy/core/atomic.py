@@ -1,4 +1,5 @@
 """Atomic file writes: a reader never sees half a file, a killed writer leaves the old one intact."""
+
 from __future__ import annotations
 
 import contextlib
@@ -114,4 +115,3 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-

@@ -1,4 +1,5 @@
 """Content hashes: of a file's bytes, and short keys of text (cache names, stamps)."""
+
 from __future__ import annotations
 
 import hashlib

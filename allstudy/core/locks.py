@@ -1,4 +1,5 @@
 """One command per output folder: an advisory lock held for the life of the process."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,9 @@ def output_lock(out: str | os.PathLike, shared: bool = False) -> Iterator[Path]:
 
             fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderBusy(f"another allstudy command is writing to {out}; wait until it ends, "
-                             "or pass another --out folder") from None
+            raise FolderBusy(
+                f"another allstudy command is writing to {out}; wait until it ends, or pass another --out folder"
+            ) from None
         except (ImportError, OSError):
             pass  # no advisory locks here: one command per folder is then the user's care
         yield out
-

@@ -4,10 +4,12 @@ The study's notebooks each run in their own kernel process, so threads here only
 2-core machine two kernels at once keep both cores busy through the single-threaded parts of a step
 (imports, data loading, plots, saving) that one kernel leaves idle.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -50,8 +52,9 @@ def run_chains(chains: Sequence[Sequence[Callable[[], T]]], jobs: int = 1) -> li
                     return
             results[index] = done
 
-    threads = [threading.Thread(target=worker, name=f"allstudy-step-{n}", daemon=True)
-               for n in range(min(jobs, len(chains)))]
+    threads = [
+        threading.Thread(target=worker, name=f"allstudy-step-{n}", daemon=True) for n in range(min(jobs, len(chains)))
+    ]
     for thread in threads:
         thread.start()
     try:

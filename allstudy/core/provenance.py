@@ -1,4 +1,5 @@
 """Where a result came from: the code's version and fingerprint, and the packages that computed it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,15 +11,31 @@ from pathlib import Path
 
 from allstudy import __version__
 
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "scipy", "scikit-learn", "pillow",
-            "opencv-python-headless", "pandas")
+PACKAGES = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pillow",
+    "opencv-python-headless",
+    "pandas",
+)
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 #: The modules and subpackages whose source decides what a training run computes (its identity; see
 #: allstudy.training.fit), as paths inside the package without ``.py``.
-TRAINING_MODULES = ("core/atomic", "data/classes", "data/images", "data/preprocess", "data/segment", "models",
-                    "training")
+TRAINING_MODULES = (
+    "core/atomic",
+    "data/classes",
+    "data/images",
+    "data/preprocess",
+    "data/segment",
+    "models",
+    "training",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -39,12 +56,20 @@ def source_hash(modules: tuple[str, ...] | None = None) -> str:
 def code_version() -> dict[str, str | None]:
     """The package version, a hash of its source files, and the git commit when run from a clone."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PACKAGE_DIR, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"version": __version__, "source_sha256": source_hash(), "training_source_sha256":
-            source_hash(TRAINING_MODULES), "git_commit": commit}
+    return {
+        "version": __version__,
+        "source_sha256": source_hash(),
+        "training_source_sha256": source_hash(TRAINING_MODULES),
+        "git_commit": commit,
+    }
 
 
 def package_versions() -> dict[str, str]:

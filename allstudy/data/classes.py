@@ -1,4 +1,5 @@
 """Canonical class names of the datasets the study reads, and the clinical benign/malignant view."""
+
 from __future__ import annotations
 
 #: The 4 classes of the Taleqani B-ALL dataset, in the canonical order used everywhere.

@@ -20,6 +20,7 @@ Groups are the connected components of all links. Thresholds are in :class:`Dupl
 ``tests/test_shared_data.py`` validates them on the real data (the README's named pairs found, no
 group across classes, no giant group) and the synthetic re-captures give a ground truth.
 """
+
 from __future__ import annotations
 
 import os
@@ -98,8 +99,9 @@ def _thumbnail(grey: np.ndarray, params: DuplicateParams) -> np.ndarray:
 _BLOCK = 256
 
 
-def phase_correlation_candidates(thumbs: np.ndarray, labels: np.ndarray, params: DuplicateParams,
-                                 progress: bool = False, block: int = _BLOCK) -> list[tuple[int, int, float]]:
+def phase_correlation_candidates(
+    thumbs: np.ndarray, labels: np.ndarray, params: DuplicateParams, progress: bool = False, block: int = _BLOCK
+) -> list[tuple[int, int, float]]:
     """Pairs ``(i, j, peak)`` with ``i < j`` whose phase-correlation peak exceeds the threshold.
 
     ``block`` pairs go through each inverse FFT; the pairs found do not depend on it.
@@ -118,7 +120,7 @@ def phase_correlation_candidates(thumbs: np.ndarray, labels: np.ndarray, params:
             if len(others) == 0:
                 continue
         for start in range(0, len(others), block):
-            chunk = others[start:start + block]
+            chunk = others[start : start + block]
             surface = scipy.fft.irfft2(spectra[i][None] * np.conj(spectra[chunk]), s=shape, workers=-1)
             peaks = surface.reshape(len(chunk), -1).max(axis=1)
             for j in np.nonzero(peaks > params.candidate_peak)[0]:
@@ -131,7 +133,7 @@ class _Verifier:
 
     def __init__(self, greys: list[np.ndarray], params: DuplicateParams):
         self.greys, self.params = greys, params
-        self.orb = cv2.ORB_create(nfeatures=1000, edgeThreshold=15, patchSize=15, fastThreshold=8)
+        self.orb = cv2.ORB.create(nfeatures=1000, edgeThreshold=15, patchSize=15, fastThreshold=8)
         self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
         self.masks = [_corner_mask(g.shape, params) for g in greys]
         self.keypoints: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -139,7 +141,7 @@ class _Verifier:
     def _features(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         if i not in self.keypoints:
             points, descriptors = self.orb.detectAndCompute(self.greys[i], self.masks[i])
-            self.keypoints[i] = (np.float32([p.pt for p in points]).reshape(-1, 2), descriptors)
+            self.keypoints[i] = (np.array([p.pt for p in points], np.float32).reshape(-1, 2), descriptors)
         return self.keypoints[i]
 
     def _bandpass(self, i: int) -> np.ndarray:
@@ -148,8 +150,16 @@ class _Verifier:
 
     def verify(self, i: int, j: int) -> dict:
         """Evidence that field j is a re-capture of field i (transform, inliers, overlap, correlation)."""
-        evidence = {"inliers": 0, "dx": 0.0, "dy": 0.0, "scale": 1.0, "rotation": 0.0, "overlap": 0.0,
-                    "correlation": 0.0, "verified": False}
+        evidence = {
+            "inliers": 0,
+            "dx": 0.0,
+            "dy": 0.0,
+            "scale": 1.0,
+            "rotation": 0.0,
+            "overlap": 0.0,
+            "correlation": 0.0,
+            "verified": False,
+        }
         points_i, desc_i = self._features(i)
         points_j, desc_j = self._features(j)
         if desc_i is None or desc_j is None or len(desc_i) < 8 or len(desc_j) < 8:
@@ -160,15 +170,20 @@ class _Verifier:
             return evidence
         source = points_j[[m.queryIdx for m in good]]
         target = points_i[[m.trainIdx for m in good]]
-        transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC,
-                                                          ransacReprojThreshold=3.0, maxIters=2000,
-                                                          confidence=0.99, refineIters=10)
+        transform, inliers = cv2.estimateAffinePartial2D(
+            source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.99, refineIters=10
+        )
         if transform is None:
             return evidence
         scale = float(np.hypot(transform[0, 0], transform[1, 0]))
         rotation = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
-        evidence.update(inliers=int(inliers.sum()), dx=float(transform[0, 2]), dy=float(transform[1, 2]),
-                        scale=scale, rotation=rotation)
+        evidence.update(
+            inliers=int(inliers.sum()),
+            dx=float(transform[0, 2]),
+            dy=float(transform[1, 2]),
+            scale=scale,
+            rotation=rotation,
+        )
         height, width = self.greys[i].shape
         warped = cv2.warpAffine(self._bandpass(j), transform, (width, height))
         valid = cv2.warpAffine(self.masks[j], transform, (width, height), flags=cv2.INTER_NEAREST) > 0
@@ -178,9 +193,13 @@ class _Verifier:
         if overlap >= 0.02:
             evidence["correlation"] = _correlation(self._bandpass(i)[valid], warped[valid])
         p = self.params
-        evidence["verified"] = bool(evidence["inliers"] >= p.min_inliers and abs(scale - 1) <= p.max_scale_change
-                                    and abs(rotation) <= p.max_rotation_deg and overlap >= p.min_overlap
-                                    and evidence["correlation"] >= p.min_correlation)
+        evidence["verified"] = bool(
+            evidence["inliers"] >= p.min_inliers
+            and abs(scale - 1) <= p.max_scale_change
+            and abs(rotation) <= p.max_rotation_deg
+            and overlap >= p.min_overlap
+            and evidence["correlation"] >= p.min_correlation
+        )
         return evidence
 
 
@@ -196,8 +215,13 @@ def _hash_bits(hex_hash: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(hex_hash), dtype=np.uint8))
 
 
-def find_links(root: str | os.PathLike, table: pd.DataFrame, params: DuplicateParams = DuplicateParams(),
-               progress: bool = False, workers: int | None = None) -> pd.DataFrame:
+def find_links(
+    root: str | os.PathLike,
+    table: pd.DataFrame,
+    params: DuplicateParams = DuplicateParams(),
+    progress: bool = False,
+    workers: int | None = None,
+) -> pd.DataFrame:
     """Every pair of usable files that shows the same field, with its kind and evidence.
 
     ``table`` is a manifest table; returns a frame with columns ``a, b, kind, peak, inliers, dx, dy,
@@ -218,15 +242,22 @@ def find_links(root: str | os.PathLike, table: pd.DataFrame, params: DuplicatePa
         ones = bits.sum(axis=1)
         structured = (ones >= params.hash_min_structure_bits) & (ones <= bits.shape[1] - params.hash_min_structure_bits)
         for i in np.nonzero(structured[:-1])[0]:
-            distance = np.count_nonzero(bits[i + 1:] != bits[i], axis=1)
-            close = (distance <= params.hash_max_bits) & structured[i + 1:]
+            distance = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
+            close = (distance <= params.hash_max_bits) & structured[i + 1 :]
             for j in np.nonzero(close)[0]:
                 links.setdefault((int(i), int(i) + 1 + int(j)), {"kind": "hash"})
 
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            greys = list(tqdm(pool.map(lambda p: _matching_grey(root / p), paths), total=len(paths),
-                              desc="loading fields", unit="img", disable=not progress))
+            greys = list(
+                tqdm(
+                    pool.map(lambda p: _matching_grey(root / p), paths),
+                    total=len(paths),
+                    desc="loading fields",
+                    unit="img",
+                    disable=not progress,
+                )
+            )
         thumbs = np.stack([_thumbnail(g, params) for g in greys])
         labels = usable["class"].to_numpy()
         candidates = phase_correlation_candidates(thumbs, labels, params, progress=progress)
@@ -249,7 +280,7 @@ def group_ids(paths: Iterable[str], links: pd.DataFrame) -> dict[str, str]:
     (columns ``a``, ``b``); links that name a path not given are ignored."""
     paths = sorted(paths)
     sets = DisjointSet(paths)
-    for a, b in zip(links["a"], links["b"]):
+    for a, b in zip(links["a"], links["b"], strict=True):
         if a in sets and b in sets:
             sets.merge(a, b)
     return {p: min(sets.subset(p)) for p in paths}

@@ -1,14 +1,18 @@
 """Figures and tables of the exploration notebook (01_explore): counts, samples, statistics, duplicates."""
+
 from __future__ import annotations
 
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.container import BarContainer
 
 from allstudy.data.classes import display_name
 from allstudy.data.duplicates import groups_of
@@ -18,8 +22,13 @@ from allstudy.data.images import read_rgb
 def class_counts(manifest: pd.DataFrame) -> pd.DataFrame:
     """Files per class: usable, with a problem, and in total."""
     usable = manifest["problem"] == ""
-    counts = pd.DataFrame({"usable": manifest[usable]["class"].value_counts(),
-                           "problem": manifest[~usable]["class"].value_counts()}).fillna(0).astype(int)
+    counts = (
+        pd.DataFrame(
+            {"usable": manifest[usable]["class"].value_counts(), "problem": manifest[~usable]["class"].value_counts()}
+        )
+        .fillna(0)
+        .astype(int)
+    )
     counts["total"] = counts.sum(axis=1)
     counts.index.name = "class"
     return counts.sort_index()
@@ -30,7 +39,7 @@ def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:
     counts = class_counts(manifest)["usable"]
     fig, ax = plt.subplots(figsize=(6, 3))
     sns.barplot(x=[display_name(c) for c in counts.index], y=counts.values, ax=ax, color="#7b68a6")
-    ax.bar_label(ax.containers[0])
+    ax.bar_label(cast(BarContainer, ax.containers[0]))
     ax.set(ylabel="images", title="Usable images per class")
     fig.tight_layout()
     return fig
@@ -39,7 +48,7 @@ def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:
 def thumbnail_grid(root: str | os.PathLike, rows: list[list[str]], row_labels: list[str], width: int) -> plt.Figure:
     """Fields shown as a grid: one row per list of paths (at most ``width`` each), labelled on the left."""
     fig, axes = plt.subplots(len(rows), width, figsize=(1.9 * width, 2.0 * len(rows)), squeeze=False)
-    for row, (paths, label) in enumerate(zip(rows, row_labels)):
+    for row, (paths, label) in enumerate(zip(rows, row_labels, strict=True)):
         for col, ax in enumerate(axes[row]):
             ax.set_xticks([]), ax.set_yticks([])
             if col < len(paths):
@@ -86,11 +95,11 @@ def image_statistics(root: str | os.PathLike, manifest: pd.DataFrame, workers: i
 
 def plot_colour_statistics(stats: pd.DataFrame) -> plt.Figure:
     """Per-class distributions of each channel's mean: a colour shortcut shows as separated boxes."""
-    long = stats.melt(id_vars=["class"], value_vars=["mean_r", "mean_g", "mean_b"], var_name="channel",
-                      value_name="mean intensity")
+    long = stats.melt(
+        id_vars=["class"], value_vars=["mean_r", "mean_g", "mean_b"], var_name="channel", value_name="mean intensity"
+    )
     fig, ax = plt.subplots(figsize=(7, 3))
-    sns.boxplot(data=long, x="channel", y="mean intensity", hue="class", ax=ax, fliersize=1,
-                palette="Set2")
+    sns.boxplot(data=long, x="channel", y="mean intensity", hue="class", ax=ax, fliersize=1, palette="Set2")
     ax.set_title("Mean intensity per channel and class")
     ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
@@ -112,8 +121,9 @@ def colour_shortcut_accuracy(stats: pd.DataFrame, seed: int = 0) -> float:
     return float(cross_val_score(model, features, stats["class"], cv=folds).mean())
 
 
-def duplicate_gallery(root: str | os.PathLike, groups: list[list[str]], max_groups: int = 6,
-                      max_members: int = 6) -> plt.Figure | None:
+def duplicate_gallery(
+    root: str | os.PathLike, groups: list[list[str]], max_groups: int = 6, max_members: int = 6
+) -> plt.Figure | None:
     """Thumbnails of duplicate/overlap groups, one row per group (largest first); None if there are none."""
     if not groups:
         return None
@@ -125,9 +135,12 @@ def duplicate_gallery(root: str | os.PathLike, groups: list[list[str]], max_grou
 def duplicate_summary(manifest: pd.DataFrame, links: pd.DataFrame) -> dict:
     """Exact and all duplicate groups, group sizes (size -> count), images in groups, and cross-class groups."""
     groups = groups_of(links)
-    label = dict(zip(manifest["path"], manifest["class"]))
-    sizes = pd.Series([len(g) for g in groups], dtype=int)
-    return {"exact": groups_of(links, ["exact"]), "groups": groups,
-            "sizes": {int(s): int(n) for s, n in sizes.value_counts().sort_index().items()},
-            "in_groups": int(sizes.sum()),
-            "cross_class": [g for g in groups if len({label[p] for p in g}) > 1]}
+    label = dict(zip(manifest["path"], manifest["class"], strict=True))
+    sizes = Counter(len(g) for g in groups)
+    return {
+        "exact": groups_of(links, ["exact"]),
+        "groups": groups,
+        "sizes": dict(sorted(sizes.items())),
+        "in_groups": sum(s * n for s, n in sizes.items()),
+        "cross_class": [g for g in groups if len({label[p] for p in g}) > 1],
+    }

@@ -3,6 +3,7 @@
 Every problem is a reason in words, never a crash: the data scan records it and goes on, the
 predictor shows it to the user.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,7 +54,9 @@ def _open_checked(data: bytes, path: str | os.PathLike | None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageProblem(path, "not an image: Pillow cannot identify its format (wrong extension or not a picture)") from None
+        raise ImageProblem(
+            path, "not an image: Pillow cannot identify its format (wrong extension or not a picture)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageProblem(path, f"decompression bomb refused: {err}") from None
     except Exception as err:  # a damaged header raises many different things
@@ -67,8 +70,11 @@ def check_image(image: Image.Image, path: str | os.PathLike | None = None) -> Im
     """Refuse an opened image that is too large (bomb guard, from its header) or too small, then decode it."""
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageProblem(path, f"decompression bomb refused: {width}x{height} = {width * height:,} pixels "
-                                 f"exceeds the limit of {MAX_PIXELS:,}")
+        raise ImageProblem(
+            path,
+            f"decompression bomb refused: {width}x{height} = {width * height:,} pixels "
+            f"exceeds the limit of {MAX_PIXELS:,}",
+        )
     if min(width, height) < MIN_SIDE:
         raise ImageProblem(path, f"too small: {width}x{height} px (a field needs at least {MIN_SIDE} px a side)")
     try:
@@ -106,9 +112,11 @@ def _mode_note(image: Image.Image) -> str:
     return "; ".join(notes)
 
 
-def read_rgb(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
+def read_rgb(path: str | os.PathLike | None, data: bytes | None = None) -> Image.Image:
     """Read an image file (format decided by content) as RGB; raise :class:`ImageProblem` if unusable."""
     if data is None:
+        if path is None:
+            raise ValueError("read_rgb needs a path or the file's bytes (data=...)")
         try:
             data = Path(path).read_bytes()
         except OSError as err:
@@ -122,13 +130,19 @@ def inspect_bytes(data: bytes, path: str | os.PathLike | None = None) -> tuple[I
         image = _open_checked(data, path)
     except ImageProblem as problem:
         return ImageInfo(problem=problem.reason), None
-    info = ImageInfo(width=image.size[0], height=image.size[1], mode=image.mode,
-                     frames=getattr(image, "n_frames", 1), note=_mode_note(image))
+    info = ImageInfo(
+        width=image.size[0],
+        height=image.size[1],
+        mode=image.mode,
+        frames=getattr(image, "n_frames", 1),
+        note=_mode_note(image),
+    )
     try:
         rgb = to_rgb(image)
     except Exception as err:
-        return ImageInfo(info.width, info.height, info.mode, info.frames,
-                         problem=f"cannot convert mode {image.mode} to RGB: {err}"), None
+        return ImageInfo(
+            info.width, info.height, info.mode, info.frames, problem=f"cannot convert mode {image.mode} to RGB: {err}"
+        ), None
     return info, rgb
 
 

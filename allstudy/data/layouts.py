@@ -10,6 +10,7 @@ Layouts understood (``root`` is what the user passes):
   variant ``Benign``, ``[Malignant] early Pre-B``, ``[Malignant] Pre-B``, ``[Malignant] Pro-B``;
 * C-NMC 2019: ``root/fold_*/{all,hem}/UID_<subject>_<image>_<cell>_<class>.bmp`` (subjects parsed).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,15 +19,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Files that document a dataset rather than belong to it.
-IGNORED_NAMES = {"readme", "readme.md", "readme.txt", "license", "license.txt", "manifest.md5",
-                 "synthetic.json", "thumbs.db", "desktop.ini"}
+IGNORED_NAMES = {
+    "readme",
+    "readme.md",
+    "readme.txt",
+    "license",
+    "license.txt",
+    "manifest.md5",
+    "synthetic.json",
+    "thumbs.db",
+    "desktop.ini",
+}
 
 _ALIASES: dict[str, str] = {
-    "benign": "Benign", "hematogones": "Benign", "hematogone": "Benign",
-    "early": "Early", "earlypreb": "Early", "earlypre": "Early",
-    "pre": "Pre", "preb": "Pre",
-    "pro": "Pro", "prob": "Pro",
-    "all": "all", "hem": "hem",
+    "benign": "Benign",
+    "hematogones": "Benign",
+    "hematogone": "Benign",
+    "early": "Early",
+    "earlypreb": "Early",
+    "earlypre": "Early",
+    "pre": "Pre",
+    "preb": "Pre",
+    "pro": "Pro",
+    "prob": "Pro",
+    "all": "all",
+    "hem": "hem",
 }
 _SUBJECT = re.compile(r"^UID_([Hh]?\d+)_", re.ASCII)
 
@@ -101,6 +118,8 @@ def discover(root: str | os.PathLike) -> tuple[Path, str, list[Item]]:
     if items and all(item.label in ("all", "hem") for item in items):
         layout = "c-nmc (all/hem, subjects from UID_<subject>_...)"
     if not items:
-        raise ValueError(f"{image_root} holds no files in class folders; expected <class>/<image> "
-                         "(e.g. Benign/x.jpg, Pro/y.jpg) or C-NMC fold_*/all|hem/*.bmp")
+        raise ValueError(
+            f"{image_root} holds no files in class folders; expected <class>/<image> "
+            "(e.g. Benign/x.jpg, Pro/y.jpg) or C-NMC fold_*/all|hem/*.bmp"
+        )
     return image_root, layout, items

@@ -5,6 +5,7 @@ unknown), ``width``, ``height``, ``mode``, ``sha256``, ``phash`` (16x16 differen
 ``problem`` (empty for a usable image) and ``note`` (e.g. a mode conversion). A file with a problem
 stays in the manifest, so it is reported, and is left out of every split.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,14 +49,24 @@ class Manifest:
 def content_hash(table: pd.DataFrame) -> str:
     """sha256 over sorted ``path,class,sha256`` lines of the usable rows (the data's identity)."""
     usable = table[table["problem"] == ""].sort_values("path")
-    lines = "\n".join(f"{p},{c},{s}" for p, c, s in zip(usable["path"], usable["class"], usable["sha256"]))
+    lines = "\n".join(f"{p},{c},{s}" for p, c, s in zip(usable["path"], usable["class"], usable["sha256"], strict=True))
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def describe_file(root: Path, item: Item) -> dict:
     """The manifest row of one file; problems are recorded, never raised."""
-    row = {"path": item.relpath, "class": item.label, "subject": item.subject or "", "width": 0, "height": 0,
-           "mode": "", "sha256": "", "phash": "", "problem": "", "note": ""}
+    row = {
+        "path": item.relpath,
+        "class": item.label,
+        "subject": item.subject or "",
+        "width": 0,
+        "height": 0,
+        "mode": "",
+        "sha256": "",
+        "phash": "",
+        "problem": "",
+        "note": "",
+    }
     try:
         data = (root / item.relpath).read_bytes()
     except OSError as err:
@@ -74,8 +85,15 @@ def build_manifest(root: str | os.PathLike, workers: int | None = None, progress
     image_root, layout, items = discover(root)
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(lambda item: describe_file(image_root, item), items), total=len(items),
-                         desc="reading images", unit="img", disable=not progress))
+        rows = list(
+            tqdm(
+                pool.map(lambda item: describe_file(image_root, item), items),
+                total=len(items),
+                desc="reading images",
+                unit="img",
+                disable=not progress,
+            )
+        )
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Manifest(image_root, layout, table)
 

@@ -4,6 +4,7 @@
 ``duplicates.csv``, ``splits.csv`` and ``data.json`` (provenance) into an output folder and reuses
 them while the images and the parameters are unchanged.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,14 @@ class Scan:
         return {
             "images": int(len(table)),
             "classes": {str(k): int(v) for k, v in usable["class"].value_counts().sort_index().items()},
-            "problems": [{"path": p, "reason": r} for p, r in zip(table["path"], table["problem"]) if r],
+            "problems": [{"path": p, "reason": r} for p, r in zip(table["path"], table["problem"], strict=True) if r],
             "exact_duplicate_groups": exact,
             "near_duplicate_groups": near,
             "root": str(self.manifest.root),
             "layout": self.manifest.layout,
             "usable": int(len(usable)),
             "subjects": subjects,
-            "notes": [{"path": p, "note": n} for p, n in zip(table["path"], table["note"]) if n],
+            "notes": [{"path": p, "note": n} for p, n in zip(table["path"], table["note"], strict=True) if n],
             "data_hash": self.manifest.data_hash(),
             "seconds": round(self.seconds, 1),
         }
@@ -77,9 +78,14 @@ class PreparedData:
         return split_counts(self.split)
 
 
-def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
-            fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-            params: DuplicateParams = DuplicateParams(), progress: bool = False) -> PreparedData:
+def prepare(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    params: DuplicateParams = DuplicateParams(),
+    progress: bool = False,
+) -> PreparedData:
     """Scan and split ``root`` into ``out_dir`` (manifest.csv, duplicates.csv, splits.csv, data.json).
 
     The scan is reused while the files (paths, sizes, modification times) and the duplicate
@@ -93,7 +99,8 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
     split_stamp = {"seed": seed, "fractions": list(fractions)}
     info = read_json(info_path) if info_path.exists() else {}
     scan_cached = all(info.get(k) == v for k, v in stamp.items()) and all(
-        (out_dir / name).exists() for name in ("manifest.csv", "duplicates.csv"))
+        (out_dir / name).exists() for name in ("manifest.csv", "duplicates.csv")
+    )
 
     if scan_cached:
         print_(f"data: reusing the scan in {out_dir} (images unchanged)")
@@ -105,8 +112,13 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
         table, links, image_root = result.manifest.table, result.links, result.manifest.root
         write_csv(table, out_dir / "manifest.csv")
         write_csv(links, out_dir / "duplicates.csv")
-        info = {**stamp, "root": str(image_root), "layout": result.manifest.layout,
-                "scan_seconds": round(result.seconds, 1), "report": result.report()}
+        info = {
+            **stamp,
+            "root": str(image_root),
+            "layout": result.manifest.layout,
+            "scan_seconds": round(result.seconds, 1),
+            "report": result.report(),
+        }
         write_json(info_path, info)  # the split below is then stale: its stamp is absent
 
     split_cached = info.get("split") == split_stamp and (out_dir / "splits.csv").exists()
@@ -115,24 +127,34 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
     else:
         split = make_split(table, links, seed=seed, fractions=fractions)
         write_csv(split, out_dir / "splits.csv")
-        info = {**info, "split": split_stamp, "data_hash": content_hash(table), "code_version": __version__,
-                "synthetic": (Path(root) / "SYNTHETIC.json").exists(),
-                "split_counts": split_counts(split).to_dict()}
+        info = {
+            **info,
+            "split": split_stamp,
+            "data_hash": content_hash(table),
+            "code_version": __version__,
+            "synthetic": (Path(root) / "SYNTHETIC.json").exists(),
+            "split_counts": split_counts(split).to_dict(),
+        }
         write_json(info_path, info)
     return PreparedData(image_root, table, links, split, info)
 
 
-def with_image_level_split(prepared: PreparedData, seed: int = 0,
-                           fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> PreparedData:
+def with_image_level_split(
+    prepared: PreparedData, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> PreparedData:
     """``prepared`` with the published studies' image-level split in place of the grouped one: a control that
     measures what their protocol's leak is worth, never the study's own figures.
 
     ``info["leaked_fields"]`` counts the validation and test fields that overlap a training field. A run's
-    identity holds its split (:func:`allstudy.training.fit.split_hash`), so no run of the grouped split is reused for it;
-    the cached backbone features are per field and serve both.
+    identity holds its split (:func:`allstudy.training.fit.split_hash`), so no run of the grouped split is
+    reused for it; the cached backbone features are per field and serve both.
     """
     split = image_level_split(prepared.manifest, seed=seed, fractions=fractions)
     leaked = leaked_fields(split, prepared.split.set_index("path")["group"])
-    info = {**prepared.info, "split": {"seed": seed, "fractions": list(fractions), "protocol": "image-level"},
-            "split_counts": split_counts(split).to_dict(), "leaked_fields": leaked}
+    info = {
+        **prepared.info,
+        "split": {"seed": seed, "fractions": list(fractions), "protocol": "image-level"},
+        "split_counts": split_counts(split).to_dict(),
+        "leaked_fields": leaked,
+    }
     return PreparedData(prepared.root, prepared.manifest, prepared.links, split, info)

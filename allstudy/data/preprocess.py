@@ -5,6 +5,7 @@ preprocessing inside (see :mod:`allstudy.models.registry`): the input is the fie
 model's side (:func:`to_input`), then, for a model trained on a variant (segmentation, the validity
 controls), that variant (:func:`model_input`).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,4 +47,3 @@ def load_image(path: str | os.PathLike, size: int, mode: str = "original") -> np
     variant for the segmentation option and the validity controls, made at the model's input size.
     """
     return model_input(to_input(read_rgb(path), size), mode)
-

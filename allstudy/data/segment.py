@@ -12,6 +12,7 @@ because the dataset's own Pro segmentation mostly failed (blank images, or small
 the original, the segmented cells only, the background only (cells hidden), and the scale-bar
 corner only or hidden (shortcut controls).
 """
+
 from __future__ import annotations
 
 import math
@@ -135,7 +136,7 @@ def leukocyte_mask(image: np.ndarray, params: SegmentParams = SegmentParams()) -
     from skimage.util import img_as_float32
 
     image = check_rgb(image)
-    lab = rgb2lab(img_as_float32(image))       # float32: faster than from uint8 (float64), same values
+    lab = rgb2lab(img_as_float32(image))  # float32: faster than from uint8 (float64), same values
     a, b = lab[..., 1], lab[..., 2]
     candidate = b < -math.tan(math.radians(params.violet_angle)) * np.maximum(a, 0.0)
     mask = candidate & (a > _purple_threshold(a, params))
@@ -197,7 +198,7 @@ def corner_region(shape: tuple[int, ...], width: float = CORNER_FRACTION, height
     corner = np.zeros((h, w), bool)
     rows, cols = math.ceil(height * h - 1e-9), math.ceil(width * w - 1e-9)
     if rows and cols:
-        corner[h - rows:, w - cols:] = True
+        corner[h - rows :, w - cols :] = True
     return corner
 
 
@@ -206,11 +207,12 @@ def scale_bar_corner(image: np.ndarray, fraction: float = CORNER_FRACTION) -> np
     image = np.asarray(image)
     corner = corner_region(image.shape, fraction)
     rows, cols = np.flatnonzero(corner.any(1)), np.flatnonzero(corner.any(0))
-    return image[rows[0]:, cols[0]:].copy()
+    return image[rows[0] :, cols[0] :].copy()
 
 
-def mask_corner(image: np.ndarray, fraction: float = CORNER_FRACTION,
-                fill: str | int | tuple[int, int, int] = "median") -> np.ndarray:
+def mask_corner(
+    image: np.ndarray, fraction: float = CORNER_FRACTION, fill: str | int | tuple[int, int, int] = "median"
+) -> np.ndarray:
     """The image with its scale-bar corner replaced by ``fill`` (median colour of the rest)."""
     image = check_rgb(image)
     return mask_out(image, corner_region(image.shape, fraction), fill)
@@ -270,7 +272,7 @@ def plot_channels(image: np.ndarray) -> Figure:
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
     axes[0].imshow(image)
     axes[0].set_title("RGB")
-    for ax, channel, name in zip(axes[1:], range(3), ("red", "green", "blue")):
+    for ax, channel, name in zip(axes[1:], range(3), ("red", "green", "blue"), strict=True):
         ax.imshow(image[..., channel], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{name} channel")
     for ax in axes:
@@ -285,7 +287,7 @@ def plot_input_modes(image: np.ndarray, params: SegmentParams = SegmentParams())
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(INPUT_MODES), figsize=(2.2 * len(INPUT_MODES), 2.5))
-    for ax, mode in zip(axes, INPUT_MODES):
+    for ax, mode in zip(axes, INPUT_MODES, strict=True):
         ax.imshow(transform_input(image, mode, params))
         ax.set_title(mode, fontsize=9)
         ax.axis("off")

@@ -5,6 +5,7 @@ merged with subjects when the file names give them (C-NMC). The split is made by
 ``StratifiedGroupKFold`` over ``k`` folds, where ``k`` makes every fraction a whole number of folds
 (70/15/15 -> 20 folds: 14 train, 3 val, 3 test); the seed fixes it.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,14 @@ SPLIT_PROTOCOLS = ("grouped", "image")
 def assign_groups(paths: list[str], subjects: list[str], links: pd.DataFrame) -> list[str]:
     """A group id per path: linked files and files of one subject share a group."""
     first_of_subject: dict[str, str] = {}
-    same_subject = [(first_of_subject.setdefault(subject, path), path) for path, subject in zip(paths, subjects)
-                    if subject]
-    pairs = pd.concat([links.reindex(columns=["a", "b"]), pd.DataFrame(same_subject, columns=["a", "b"])],
-                      ignore_index=True)
+    same_subject = [
+        (first_of_subject.setdefault(subject, path), path)
+        for path, subject in zip(paths, subjects, strict=True)
+        if subject
+    ]
+    pairs = pd.concat(
+        [links.reindex(columns=["a", "b"]), pd.DataFrame(same_subject, columns=["a", "b"])], ignore_index=True
+    )
     ids = group_ids(paths, pairs)
     return [ids[p] for p in paths]
 
@@ -37,14 +42,17 @@ def assign_groups(paths: list[str], subjects: list[str], links: pd.DataFrame) ->
 def _folds_for(fractions: tuple[float, float, float]) -> list[int]:
     """Whole numbers of folds per split, in the smallest total that represents the fractions."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split fractions {fractions} must be three non-negative numbers summing to 1 (train, val, test)")
+        raise ValueError(
+            f"split fractions {fractions} must be three non-negative numbers summing to 1 (train, val, test)"
+        )
     ratios = [Fraction(f).limit_denominator(100) for f in fractions]
     total = math.lcm(*(r.denominator for r in ratios))
     return [int(r * total) for r in ratios]
 
 
-def make_split(table: pd.DataFrame, links: pd.DataFrame, seed: int = 0,
-               fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> pd.DataFrame:
+def make_split(
+    table: pd.DataFrame, links: pd.DataFrame, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> pd.DataFrame:
     """Split the usable rows of a manifest table into train/val/test.
 
     Returns a frame with columns ``path, class, subject, group, split`` sorted by path. Raises if a
@@ -59,9 +67,11 @@ def make_split(table: pd.DataFrame, links: pd.DataFrame, seed: int = 0,
     groups_per_class = pd.Series(groups).groupby(usable["class"].to_numpy()).nunique()
     if groups_per_class.min() < n_folds:
         label = groups_per_class.idxmin()
-        raise ValueError(f"class {label!r} has only {groups_per_class.min()} independent groups, fewer than the "
-                         f"{n_folds} folds that fractions {list(fractions)} need; add images or use coarser "
-                         "fractions (e.g. --fractions 0.6 0.2 0.2, 5 folds)")
+        raise ValueError(
+            f"class {label!r} has only {groups_per_class.min()} independent groups, fewer than the "
+            f"{n_folds} folds that fractions {list(fractions)} need; add images or use coarser "
+            "fractions (e.g. --fractions 0.6 0.2 0.2, 5 folds)"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(usable), dtype=int)
     for k, (_, test_index) in enumerate(splitter.split(usable, usable["class"], groups)):
@@ -69,8 +79,15 @@ def make_split(table: pd.DataFrame, links: pd.DataFrame, seed: int = 0,
     # Fold order comes out sorted by size; map folds to splits in a seeded random order.
     order = np.random.default_rng(seed).permutation(n_folds)
     split_of_fold = np.repeat(np.array(SPLITS), folds_per_split)[np.argsort(order)]
-    result = pd.DataFrame({"path": usable["path"], "class": usable["class"], "subject": usable["subject"],
-                           "group": groups, "split": split_of_fold[fold]})
+    result = pd.DataFrame(
+        {
+            "path": usable["path"],
+            "class": usable["class"],
+            "subject": usable["subject"],
+            "group": groups,
+            "split": split_of_fold[fold],
+        }
+    )
     check_split(result)
     return result
 
@@ -92,8 +109,9 @@ def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
-def image_level_split(table: pd.DataFrame, seed: int = 0,
-                      fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> pd.DataFrame:
+def image_level_split(
+    table: pd.DataFrame, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> pd.DataFrame:
     """The published studies' protocol: a stratified split of the fields that ignores duplicate and overlap
     groups and subjects (every field is its own group), so re-captures of one slide region can land in both
     training and test. For measuring what that leak is worth (:func:`leaked_fields`), never for the study's
@@ -109,6 +127,8 @@ def leaked_fields(split: pd.DataFrame, groups: pd.Series) -> dict[str, int]:
     """
     group = split["path"].map(groups)
     if group.isna().any():
-        raise ValueError(f"{int(group.isna().sum())} paths of the split have no group; pass the groups of the same data")
+        raise ValueError(
+            f"{int(group.isna().sum())} paths of the split have no group; pass the groups of the same data"
+        )
     seen_in_training = set(group[split["split"] == "train"])
     return {s: int(group[split["split"] == s].isin(seen_in_training).sum()) for s in ("val", "test")}

@@ -23,6 +23,7 @@ A fraction of the fields are *re-captures*: a second crop of the same rendered s
 shifted by 5-40 px, with another exposure, noise and JPEG quality. The pairs are listed in
 ``SYNTHETIC.json`` as ground truth for duplicate detection.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,15 +48,14 @@ SYNTHETIC_MARKER = "SYNTHETIC.json"
 GENERATOR_NAME = "allstudy.data.synthetic"
 #: Bump when the images for given arguments change; a cached dataset of another version is rebuilt.
 GENERATOR_VERSION = 1
-NOTE = ("Synthetic fields made by allstudy; not patient data. "
-        "Results on them say nothing about real leukemia.")
+NOTE = "Synthetic fields made by allstudy; not patient data. Results on them say nothing about real leukemia."
 
-_REF = 224.0                 # sizes below are in pixels of a 224-pixel field
-_MARGIN = 64                 # canvas = size + margin, so that shifted crops fit
-_SHIFT = (5, 40)             # re-capture shift range
-_JPEG_QUALITY = (72, 95)     # inclusive
-_JPEG_SUBSAMPLING = 2        # 4:2:0, as most microscope cameras write
-_LEUKOCYTE_COUNT_P = (0.72, 0.19, 0.09)   # 1, 2, 3 cells per field, every class alike
+_REF = 224.0  # sizes below are in pixels of a 224-pixel field
+_MARGIN = 64  # canvas = size + margin, so that shifted crops fit
+_SHIFT = (5, 40)  # re-capture shift range
+_JPEG_QUALITY = (72, 95)  # inclusive
+_JPEG_SUBSAMPLING = 2  # 4:2:0, as most microscope cameras write
+_LEUKOCYTE_COUNT_P = (0.72, 0.19, 0.09)  # 1, 2, 3 cells per field, every class alike
 
 # Purposes mixed into each SeedSequence, so that streams never collide.
 _FIELD, _RECAPTURE, _LAYOUT = 0, 1, 2
@@ -65,53 +65,89 @@ _FIELD, _RECAPTURE, _LAYOUT = 0, 1, 2
 class _Morphology:
     """Distributions of the morphology of one class (lengths relative to the red-cell diameter)."""
 
-    diameter: tuple[float, float]        # cell diameter / red-cell diameter: mean, sd
-    nc_ratio: tuple[float, float]        # nucleus radius / cell radius: mean, sd
-    eccentric: tuple[float, float]       # nucleus offset / cell radius: uniform range
-    aspect: tuple[float, float]          # nucleus ellipse aspect: uniform range
-    lobulation: tuple[float, float]      # total harmonic amplitude of the nucleus outline
-    cleft_p: float                       # probability of a cleft (Pro: of each of two notches)
-    cleft_depth: tuple[float, float]     # depth / nucleus radius
-    chromatin: tuple[float, float]       # stain density of the nucleus: mean, sd
-    chromatin_texture: tuple[float, float]   # texture amplitude, grain sigma (px at 224)
-    nucleoli_p: tuple[float, ...]        # probabilities of 0, 1, 2, ... nucleoli
+    diameter: tuple[float, float]  # cell diameter / red-cell diameter: mean, sd
+    nc_ratio: tuple[float, float]  # nucleus radius / cell radius: mean, sd
+    eccentric: tuple[float, float]  # nucleus offset / cell radius: uniform range
+    aspect: tuple[float, float]  # nucleus ellipse aspect: uniform range
+    lobulation: tuple[float, float]  # total harmonic amplitude of the nucleus outline
+    cleft_p: float  # probability of a cleft (Pro: of each of two notches)
+    cleft_depth: tuple[float, float]  # depth / nucleus radius
+    chromatin: tuple[float, float]  # stain density of the nucleus: mean, sd
+    chromatin_texture: tuple[float, float]  # texture amplitude, grain sigma (px at 224)
+    nucleoli_p: tuple[float, ...]  # probabilities of 0, 1, 2, ... nucleoli
     nucleolus_strength: tuple[float, float]
-    cytoplasm: tuple[float, float]       # stain density of the cytoplasm: uniform range
+    cytoplasm: tuple[float, float]  # stain density of the cytoplasm: uniform range
     vacuole_p: float
 
 
 _MORPHOLOGY: dict[str, _Morphology] = {
     "Benign": _Morphology(
-        diameter=(1.16, 0.09), nc_ratio=(0.86, 0.03), eccentric=(0.0, 0.10), aspect=(1.0, 1.10),
-        lobulation=(0.0, 0.03), cleft_p=0.05, cleft_depth=(0.10, 0.25),
-        chromatin=(1.45, 0.12), chromatin_texture=(0.22, 1.5),
-        nucleoli_p=(1.0,), nucleolus_strength=(0.0, 0.0),
-        cytoplasm=(0.30, 0.50), vacuole_p=0.0),
+        diameter=(1.16, 0.09),
+        nc_ratio=(0.86, 0.03),
+        eccentric=(0.0, 0.10),
+        aspect=(1.0, 1.10),
+        lobulation=(0.0, 0.03),
+        cleft_p=0.05,
+        cleft_depth=(0.10, 0.25),
+        chromatin=(1.45, 0.12),
+        chromatin_texture=(0.22, 1.5),
+        nucleoli_p=(1.0,),
+        nucleolus_strength=(0.0, 0.0),
+        cytoplasm=(0.30, 0.50),
+        vacuole_p=0.0,
+    ),
     "Early": _Morphology(
-        diameter=(1.40, 0.12), nc_ratio=(0.83, 0.04), eccentric=(0.0, 0.12), aspect=(1.0, 1.20),
-        lobulation=(0.0, 0.05), cleft_p=0.12, cleft_depth=(0.10, 0.30),
-        chromatin=(1.12, 0.10), chromatin_texture=(0.13, 0.8),
-        nucleoli_p=(0.72, 0.28), nucleolus_strength=(0.15, 0.32),
-        cytoplasm=(0.30, 0.55), vacuole_p=0.03),
+        diameter=(1.40, 0.12),
+        nc_ratio=(0.83, 0.04),
+        eccentric=(0.0, 0.12),
+        aspect=(1.0, 1.20),
+        lobulation=(0.0, 0.05),
+        cleft_p=0.12,
+        cleft_depth=(0.10, 0.30),
+        chromatin=(1.12, 0.10),
+        chromatin_texture=(0.13, 0.8),
+        nucleoli_p=(0.72, 0.28),
+        nucleolus_strength=(0.15, 0.32),
+        cytoplasm=(0.30, 0.55),
+        vacuole_p=0.03,
+    ),
     "Pre": _Morphology(
-        diameter=(1.85, 0.15), nc_ratio=(0.75, 0.05), eccentric=(0.05, 0.18), aspect=(1.0, 1.25),
-        lobulation=(0.02, 0.06), cleft_p=0.85, cleft_depth=(0.30, 0.60),
-        chromatin=(1.02, 0.10), chromatin_texture=(0.12, 0.75),
-        nucleoli_p=(0.30, 0.55, 0.15), nucleolus_strength=(0.30, 0.50),
-        cytoplasm=(0.55, 0.85), vacuole_p=0.10),
+        diameter=(1.85, 0.15),
+        nc_ratio=(0.75, 0.05),
+        eccentric=(0.05, 0.18),
+        aspect=(1.0, 1.25),
+        lobulation=(0.02, 0.06),
+        cleft_p=0.85,
+        cleft_depth=(0.30, 0.60),
+        chromatin=(1.02, 0.10),
+        chromatin_texture=(0.12, 0.75),
+        nucleoli_p=(0.30, 0.55, 0.15),
+        nucleolus_strength=(0.30, 0.50),
+        cytoplasm=(0.55, 0.85),
+        vacuole_p=0.10,
+    ),
     "Pro": _Morphology(
-        diameter=(2.10, 0.18), nc_ratio=(0.76, 0.05), eccentric=(0.0, 0.14), aspect=(1.0, 1.30),
-        lobulation=(0.09, 0.18), cleft_p=0.50, cleft_depth=(0.20, 0.45),
-        chromatin=(0.92, 0.10), chromatin_texture=(0.10, 0.6),
-        nucleoli_p=(0.0, 0.10, 0.35, 0.35, 0.20), nucleolus_strength=(0.45, 0.65),
-        cytoplasm=(0.35, 0.80), vacuole_p=0.45),
+        diameter=(2.10, 0.18),
+        nc_ratio=(0.76, 0.05),
+        eccentric=(0.0, 0.14),
+        aspect=(1.0, 1.30),
+        lobulation=(0.09, 0.18),
+        cleft_p=0.50,
+        cleft_depth=(0.20, 0.45),
+        chromatin=(0.92, 0.10),
+        chromatin_texture=(0.10, 0.6),
+        nucleoli_p=(0.0, 0.10, 0.35, 0.35, 0.20),
+        nucleolus_strength=(0.45, 0.65),
+        cytoplasm=(0.35, 0.80),
+        vacuole_p=0.45,
+    ),
 }
 
 # Optical densities (per unit stain) of the dyes, in R, G, B; each field mixes two ends.
-_NUCLEUS_OD = (np.array([0.64, 0.90, 0.12]), np.array([0.80, 0.82, 0.07]))     # purple .. blue-violet
+_NUCLEUS_OD = (np.array([0.64, 0.90, 0.12]), np.array([0.80, 0.82, 0.07]))  # purple .. blue-violet
 _CYTOPLASM_OD = (np.array([0.48, 0.32, 0.04]), np.array([0.38, 0.32, 0.08]))  # basophilic blue
-_RBC_OD = (np.array([0.12, 0.33, 0.22]), np.array([0.30, 0.24, 0.07]))        # pinkish .. blue-grey
-_SMUDGE_OD = (np.array([0.22, 0.46, 0.14]), np.array([0.32, 0.44, 0.12]))     # lilac smudges
+_RBC_OD = (np.array([0.12, 0.33, 0.22]), np.array([0.30, 0.24, 0.07]))  # pinkish .. blue-grey
+_SMUDGE_OD = (np.array([0.22, 0.46, 0.14]), np.array([0.32, 0.44, 0.12]))  # lilac smudges
 
 
 def _mix(ends: tuple[np.ndarray, np.ndarray], t: float, strength: float) -> np.ndarray:
@@ -134,10 +170,11 @@ def _soft(signed_distance: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - signed_distance, 0.0, 1.0)
 
 
-def _outline(theta: np.ndarray, radius: float, amplitudes: np.ndarray, phases: np.ndarray,
-             first_harmonic: int) -> np.ndarray:
+def _outline(
+    theta: np.ndarray, radius: float, amplitudes: np.ndarray, phases: np.ndarray, first_harmonic: int
+) -> np.ndarray:
     r = np.ones_like(theta)
-    for i, (a, p) in enumerate(zip(amplitudes, phases)):
+    for i, (a, p) in enumerate(zip(amplitudes, phases, strict=True)):
         r += a * np.cos((first_harmonic + i) * theta + p)
     return radius * r
 
@@ -149,8 +186,7 @@ def _grid(half: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return (axis - np.float32(fy))[:, None], (axis - np.float32(fx))[None, :]
 
 
-def _leukocyte(label: str, rng: np.random.Generator, d_rbc: float, scale: float
-               ) -> tuple[int, np.ndarray, np.ndarray]:
+def _leukocyte(label: str, rng: np.random.Generator, d_rbc: float, scale: float) -> tuple[int, np.ndarray, np.ndarray]:
     """One lymphoid cell: (half patch size, nucleus stain density, cytoplasm stain density)."""
     m = _MORPHOLOGY[label]
     rc = 0.5 * d_rbc * _normal(rng, m.diameter)
@@ -206,7 +242,7 @@ def _leukocyte(label: str, rng: np.random.Generator, d_rbc: float, scale: float
         spot = _soft((np.hypot(u - r0 * math.cos(a0), v - r0 * math.sin(a0)) - size) * 1.5)
         strength = rng.uniform(*m.nucleolus_strength)
         nuc *= 1.0 - strength * spot
-        cytoplasm += 0.35 * strength * spot * nucleus          # nucleoli look pale blue-grey
+        cytoplasm += 0.35 * strength * spot * nucleus  # nucleoli look pale blue-grey
 
     if rng.random() < m.vacuole_p:
         ring = np.clip(cell - nucleus, 0.0, 1.0)
@@ -233,14 +269,20 @@ def _rbc_sprites(rng: np.random.Generator, d: float, count: int) -> tuple[int, l
         rho = np.hypot(u, v)
         pallor = float(np.clip(pallor_mean + rng.normal(0, 0.08), 0.1, 0.8))
         pr = r * rng.uniform(0.35, 0.55)
-        thick = 1.0 - pallor * np.exp(-(rho / pr) ** 2)
-        thick *= 1.0 + 0.12 * np.exp(-((rho - 0.82 * r) / (0.12 * r)) ** 2)     # a defined rim
+        thick = 1.0 - pallor * np.exp(-((rho / pr) ** 2))
+        thick *= 1.0 + 0.12 * np.exp(-(((rho - 0.82 * r) / (0.12 * r)) ** 2))  # a defined rim
         sprites.append((_soft(rho - r) * thick).astype(np.float32))
     return half, sprites
 
 
-def _place(rng: np.random.Generator, n_target: int, lo: float, hi: float, min_dist: float,
-           avoid: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
+def _place(
+    rng: np.random.Generator,
+    n_target: int,
+    lo: float,
+    hi: float,
+    min_dist: float,
+    avoid: list[tuple[float, float, float]],
+) -> list[tuple[float, float]]:
     """Random sequential placement of up to n_target points at least min_dist apart."""
     cand = rng.uniform(lo, hi, size=(max(4 * n_target, 8), 2))
     for cy, cx, r in avoid:
@@ -254,8 +296,8 @@ def _place(rng: np.random.Generator, n_target: int, lo: float, hi: float, min_di
     for y, x in cand.tolist():
         gy, gx = int((y - lo) / cell) + 2, int((x - lo) / cell) + 2
         ok = True
-        for row in grid[gy - 2:gy + 3]:
-            for other in row[gx - 2:gx + 3]:
+        for row in grid[gy - 2 : gy + 3]:
+            for other in row[gx - 2 : gx + 3]:
                 if other is not None and (other[0] - y) ** 2 + (other[1] - x) ** 2 < d2:
                     ok = False
                     break
@@ -272,7 +314,7 @@ def _place(rng: np.random.Generator, n_target: int, lo: float, hi: float, min_di
 def _paste(canvas: np.ndarray, patch: np.ndarray, cy: float, cx: float, pad: int) -> None:
     h = patch.shape[0] // 2
     y0, x0 = int(round(cy)) + pad - h, int(round(cx)) + pad - h
-    canvas[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] += patch
+    canvas[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] += patch
 
 
 @dataclass
@@ -307,13 +349,13 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
     d_rbc = rng.uniform(20.0, 26.0) * scale
     coverage = rng.uniform(0.45, 0.80)
 
-    pad = int(2.0 * d_rbc) + 4                 # room for the largest patch (a smudge) at the edge
+    pad = int(2.0 * d_rbc) + 4  # room for the largest patch (a smudge) at the edge
     stains = np.zeros((4, c + 2 * pad, c + 2 * pad), np.float32)
-    rbc, nuc, cyto, smudge = stains             # views: red cells, nuclei, cytoplasm, smudges
+    rbc, nuc, cyto, smudge = stains  # views: red cells, nuclei, cytoplasm, smudges
 
     # Leukocytes, inside the region that every crop of the canvas shows.
     n_cells = 1 + int(rng.choice(3, p=_LEUKOCYTE_COUNT_P))
-    cells = []
+    cells: list[tuple[float, float, float]] = []
     for _ in range(n_cells):
         half, n_map, c_map = _leukocyte(label, rng, d_rbc, scale)
         r = half - 3
@@ -334,7 +376,9 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
         y, x = _grid(half, rng)
         theta = np.arctan2(y, x)
         outline = _outline(theta, rs, rng.uniform(0, 0.12, 6), rng.uniform(0, 2 * np.pi, 6), 3)
-        blob = _soft(np.hypot(x, y) - outline) * (0.55 + 0.35 * np.clip(_texture(rng, (2 * half + 1, 2 * half + 1), 1.0 * scale), -1, 1))
+        blob = _soft(np.hypot(x, y) - outline) * (
+            0.55 + 0.35 * np.clip(_texture(rng, (2 * half + 1, 2 * half + 1), 1.0 * scale), -1, 1)
+        )
         sy, sx = rng.uniform(0, c, 2)
         _paste(smudge, (blob * rng.uniform(0.5, 0.9)).astype(np.float32), sy, sx, pad)
         avoid.append((sy, sx, rs + 0.3 * d_rbc))
@@ -343,7 +387,8 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
     for _ in range(int(rng.integers(0, 7))):
         y, x = _grid(3, rng)
         dot = _soft(np.hypot(x, y * rng.uniform(0.7, 1.0)) - rng.uniform(0.8, 1.8) * scale)
-        _paste(nuc, (dot * rng.uniform(0.4, 0.8)).astype(np.float32), *rng.uniform(0, c, 2), pad)
+        py, px = rng.uniform(0, c, 2)
+        _paste(nuc, (dot * rng.uniform(0.4, 0.8)).astype(np.float32), py, px, pad)
 
     # Red cells: sprites placed by random sequential adsorption, slight overlaps allowed.
     s_half, sprites = _rbc_sprites(rng, d_rbc, 10)
@@ -351,7 +396,7 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
     centres = _place(rng, n_target, -0.5 * d_rbc, c + 0.5 * d_rbc, d_rbc * rng.uniform(0.80, 0.92), avoid)
     choice = rng.integers(0, len(sprites), len(centres))
     flips = rng.integers(0, 8, len(centres))
-    for (cy, cx), k, f in zip(centres, choice, flips):
+    for (cy, cx), k, f in zip(centres, choice, flips, strict=True):
         s = sprites[k]
         if f & 1:
             s = s[::-1]
@@ -361,18 +406,25 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
             s = s.T
         _paste(rbc, s, cy, cx, pad)
 
-    od = np.tensordot(stains[:, pad:pad + c, pad:pad + c], np.stack([rbc_col, nuc_col, cyto_col, smudge_col]),
-                      axes=(0, 0))
+    od = np.tensordot(
+        stains[:, pad : pad + c, pad : pad + c], np.stack([rbc_col, nuc_col, cyto_col, smudge_col]), axes=(0, 0)
+    )
     axis = np.linspace(-1.0, 1.0, c, dtype=np.float32)
     gy, gx = axis[:, None], axis[None, :]
-    illum = (1.0 + gradient * (gx * math.cos(grad_dir) + gy * math.sin(grad_dir))) * (1.0 - 0.5 * vignette * (gx * gx + gy * gy))
+    illum = (1.0 + gradient * (gx * math.cos(grad_dir) + gy * math.sin(grad_dir))) * (
+        1.0 - 0.5 * vignette * (gx * gx + gy * gy)
+    )
     light = np.exp(-od) * (illum[..., None] * bg)
     light = ndimage.gaussian_filter(light, (blur, blur, 0), mode="nearest")
 
     offset = (int(rng.integers(0, margin + 1)), int(rng.integers(0, margin + 1)))
-    return _Field(canvas=light.astype(np.float32), offset=offset, exposure=float(rng.uniform(0.96, 1.12)),
-                  noise=float(rng.uniform(0.8, 3.5)),
-                  quality=int(rng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1)))
+    return _Field(
+        canvas=light.astype(np.float32),
+        offset=offset,
+        exposure=float(rng.uniform(0.96, 1.12)),
+        noise=float(rng.uniform(0.8, 3.5)),
+        quality=int(rng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1)),
+    )
 
 
 _FONT_CACHE: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = {}
@@ -382,7 +434,7 @@ def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     if px not in _FONT_CACHE:
         try:
             _FONT_CACHE[px] = ImageFont.load_default(size=px)
-        except (TypeError, OSError, ImportError):   # an old Pillow or one without FreeType
+        except (TypeError, OSError, ImportError):  # an old Pillow or one without FreeType
             _FONT_CACHE[px] = ImageFont.load_default()
     return _FONT_CACHE[px]
 
@@ -398,15 +450,19 @@ def _scale_bar(image: Image.Image) -> None:
     x0, y0 = x1 - box_w, y1 - box_h
     draw.rectangle((x0, y0, x1, y1), fill=(250, 250, 250))
     line_y = y0 + int(round(3 * scale))
-    draw.line((x0 + int(round(4 * scale)), line_y, x1 - int(round(4 * scale)), line_y),
-              fill=(0, 0, 0), width=max(1, int(round(2 * scale))))
+    draw.line(
+        (x0 + int(round(4 * scale)), line_y, x1 - int(round(4 * scale)), line_y),
+        fill=(0, 0, 0),
+        width=max(1, int(round(2 * scale))),
+    )
     draw.text(((x0 + x1) / 2, line_y + int(round(2 * scale))), "10 um", fill=(0, 0, 0), font=font, anchor="mt")
 
 
-def _capture(field: _Field, offset: tuple[int, int], exposure: float, noise: float,
-             rng: np.random.Generator, size: int) -> Image.Image:
+def _capture(
+    field: _Field, offset: tuple[int, int], exposure: float, noise: float, rng: np.random.Generator, size: int
+) -> Image.Image:
     oy, ox = offset
-    crop = field.canvas[oy:oy + size, ox:ox + size]
+    crop = field.canvas[oy : oy + size, ox : ox + size]
     pixels = crop * np.float32(255.0 * exposure)
     pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(noise)
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
@@ -420,8 +476,7 @@ def render_field(label: str, rng: np.random.Generator, size: int = 224) -> Image
     return _capture(field, field.offset, field.exposure, field.noise, rng, size)
 
 
-def _recapture_shift(rng: np.random.Generator, offset: tuple[int, int], margin: int, scale: float
-                     ) -> tuple[int, int]:
+def _recapture_shift(rng: np.random.Generator, offset: tuple[int, int], margin: int, scale: float) -> tuple[int, int]:
     lo_s, hi_s = max(1, int(round(_SHIFT[0] * scale))), max(2, int(round(_SHIFT[1] * scale)))
     while True:
         shift = []
@@ -433,8 +488,9 @@ def _recapture_shift(rng: np.random.Generator, offset: tuple[int, int], margin: 
 
 
 def _rng(seed: int, class_index: int, index: int, purpose: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(
-        np.random.SeedSequence(seed, spawn_key=(GENERATOR_VERSION, class_index, index, purpose))))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(GENERATOR_VERSION, class_index, index, purpose)))
+    )
 
 
 def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
@@ -448,8 +504,16 @@ def _n_recaptures(n_per_class: int, recapture_fraction: float) -> int:
     return min(n_per_class // 2, int(round(n_per_class * recapture_fraction / (1.0 + recapture_fraction))))
 
 
-def _write_class(root: Path, class_index: int, label: str, n: int, seed: int, size: int,
-                 recapture_fraction: float, tick: Callable[..., object]) -> list[list[str]]:
+def _write_class(
+    root: Path,
+    class_index: int,
+    label: str,
+    n: int,
+    seed: int,
+    size: int,
+    recapture_fraction: float,
+    tick: Callable[..., object],
+) -> list[list[str]]:
     folder = root / label
     folder.mkdir(parents=True, exist_ok=True)
     n_rec = _n_recaptures(n, recapture_fraction)
@@ -465,8 +529,9 @@ def _write_class(root: Path, class_index: int, label: str, n: int, seed: int, si
     for j in range(n_first):
         rng = _rng(seed, class_index, j, _FIELD)
         field = _render_canvas(label, rng, size)
-        _save_jpeg(_capture(field, field.offset, field.exposure, field.noise, rng, size),
-                   folder / name[j], field.quality)
+        _save_jpeg(
+            _capture(field, field.offset, field.exposure, field.noise, rng, size), folder / name[j], field.quality
+        )
         tick()
         if j in recaptured:
             k = n_first + recaptured.index(j)
@@ -476,8 +541,7 @@ def _write_class(root: Path, class_index: int, label: str, n: int, seed: int, si
             quality = field.quality
             while quality == field.quality:
                 quality = int(rrng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))
-            image = _capture(field, offset, field.exposure * (1.0 + change), float(rrng.uniform(0.8, 3.5)),
-                             rrng, size)
+            image = _capture(field, offset, field.exposure * (1.0 + change), float(rrng.uniform(0.8, 3.5)), rrng, size)
             _save_jpeg(image, folder / name[k], quality)
             groups.append([f"{label}/{name[j]}", f"{label}/{name[k]}"])
             tick()
@@ -485,9 +549,16 @@ def _write_class(root: Path, class_index: int, label: str, n: int, seed: int, si
 
 
 def _parameters(seed: int, n_per_class: int, size: int, recapture_fraction: float) -> dict:
-    return {"synthetic": True, "generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": seed,
-            "n_per_class": n_per_class, "size": size, "recapture_fraction": recapture_fraction,
-            "classes": list(TALEQANI_CLASSES)}
+    return {
+        "synthetic": True,
+        "generator": GENERATOR_NAME,
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "n_per_class": n_per_class,
+        "size": size,
+        "recapture_fraction": recapture_fraction,
+        "classes": list(TALEQANI_CLASSES),
+    }
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -517,7 +588,7 @@ def _remove_abandoned_builds(out_dir: Path) -> None:
         if pid != os.getpid():
             try:
                 os.kill(pid, 0)
-                continue                        # its writer is still running
+                continue  # its writer is still running
             except ProcessLookupError:
                 pass
             except (PermissionError, OSError):
@@ -525,8 +596,14 @@ def _remove_abandoned_builds(out_dir: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def generate_dataset(out_dir: str | os.PathLike, n_per_class: int = 100, seed: int = 0,
-                     size: int = 224, recapture_fraction: float = 0.1, progress: bool = False) -> Path:
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_per_class: int = 100,
+    seed: int = 0,
+    size: int = 224,
+    recapture_fraction: float = 0.1,
+    progress: bool = False,
+) -> Path:
     """Write ``out_dir/<class>/synthetic-<class>-NNNN.jpg`` for every class in TALEQANI_CLASSES and
     ``out_dir/SYNTHETIC.json``; return ``out_dir``.
 
@@ -546,7 +623,7 @@ def generate_dataset(out_dir: str | os.PathLike, n_per_class: int = 100, seed: i
         raise ValueError(f"size must be an integer of at least 64 pixels, not {size!r}")
     wanted = _parameters(int(seed), int(n_per_class), int(size), float(recapture_fraction))
     requested = out_dir
-    if out_dir.is_symlink():                   # swap the folder the link points at, keep the link
+    if out_dir.is_symlink():  # swap the folder the link points at, keep the link
         out_dir = out_dir.resolve()
 
     def check_target() -> bool:
@@ -557,8 +634,10 @@ def generate_dataset(out_dir: str | os.PathLike, n_per_class: int = 100, seed: i
             return False
         marker = _read_marker(out_dir)
         if marker is None:
-            raise ValueError(f"{out_dir} is not empty and holds no {SYNTHETIC_MARKER} of {GENERATOR_NAME}; "
-                             f"refusing to overwrite it: choose an empty folder instead")
+            raise ValueError(
+                f"{out_dir} is not empty and holds no {SYNTHETIC_MARKER} of {GENERATOR_NAME}; "
+                f"refusing to overwrite it: choose an empty folder instead"
+            )
         return _same_parameters(marker, wanted)
 
     if check_target():
@@ -571,19 +650,21 @@ def generate_dataset(out_dir: str | os.PathLike, n_per_class: int = 100, seed: i
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=n_per_class * len(TALEQANI_CLASSES), desc="synthetic fields", unit="img")
         tick = bar.update if bar is not None else (lambda *_: None)
         groups: list[list[str]] = []
         try:
             for ci, label in enumerate(TALEQANI_CLASSES):
-                groups += _write_class(tmp, ci, label, int(n_per_class), int(seed), int(size),
-                                       float(recapture_fraction), tick)
+                groups += _write_class(
+                    tmp, ci, label, int(n_per_class), int(seed), int(size), float(recapture_fraction), tick
+                )
         finally:
             if bar is not None:
                 bar.close()
         write_json(tmp / SYNTHETIC_MARKER, {**wanted, "recapture_groups": groups, "note": NOTE})
 
-        if check_target():                     # another process finished the same dataset meanwhile
+        if check_target():  # another process finished the same dataset meanwhile
             shutil.rmtree(tmp)
             return requested
         old = None

@@ -4,11 +4,13 @@ The chosen model is the run with the best *validation* macro-F1 (ties: validatio
 fewer parameters); the test split never takes part in the choice. Each run's evaluation is cached in
 ``runs/<run>/evaluation.json`` and recomputed only when its predictions change.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -20,19 +22,49 @@ from allstudy.training.pipeline import load_images
 from allstudy.training.run_folder import RunFolder, RunParams, finished_runs
 
 #: The source studies' published test accuracies: the figures to reproduce and to beat.
-PUBLISHED = [
-    {"dataset": "Taleqani 4-class", "arch": "lenet", "accuracy": 0.9575, "source": "Pak Heart J 2023",
-     "split": "image-level (leaks overlapping fields)"},
-    {"dataset": "Taleqani 4-class", "arch": "sequential", "accuracy": 0.93, "source": "Pak Heart J 2023",
-     "split": "image-level (leaks overlapping fields)"},
-    {"dataset": "Taleqani 4-class", "arch": "vgg16", "accuracy": 0.344, "source": "Pak Heart J 2023",
-     "split": "image-level (leaks overlapping fields)"},
-    {"dataset": "C-NMC 2019 binary", "arch": "mobilenet", "accuracy": 0.914, "source": "transfer-learning study",
-     "split": "70 test images"},
-    {"dataset": "C-NMC 2019 binary", "arch": "vgg16", "accuracy": 0.928, "source": "transfer-learning study",
-     "split": "70 test images"},
-    {"dataset": "C-NMC 2019 binary", "arch": "resnet50", "accuracy": 0.514, "source": "transfer-learning study",
-     "split": "70 test images"},
+PUBLISHED: list[dict[str, Any]] = [
+    {
+        "dataset": "Taleqani 4-class",
+        "arch": "lenet",
+        "accuracy": 0.9575,
+        "source": "Pak Heart J 2023",
+        "split": "image-level (leaks overlapping fields)",
+    },
+    {
+        "dataset": "Taleqani 4-class",
+        "arch": "sequential",
+        "accuracy": 0.93,
+        "source": "Pak Heart J 2023",
+        "split": "image-level (leaks overlapping fields)",
+    },
+    {
+        "dataset": "Taleqani 4-class",
+        "arch": "vgg16",
+        "accuracy": 0.344,
+        "source": "Pak Heart J 2023",
+        "split": "image-level (leaks overlapping fields)",
+    },
+    {
+        "dataset": "C-NMC 2019 binary",
+        "arch": "mobilenet",
+        "accuracy": 0.914,
+        "source": "transfer-learning study",
+        "split": "70 test images",
+    },
+    {
+        "dataset": "C-NMC 2019 binary",
+        "arch": "vgg16",
+        "accuracy": 0.928,
+        "source": "transfer-learning study",
+        "split": "70 test images",
+    },
+    {
+        "dataset": "C-NMC 2019 binary",
+        "arch": "resnet50",
+        "accuracy": 0.514,
+        "source": "transfer-learning study",
+        "split": "70 test images",
+    },
 ]
 
 
@@ -40,19 +72,30 @@ PUBLISHED = [
 EVALUATION_FORMAT = 3
 
 
-def decision_summary(evaluation: dict) -> dict:
+def decision_summary(evaluation: Evaluation) -> dict:
     """The decision policy's test figures as summary.json records them (counts, rates and 95 % intervals)."""
     policy, test = evaluation["decision"]["policy"], evaluation["decision"]["test"]
     missed, referred, answered = test["malignant_called_benign"], test["referred"], test["answered_accuracy"]
-    return {"alpha": policy["alpha"], "alpha_benign": policy["alpha_benign"], "rule_out": policy["rule_out"],
-            "benign_limit": policy["benign_limit"], "n_calibration": policy["calibration"]["n"],
-            "malignant_called_benign": missed["count"], "malignant_called_benign_rate": missed["rate"],
-            "malignant_called_benign_ci": missed["ci"], "n_malignant": missed["n"],
-            "benign_called_malignant": test["benign_called_malignant"]["count"],
-            "referred": referred["count"], "referral_rate": referred["rate"], "referral_rate_ci": referred["ci"],
-            "referral_rate_per_class": {c: r["rate"] for c, r in test["referred_per_class"].items()},
-            "answered_accuracy": answered["rate"], "answered_accuracy_ci": answered["ci"],
-            "answered_macro_f1": test["answered_macro_f1"], "answered_macro_f1_ci": test["answered_macro_f1_ci"]}
+    return {
+        "alpha": policy["alpha"],
+        "alpha_benign": policy["alpha_benign"],
+        "rule_out": policy["rule_out"],
+        "benign_limit": policy["benign_limit"],
+        "n_calibration": policy["calibration"]["n"],
+        "malignant_called_benign": missed["count"],
+        "malignant_called_benign_rate": missed["rate"],
+        "malignant_called_benign_ci": missed["ci"],
+        "n_malignant": missed["n"],
+        "benign_called_malignant": test["benign_called_malignant"]["count"],
+        "referred": referred["count"],
+        "referral_rate": referred["rate"],
+        "referral_rate_ci": referred["ci"],
+        "referral_rate_per_class": {c: r["rate"] for c, r in test["referred_per_class"].items()},
+        "answered_accuracy": answered["rate"],
+        "answered_accuracy_ci": answered["ci"],
+        "answered_macro_f1": test["answered_macro_f1"],
+        "answered_macro_f1_ci": test["answered_macro_f1_ci"],
+    }
 
 
 def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int = 0) -> Evaluation:
@@ -60,24 +103,36 @@ def evaluate_run(run_dir: str | os.PathLike, n_resamples: int = 1000, seed: int 
     run = RunFolder(Path(run_dir))
     if not run.predictions_file.exists():
         raise FileNotFoundError(f"{run.predictions_file} is missing; train the run first (allstudy train --arch ...)")
-    key = {"predictions_sha256": sha256_file(run.predictions_file), "n_resamples": n_resamples, "seed": seed,
-           "format": EVALUATION_FORMAT}
+    key = {
+        "predictions_sha256": sha256_file(run.predictions_file),
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "format": EVALUATION_FORMAT,
+    }
     if run.evaluation_file.exists():
         previous = read_json(run.evaluation_file)
         if previous.get("key") == key:
             return previous
-    report: Evaluation = {"key": key, **evaluate(run.predictions(), run.params().classes, n_resamples=n_resamples,
-                                                 seed=seed)}
+    report: Evaluation = {
+        "key": key,
+        **evaluate(run.predictions(), run.params().classes, n_resamples=n_resamples, seed=seed),
+    }
     write_json(run.evaluation_file, report)
     return report
 
 
-def choose(evaluations: dict[str, dict], params: dict[str, dict]) -> str:
+def choose(evaluations: dict[str, Evaluation], params: dict[str, dict]) -> str:
     """The run with the best validation macro-F1; ties broken by validation accuracy, then fewer parameters."""
     if not evaluations:
         raise ValueError("no finished runs to choose from; train at least one architecture")
-    return max(evaluations, key=lambda n: (evaluations[n]["val"]["macro_f1"], evaluations[n]["val"]["accuracy"],
-                                           -RunParams(params[n]).n_params))
+    return max(
+        evaluations,
+        key=lambda n: (
+            evaluations[n]["val"]["macro_f1"],
+            evaluations[n]["val"]["accuracy"],
+            -RunParams(params[n]).n_params,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +145,7 @@ class Candidates:
     chosen: str
 
 
-def evaluate_and_choose(out: str | os.PathLike, names: list[str], n_resamples: int = 1000,
-                        seed: int = 0) -> Candidates:
+def evaluate_and_choose(out: str | os.PathLike, names: list[str], n_resamples: int = 1000, seed: int = 0) -> Candidates:
     """Evaluate the finished runs among ``names`` under ``out/runs`` and choose one (:func:`choose`)."""
     runs = finished_runs(out, names)
     evaluations = {name: evaluate_run(run, n_resamples, seed) for name, run in runs.items()}
@@ -104,16 +158,27 @@ def run_summary(evaluation: Evaluation, params: dict) -> dict:
     test, calibrated = evaluation["test"], evaluation["test_calibrated"]
     view = RunParams(params)
     return {
-        "arch": view.arch, "weights": view.weights, "input_size": view.input_size, "input_mode": view.input_mode,
-        "tta_views": view.tta_views, "split_protocol": view.split_protocol, "leaked_fields": view.leaked_fields,
-        "test": {"accuracy": test["accuracy"], "accuracy_ci": test["accuracy_ci"],
-                 "macro_f1": test["macro_f1"], "macro_f1_ci": test["macro_f1_ci"],
-                 "balanced_accuracy": test["balanced_accuracy"],
-                 "malignant_sensitivity": test["malignant_sensitivity"],
-                 "malignant_sensitivity_ci": test["malignant_sensitivity_ci"],
-                 "malignant_specificity": test["malignant_specificity"],
-                 "malignant_specificity_ci": test["malignant_specificity_ci"],
-                 "ece": calibrated["ece"], "ece_ci": calibrated["ece_ci"], "ece_uncalibrated": test["ece"]},
+        "arch": view.arch,
+        "weights": view.weights,
+        "input_size": view.input_size,
+        "input_mode": view.input_mode,
+        "tta_views": view.tta_views,
+        "split_protocol": view.split_protocol,
+        "leaked_fields": view.leaked_fields,
+        "test": {
+            "accuracy": test["accuracy"],
+            "accuracy_ci": test["accuracy_ci"],
+            "macro_f1": test["macro_f1"],
+            "macro_f1_ci": test["macro_f1_ci"],
+            "balanced_accuracy": test["balanced_accuracy"],
+            "malignant_sensitivity": test["malignant_sensitivity"],
+            "malignant_sensitivity_ci": test["malignant_sensitivity_ci"],
+            "malignant_specificity": test["malignant_specificity"],
+            "malignant_specificity_ci": test["malignant_specificity_ci"],
+            "ece": calibrated["ece"],
+            "ece_ci": calibrated["ece_ci"],
+            "ece_uncalibrated": test["ece"],
+        },
         "val": {"accuracy": evaluation["val"]["accuracy"], "macro_f1": evaluation["val"]["macro_f1"]},
         "temperature": evaluation["temperature"],
         "decision": decision_summary(evaluation),
@@ -124,11 +189,19 @@ def run_summary(evaluation: Evaluation, params: dict) -> dict:
     }
 
 
-def summary(data_info: dict, evaluations: dict[str, dict], params: dict[str, dict], chosen: str,
-            controls: dict | None = None) -> dict:
+def summary(
+    data_info: dict,
+    evaluations: dict[str, Evaluation],
+    params: dict[str, dict],
+    chosen: str,
+    controls: dict | None = None,
+) -> dict:
     """summary.json: data provenance, the chosen run, and every run's test figures with CIs."""
-    result = {"data": data_info, "chosen": chosen,
-              "runs": {name: run_summary(evaluations[name], params[name]) for name in evaluations}}
+    result = {
+        "data": data_info,
+        "chosen": chosen,
+        "runs": {name: run_summary(evaluations[name], params[name]) for name in evaluations},
+    }
     if controls is not None:
         result["controls"] = controls
     return result
@@ -140,18 +213,30 @@ def comparison_table(summary_: dict, dataset: str = "Taleqani 4-class") -> pd.Da
     for name, run in summary_["runs"].items():
         test = run["test"]
         published = {p["source"] + f" ({p['dataset']})": p["accuracy"] for p in PUBLISHED if p["arch"] == run["arch"]}
-        rows.append({"run": name, "arch": run["arch"], "weights": run["weights"], "input_size": run["input_size"],
-                     "accuracy": test["accuracy"], "accuracy_ci_low": test["accuracy_ci"][0],
-                     "accuracy_ci_high": test["accuracy_ci"][1], "macro_f1": test["macro_f1"],
-                     "malignant_sensitivity": test["malignant_sensitivity"],
-                     "malignant_specificity": test["malignant_specificity"], "ece": test["ece"],
-                     "malignant_called_benign": run["decision"]["malignant_called_benign"],
-                     "referral_rate": run["decision"]["referral_rate"],
-                     "answered_accuracy": run["decision"]["answered_accuracy"],
-                     "train_seconds": run["train_seconds"], "params": run["params"],
-                     "chosen": name == summary_["chosen"],
-                     "published_accuracy": "; ".join(f"{v:.1%} {k}" for k, v in published.items()) or "",
-                     "dataset": dataset, "split": "grouped: no duplicate or overlapping field crosses splits"})
+        rows.append(
+            {
+                "run": name,
+                "arch": run["arch"],
+                "weights": run["weights"],
+                "input_size": run["input_size"],
+                "accuracy": test["accuracy"],
+                "accuracy_ci_low": test["accuracy_ci"][0],
+                "accuracy_ci_high": test["accuracy_ci"][1],
+                "macro_f1": test["macro_f1"],
+                "malignant_sensitivity": test["malignant_sensitivity"],
+                "malignant_specificity": test["malignant_specificity"],
+                "ece": test["ece"],
+                "malignant_called_benign": run["decision"]["malignant_called_benign"],
+                "referral_rate": run["decision"]["referral_rate"],
+                "answered_accuracy": run["decision"]["answered_accuracy"],
+                "train_seconds": run["train_seconds"],
+                "params": run["params"],
+                "chosen": name == summary_["chosen"],
+                "published_accuracy": "; ".join(f"{v:.1%} {k}" for k, v in published.items()) or "",
+                "dataset": dataset,
+                "split": "grouped: no duplicate or overlapping field crosses splits",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -164,29 +249,61 @@ def metrics_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
     """The headline metrics of one split with their 95 % CIs, one row per metric."""
     part = evaluation[split]
     rows = []
-    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "malignant_sensitivity", "malignant_specificity",
-                   "roc_auc_macro", "ece"):
+    for metric in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "malignant_sensitivity",
+        "malignant_specificity",
+        "roc_auc_macro",
+        "ece",
+    ):
         ci = part.get(f"{metric}_ci") or [None, None]
         rows.append({"metric": metric, "value": part.get(metric), "ci_low": ci[0], "ci_high": ci[1]})
     calibrated = evaluation["test_calibrated"]
-    rows.append({"metric": "ece (temperature-scaled)", "value": calibrated["ece"],
-                 "ci_low": (calibrated.get("ece_ci") or [None])[0], "ci_high": (calibrated.get("ece_ci") or [None, None])[1]})
+    rows.append(
+        {
+            "metric": "ece (temperature-scaled)",
+            "value": calibrated["ece"],
+            "ci_low": (calibrated.get("ece_ci") or [None])[0],
+            "ci_high": (calibrated.get("ece_ci") or [None, None])[1],
+        }
+    )
     return pd.DataFrame(rows).set_index("metric")
 
 
 def decision_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
     """What the decision policy did on one split: each count with its rate and 95 % interval."""
     part = evaluation["decision"][split]
-    entries = [("malignant fields called benign", part["malignant_called_benign"]),
-               ("benign fields called malignant", part["benign_called_malignant"]),
-               ("fields referred", part["referred"]),
-               *((f"  referred, true {c}", r) for c, r in part["referred_per_class"].items()),
-               ("answered fields correct", part["answered_accuracy"])]
-    rows = [{"": name, "count": e["count"], "of": e["n"], "rate": e["rate"],
-             "ci_low": (e["ci"] or [None])[0], "ci_high": (e["ci"] or [None, None])[1]} for name, e in entries]
+    entries = [
+        ("malignant fields called benign", part["malignant_called_benign"]),
+        ("benign fields called malignant", part["benign_called_malignant"]),
+        ("fields referred", part["referred"]),
+        *((f"  referred, true {c}", r) for c, r in part["referred_per_class"].items()),
+        ("answered fields correct", part["answered_accuracy"]),
+    ]
+    rows = [
+        {
+            "": name,
+            "count": e["count"],
+            "of": e["n"],
+            "rate": e["rate"],
+            "ci_low": (e["ci"] or [None])[0],
+            "ci_high": (e["ci"] or [None, None])[1],
+        }
+        for name, e in entries
+    ]
     ci = part["answered_macro_f1_ci"] or [None, None]
-    rows.append({"": "macro-F1 of the answered fields", "count": None, "of": None, "rate": part["answered_macro_f1"],
-                 "ci_low": ci[0], "ci_high": ci[1]})
+    rows.append(
+        {
+            "": "macro-F1 of the answered fields",
+            "count": None,
+            "of": None,
+            "rate": part["answered_macro_f1"],
+            "ci_low": ci[0],
+            "ci_high": ci[1],
+        }
+    )
     return pd.DataFrame(rows).set_index("")
 
 
@@ -199,17 +316,25 @@ def decision_rows(summary_: dict) -> pd.DataFrame:
     rows = []
     for name, run in summary_["runs"].items():
         d = run["decision"]
-        rows.append({"run": name, "α": d["alpha"], "rule-out below": round(d["rule_out"], 4),
-                     "malignant called benign": f"{d['malignant_called_benign']} of {d['n_malignant']}",
-                     "95 % CI (rate)": _interval(d["malignant_called_benign_ci"]),
-                     "referred": f"{d['referred']} ({d['referral_rate']:.1%})",
-                     "95 % CI": _interval(d["referral_rate_ci"]),
-                     **{f"referred {c}": f"{r:.1%}" if r is not None else "" for c, r in
-                        d["referral_rate_per_class"].items()},
-                     "answered accuracy": f"{d['answered_accuracy']:.1%}" if d["answered_accuracy"] is not None else "",
-                     "95 % CI ": _interval(d["answered_accuracy_ci"]),
-                     "answered macro-F1": round(d["answered_macro_f1"], 3) if d["answered_macro_f1"] is not None
-                     else None, "chosen": name == summary_["chosen"]})
+        rows.append(
+            {
+                "run": name,
+                "α": d["alpha"],
+                "rule-out below": round(d["rule_out"], 4),
+                "malignant called benign": f"{d['malignant_called_benign']} of {d['n_malignant']}",
+                "95 % CI (rate)": _interval(d["malignant_called_benign_ci"]),
+                "referred": f"{d['referred']} ({d['referral_rate']:.1%})",
+                "95 % CI": _interval(d["referral_rate_ci"]),
+                **{
+                    f"referred {c}": f"{r:.1%}" if r is not None else ""
+                    for c, r in d["referral_rate_per_class"].items()
+                },
+                "answered accuracy": f"{d['answered_accuracy']:.1%}" if d["answered_accuracy"] is not None else "",
+                "95 % CI ": _interval(d["answered_accuracy_ci"]),
+                "answered macro-F1": round(d["answered_macro_f1"], 3) if d["answered_macro_f1"] is not None else None,
+                "chosen": name == summary_["chosen"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -225,14 +350,22 @@ def per_class_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
 def data_provenance(info: dict) -> dict:
     """The data step's provenance, without its long lists (summary.json's ``data``)."""
     report = info.get("report", {})
-    return {"root": info.get("root"), "layout": info.get("layout"), "synthetic": info.get("synthetic"),
-            "data_hash": info.get("data_hash"), "fingerprint": info.get("fingerprint"),
-            "images": report.get("images"), "classes": report.get("classes"),
-            "problems": len(report.get("problems", [])),
-            "exact_duplicate_groups": len(report.get("exact_duplicate_groups", [])),
-            "near_duplicate_groups": len(report.get("near_duplicate_groups", [])),
-            "seed": info.get("split", {}).get("seed"), "fractions": info.get("split", {}).get("fractions"),
-            "split_counts": info.get("split_counts"), "code_version": info.get("code_version")}
+    return {
+        "root": info.get("root"),
+        "layout": info.get("layout"),
+        "synthetic": info.get("synthetic"),
+        "data_hash": info.get("data_hash"),
+        "fingerprint": info.get("fingerprint"),
+        "images": report.get("images"),
+        "classes": report.get("classes"),
+        "problems": len(report.get("problems", [])),
+        "exact_duplicate_groups": len(report.get("exact_duplicate_groups", [])),
+        "near_duplicate_groups": len(report.get("near_duplicate_groups", [])),
+        "seed": info.get("split", {}).get("seed"),
+        "fractions": info.get("split", {}).get("fractions"),
+        "split_counts": info.get("split_counts"),
+        "code_version": info.get("code_version"),
+    }
 
 
 def split_images(out: str | os.PathLike, run: str, split: str = "test"):
@@ -265,11 +398,15 @@ def plot_accuracy(summary_: dict, controls: bool = True):
     """Test accuracy with 95 % CIs per run (and control), the papers' figures as crosses where they exist."""
     import matplotlib.pyplot as plt
 
-    entries = [(name, run["test"]["accuracy"], run["test"]["accuracy_ci"], run["arch"])
-               for name, run in summary_["runs"].items()]
+    entries = [
+        (name, run["test"]["accuracy"], run["test"]["accuracy_ci"], run["arch"])
+        for name, run in summary_["runs"].items()
+    ]
     if controls:
-        entries += [(row["control"], row["accuracy"], row["accuracy_ci"], None)
-                    for row in summary_.get("controls", {}).get("rows", [])[1:]]
+        entries += [
+            (row["control"], row["accuracy"], row["accuracy_ci"], None)
+            for row in summary_.get("controls", {}).get("rows", [])[1:]
+        ]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(entries) + 1.2))
     for i, (name, value, ci, arch) in enumerate(entries):
         colour = "tab:green" if name == summary_["chosen"] else ("tab:blue" if arch else "tab:grey")
@@ -295,13 +432,23 @@ def plot_confusions(out: str | os.PathLike, runs: list[str]):
     cols = min(4, max(1, len(runs)))
     rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.1 * rows), squeeze=False)
-    for ax in axes.ravel()[len(runs):]:
+    for ax in axes.ravel()[len(runs) :]:
         ax.axis("off")
-    for ax, run in zip(axes.ravel(), runs):
+    for ax, run in zip(axes.ravel(), runs, strict=False):
         evaluation = read_json(RunFolder.of(out, run).evaluation_file)
         classes = evaluation["classes"]
-        sns.heatmap(evaluation["test"]["confusion_normalised"], annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
-                    xticklabels=classes, yticklabels=classes, cbar=False, ax=ax)
+        sns.heatmap(
+            evaluation["test"]["confusion_normalised"],
+            annot=True,
+            fmt=".2f",
+            cmap="Blues",
+            vmin=0,
+            vmax=1,
+            xticklabels=classes,
+            yticklabels=classes,
+            cbar=False,
+            ax=ax,
+        )
         ax.set(title=f"{run} ({evaluation['test']['accuracy']:.1%})", xlabel="predicted", ylabel="true")
     fig.tight_layout()
     plt.close(fig)
@@ -314,7 +461,14 @@ def costs_table(out: str | os.PathLike, summary_: dict) -> pd.DataFrame:
     for name, run in summary_["runs"].items():
         cost_path = RunFolder.of(out, name).cost_file
         cost = read_json(cost_path) if cost_path.exists() else {}
-        rows.append({"run": name, "train_seconds": run["train_seconds"], "params": run["params"],
-                     "model_mb": (cost.get("file_bytes") or 0) / 1e6 or None, "ms_per_image": cost.get("ms_per_image"),
-                     "tta_views": run["tta_views"]})
+        rows.append(
+            {
+                "run": name,
+                "train_seconds": run["train_seconds"],
+                "params": run["params"],
+                "model_mb": (cost.get("file_bytes") or 0) / 1e6 or None,
+                "ms_per_image": cost.get("ms_per_image"),
+                "tta_views": run["tta_views"],
+            }
+        )
     return pd.DataFrame(rows).set_index("run")

@@ -29,6 +29,7 @@ A conformal threshold with k = floor(alpha (n + 1)) is the k-th smallest calibra
 score; a label stays in the set when its score is at least that (the same sets as crepes'
 non-smoothed class-conditional p-values, see the tests).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,11 @@ DEFAULT_ALPHA_SUBTYPE = 0.05
 #: The levels of the trade-off curve (referral against missed malignant fields).
 ALPHA_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 #: What the guarantee assumes, stated wherever the guarantee is.
-ASSUMPTION = ("the guarantee assumes the new field is exchangeable with the validation fields: an unseen field "
-              "of the patients, sessions and lab the model was trained on; it does not cover new patients, "
-              "other labs, stains or microscopes")
+ASSUMPTION = (
+    "the guarantee assumes the new field is exchangeable with the validation fields: an unseen field "
+    "of the patients, sessions and lab the model was trained on; it does not cover new patients, "
+    "other labs, stains or microscopes"
+)
 VERDICTS = ("benign", "malignant", "uncertain")
 FORMAT = 1
 
@@ -81,9 +84,9 @@ def _pct(alpha: float) -> str:
 class Decisions:
     """The policy's answers for N fields (arrays of length N; ``sets`` is (N, k) booleans)."""
 
-    verdict: np.ndarray          # "benign", "malignant" or "uncertain"
-    sets: np.ndarray             # class c is in field i's prediction set
-    label: np.ndarray            # the answered class index: Benign's for benign, the top subtype's otherwise
+    verdict: np.ndarray  # "benign", "malignant" or "uncertain"
+    sets: np.ndarray  # class c is in field i's prediction set
+    label: np.ndarray  # the answered class index: Benign's for benign, the top subtype's otherwise
     p_malignant: np.ndarray
 
     @property
@@ -100,40 +103,64 @@ class DecisionPolicy:
     alpha: float
     alpha_benign: float
     alpha_subtype: float
-    rule_out: float                 # p_malignant below this: malignancy ruled out
-    benign_limit: float             # p_malignant above this: benign ruled out
+    rule_out: float  # p_malignant below this: malignancy ruled out
+    benign_limit: float  # p_malignant above this: benign ruled out
     subtype_thresholds: dict[str, float] = field(default_factory=dict)  # on p_c / p_malignant
-    calibration: dict = field(default_factory=dict)                     # split, n, n per category and class
+    calibration: dict = field(default_factory=dict)  # split, n, n per category and class
 
     # ------------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, y: np.ndarray, proba: np.ndarray, classes: list[str], alpha: float = DEFAULT_ALPHA,
-            alpha_benign: float = DEFAULT_ALPHA_BENIGN, alpha_subtype: float = DEFAULT_ALPHA_SUBTYPE,
-            split: str = "val") -> DecisionPolicy:
+    def fit(
+        cls,
+        y: np.ndarray,
+        proba: np.ndarray,
+        classes: list[str],
+        alpha: float = DEFAULT_ALPHA,
+        alpha_benign: float = DEFAULT_ALPHA_BENIGN,
+        alpha_subtype: float = DEFAULT_ALPHA_SUBTYPE,
+        split: str = "val",
+    ) -> DecisionPolicy:
         """Fit on the calibration split's labels (class indices) and calibrated probabilities."""
         y, proba = np.asarray(y, dtype=np.intp), np.asarray(proba, dtype=np.float64)
         if proba.ndim != 2 or proba.shape != (len(y), len(classes)):
-            raise ValueError(f"probabilities of shape {proba.shape} do not match {len(y)} labels of "
-                             f"{len(classes)} classes")
+            raise ValueError(
+                f"probabilities of shape {proba.shape} do not match {len(y)} labels of {len(classes)} classes"
+            )
         malignant = np.array([is_malignant(c) for c in classes])
         p_mal = proba[:, malignant].sum(axis=1)
         true_m = malignant[y]
         subtype = {}
         for i in np.flatnonzero(malignant):
             own = y == i
-            subtype[classes[i]] = conformal_threshold(_conditional(proba[own], p_mal[own], i), alpha_subtype)
+            subtype[classes[i]] = conformal_threshold(_conditional(proba[own], p_mal[own], int(i)), alpha_subtype)
         n_per_class = {c: int((y == i).sum()) for i, c in enumerate(classes)}
-        calibration = {"split": split, "n": int(len(y)), "n_malignant": int(true_m.sum()),
-                       "n_benign": int((~true_m).sum()), "n_per_class": n_per_class,
-                       "fields_needed": {"alpha": fields_needed(alpha), "alpha_benign": fields_needed(alpha_benign),
-                                         "alpha_subtype": fields_needed(alpha_subtype)}}
+        calibration = {
+            "split": split,
+            "n": int(len(y)),
+            "n_malignant": int(true_m.sum()),
+            "n_benign": int((~true_m).sum()),
+            "n_per_class": n_per_class,
+            "fields_needed": {
+                "alpha": fields_needed(alpha),
+                "alpha_benign": fields_needed(alpha_benign),
+                "alpha_subtype": fields_needed(alpha_subtype),
+            },
+        }
         # With no benign (malignant) class at all, malignancy (benign) is ruled out by definition.
         rule_out = conformal_threshold(p_mal[true_m], alpha) if malignant.any() else 1.0
         benign_limit = 1.0 - conformal_threshold(1.0 - p_mal[~true_m], alpha_benign) if (~malignant).any() else 0.0
-        return cls(tuple(classes), tuple(bool(m) for m in malignant), float(alpha), float(alpha_benign),
-                   float(alpha_subtype), rule_out=rule_out, benign_limit=benign_limit,
-                   subtype_thresholds=subtype, calibration=calibration)
+        return cls(
+            tuple(classes),
+            tuple(bool(m) for m in malignant),
+            float(alpha),
+            float(alpha_benign),
+            float(alpha_subtype),
+            rule_out=rule_out,
+            benign_limit=benign_limit,
+            subtype_thresholds=subtype,
+            calibration=calibration,
+        )
 
     # ------------------------------------------------------------------ deciding
 
@@ -148,7 +175,7 @@ class DecisionPolicy:
         top_subtype = np.where(malignant, proba, -1.0).argmax(axis=1)
         subtypes = np.zeros(proba.shape, dtype=bool)
         for i in np.flatnonzero(malignant):
-            subtypes[:, i] = _conditional(proba, p_mal, i) >= self.subtype_thresholds.get(self.classes[i], 0.0)
+            subtypes[:, i] = _conditional(proba, p_mal, int(i)) >= self.subtype_thresholds.get(self.classes[i], 0.0)
         if malignant.any():  # a malignant answer names at least its most probable subtype
             unnamed = np.flatnonzero(~subtypes.any(axis=1))
             subtypes[unnamed, top_subtype[unnamed]] = True
@@ -157,31 +184,38 @@ class DecisionPolicy:
         sets = subtypes & (~ruled_out | benign_out)[:, None]
         sets[:, ~malignant] = ~benign_out[:, None]
         verdict = np.where(benign_out, "malignant", np.where(ruled_out, "benign", "uncertain"))
-        label = np.where(verdict == "benign", top_benign,
-                         np.where(verdict == "malignant", top_subtype, proba.argmax(axis=1)))
+        label = np.where(
+            verdict == "benign", top_benign, np.where(verdict == "malignant", top_subtype, proba.argmax(axis=1))
+        )
         return Decisions(verdict.astype(object), sets, label.astype(np.intp), p_mal)
 
     def names(self, in_set: np.ndarray) -> list[str]:
         """The class names of one prediction set (a row of :attr:`Decisions.sets`)."""
-        return [c for c, inside in zip(self.classes, in_set) if inside]
+        return [c for c, inside in zip(self.classes, in_set, strict=True) if inside]
 
     def message(self, verdict: str, in_set: np.ndarray, p_malignant: float) -> str:
         """What a person reads: the verdict with its subtype(s), or why the field is referred."""
         names = [display_name(c) for c in self.names(in_set) if c in self.subtype_thresholds]
         if verdict == "benign":
-            benign = [display_name(c) for c, m in zip(self.classes, self.malignant) if not m]
+            benign = [display_name(c) for c, m in zip(self.classes, self.malignant, strict=True) if not m]
             return f"{benign[0] if benign else 'Benign'}: leukemia ruled out at the {_pct(self.alpha)} level"
         if verdict == "malignant":
             return "Malignant: " + " or ".join(names) if names else "Malignant"
         if self.rule_out <= 0.0:
-            return (f"leukemia cannot be ruled out at the {_pct(self.alpha)} level: the model was calibrated on "
-                    f"{self.calibration.get('n_malignant', 0)} malignant fields, fewer than the "
-                    f"{fields_needed(self.alpha)} that level needs")
+            return (
+                f"leukemia cannot be ruled out at the {_pct(self.alpha)} level: the model was calibrated on "
+                f"{self.calibration.get('n_malignant', 0)} malignant fields, fewer than the "
+                f"{fields_needed(self.alpha)} that level needs"
+            )
         if p_malignant < 0.5:
-            return (f"Benign is likely, but leukemia is not ruled out at the {_pct(self.alpha)} level "
-                    f"(probability of leukemia {p_malignant:.1%})")
-        return (f"leukemia is likely ({' or '.join(names)}), but a benign field is not ruled out at the "
-                f"{_pct(self.alpha_benign)} level")
+            return (
+                f"Benign is likely, but leukemia is not ruled out at the {_pct(self.alpha)} level "
+                f"(probability of leukemia {p_malignant:.1%})"
+            )
+        return (
+            f"leukemia is likely ({' or '.join(names)}), but a benign field is not ruled out at the "
+            f"{_pct(self.alpha_benign)} level"
+        )
 
     # ------------------------------------------------------------------ model.json
 
@@ -189,8 +223,12 @@ class DecisionPolicy:
         """The policy as model.json's ``decision`` (plain JSON)."""
         record = asdict(self)
         record["classes"], record["malignant"] = list(self.classes), list(self.malignant)
-        return {"format": FORMAT, "method": "class-conditional (Mondrian) split-conformal, on calibrated probabilities",
-                **record, "assumption": ASSUMPTION}
+        return {
+            "format": FORMAT,
+            "method": "class-conditional (Mondrian) split-conformal, on calibrated probabilities",
+            **record,
+            "assumption": ASSUMPTION,
+        }
 
     @classmethod
     def from_json(cls, record: dict) -> DecisionPolicy:
@@ -198,10 +236,17 @@ class DecisionPolicy:
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError(f"not a decision policy of format {FORMAT}: {str(record)[:80]}")
         try:
-            return cls(tuple(record["classes"]), tuple(bool(m) for m in record["malignant"]), float(record["alpha"]),
-                       float(record["alpha_benign"]), float(record["alpha_subtype"]), float(record["rule_out"]),
-                       float(record["benign_limit"]), {k: float(v) for k, v in record["subtype_thresholds"].items()},
-                       dict(record.get("calibration", {})))
+            return cls(
+                tuple(record["classes"]),
+                tuple(bool(m) for m in record["malignant"]),
+                float(record["alpha"]),
+                float(record["alpha_benign"]),
+                float(record["alpha_subtype"]),
+                float(record["rule_out"]),
+                float(record["benign_limit"]),
+                {k: float(v) for k, v in record["subtype_thresholds"].items()},
+                dict(record.get("calibration", {})),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"the decision policy lacks or garbles {err}") from None
 

@@ -12,6 +12,7 @@ backbone through a model of its own graph that also returns the feature map. Fla
 lenet) use one model of their own graph. Either is built once per (model, layer) and the gradient step
 runs in a ``tf.function`` traced once, so repeated calls (the app's, one per request) are fast.
 """
+
 from __future__ import annotations
 
 import functools
@@ -80,8 +81,10 @@ def _top_level_chain(model) -> list:
     while tensor is not model.inputs[0]:
         operation, node = node_of(tensor)
         if len(node.input_tensors) != 1:
-            raise ValueError(f"Grad-CAM through a nested model needs a chain of layers at the top level; "
-                             f"{operation.name!r} takes {len(node.input_tensors)} inputs")
+            raise ValueError(
+                f"Grad-CAM through a nested model needs a chain of layers at the top level; "
+                f"{operation.name!r} takes {len(node.input_tensors)} inputs"
+            )
         chain.append(operation)
         tensor = node.input_tensors[0]
     return chain[::-1]
@@ -137,15 +140,18 @@ class GradCam:
             container = model.get_layer(self.nested)
             position = chain.index(container)
             self._steps = chain[:position]
-            self._after = chain[position + 1:-1]
+            self._after = chain[position + 1 : -1]
             if position == len(chain) - 1:  # the nested model is the last layer: its output is the score
                 self._tail_layers, self._dense = [], None
-            self._features = keras.Model(container.inputs,
-                                         [container.get_layer(self.layer).output, container.outputs[0]])
+            self._features = keras.Model(
+                container.inputs, [container.get_layer(self.layer).output, container.outputs[0]]
+            )
         # A partial, not the method: TensorFlow counts retracing per code object, and so would take the
         # one trace of each of several GradCams for retracing.
-        self._trace = tf.function(functools.partial(GradCam._step, self), input_signature=[
-            tf.TensorSpec((None, *self.input_shape), tf.float32), tf.TensorSpec((None,), tf.int32)])
+        self._trace = tf.function(
+            functools.partial(GradCam._step, self),
+            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32), tf.TensorSpec((None,), tf.int32)],
+        )
 
     def _forward(self, images):
         """(feature map, class scores) of a batch, in inference mode."""
@@ -192,16 +198,16 @@ class GradCam:
         single = images.ndim == 3
         images = images[None] if single else images
         expected = self.input_shape
-        if images.ndim != 4 or any(e is not None and e != s for e, s in zip(expected, images.shape[1:])):
+        if images.ndim != 4 or any(e is not None and e != s for e, s in zip(expected, images.shape[1:], strict=True)):
             raise ValueError(f"images must be (N, {', '.join(map(str, expected))}) raw RGB, got {images.shape}")
         indices = self._class_indices(class_index, len(images))
-        heatmaps, probabilities = [], []
+        heat_batches, proba_batches = [], []
         for start in range(0, len(images), self.batch_size):
-            h, p = self._trace(images[start:start + self.batch_size], indices[start:start + self.batch_size])
-            heatmaps.append(h.numpy())
-            probabilities.append(p.numpy())
-        heatmaps = np.concatenate(heatmaps) if heatmaps else np.zeros((0, *images.shape[1:3]), np.float32)
-        probabilities = np.concatenate(probabilities) if probabilities else np.zeros((0, self.n_classes), np.float32)
+            h, p = self._trace(images[start : start + self.batch_size], indices[start : start + self.batch_size])
+            heat_batches.append(h.numpy())
+            proba_batches.append(p.numpy())
+        heatmaps = np.concatenate(heat_batches) if heat_batches else np.zeros((0, *images.shape[1:3]), np.float32)
+        probabilities = np.concatenate(proba_batches) if proba_batches else np.zeros((0, self.n_classes), np.float32)
         return (heatmaps[0], probabilities[0]) if single else (heatmaps, probabilities)
 
     def __call__(self, images: np.ndarray, class_index: int | np.ndarray | None = None) -> np.ndarray:
@@ -220,8 +226,9 @@ def gradcam_for(model, layer: str | None = None) -> GradCam:
     return per_model[layer]
 
 
-def gradcam(model, images: np.ndarray, class_index: int | np.ndarray | None = None,
-            layer: str | None = None) -> np.ndarray:
+def gradcam(
+    model, images: np.ndarray, class_index: int | np.ndarray | None = None, layer: str | None = None
+) -> np.ndarray:
     """Grad-CAM heatmaps (N, H, W), float32 in [0, 1], of raw RGB images (0..255) for ``model``.
 
     ``class_index`` None explains each image's predicted class; ``layer`` None uses
@@ -241,7 +248,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
     rgb = np.repeat(rgb[..., None], 3, axis=-1) if rgb.ndim == 2 else rgb[..., :3]
     heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
     if heat.shape != rgb.shape[:2]:
-        heat = np.asarray(Image.fromarray(heat).resize((rgb.shape[1], rgb.shape[0]), Image.BILINEAR))
+        heat = np.asarray(Image.fromarray(heat).resize((rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR))
     colours = matplotlib.colormaps[colormap](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
     return np.clip(np.rint((1.0 - alpha) * rgb + alpha * colours), 0, 255).astype(np.uint8)
 
@@ -264,8 +271,16 @@ def _pick(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
     return np.sort(rng.choice(members, size=min(k, len(members)), replace=False)) if len(members) else members
 
 
-def gradcam_gallery(model, images: np.ndarray, y_true, y_pred, classes: list[str], per_class: int = 2,
-                    seed: int = 0, layer: str | None = None) -> plt.Figure:
+def gradcam_gallery(
+    model,
+    images: np.ndarray,
+    y_true,
+    y_pred,
+    classes: list[str],
+    per_class: int = 2,
+    seed: int = 0,
+    layer: str | None = None,
+) -> plt.Figure:
     """Per true class (a row): up to ``per_class`` correct, then up to ``per_class`` wrong predictions.
 
     Each example is the image and its Grad-CAM overlay (of the predicted class), titled
@@ -278,13 +293,15 @@ def gradcam_gallery(model, images: np.ndarray, y_true, y_pred, classes: list[str
     chosen = {}
     for c in range(len(classes)):
         of_class = y_true == c
-        chosen[c] = (_pick(rng, np.flatnonzero(of_class & (y_pred == c)), per_class),
-                     _pick(rng, np.flatnonzero(of_class & (y_pred != c)), per_class))
+        chosen[c] = (
+            _pick(rng, np.flatnonzero(of_class & (y_pred == c)), per_class),
+            _pick(rng, np.flatnonzero(of_class & (y_pred != c)), per_class),
+        )
     selected = np.concatenate([np.concatenate(pair) for pair in chosen.values()]).astype(int)
     explained = {}
     if len(selected):
         heatmaps, probabilities = gradcam_for(model, layer).explain(np.asarray(images)[selected], y_pred[selected])
-        explained = {i: (h, p[y_pred[i]]) for i, h, p in zip(selected, heatmaps, probabilities)}
+        explained = {i: (h, p[y_pred[i]]) for i, h, p in zip(selected, heatmaps, probabilities, strict=True)}
 
     cols = 4 * per_class  # (image, overlay) pairs: correct ones, then wrong ones
     fig, axes = plt.subplots(len(classes), cols, figsize=(1.7 * cols, 1.9 * len(classes) + 0.4), squeeze=False)
@@ -292,23 +309,39 @@ def gradcam_gallery(model, images: np.ndarray, y_true, y_pred, classes: list[str
         for group, (members, kind) in enumerate(((correct, "correct"), (wrong, "wrong"))):
             for k in range(per_class):
                 ax_image, ax_map = axes[c][2 * (group * per_class + k)], axes[c][2 * (group * per_class + k) + 1]
-                _blank(ax_image), _blank(ax_map)
+                _blank(ax_image)
+                _blank(ax_map)
                 if k >= len(members):
                     if k == 0:
-                        ax_image.text(0.5, 0.5, f"no {kind}\npredictions", ha="center", va="center",
-                                      fontsize=7, color="grey", transform=ax_image.transAxes)
+                        ax_image.text(
+                            0.5,
+                            0.5,
+                            f"no {kind}\npredictions",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="grey",
+                            transform=ax_image.transAxes,
+                        )
                     continue
                 i = members[k]
                 heatmap, p = explained[i]
                 image = np.asarray(images[i])
                 ax_image.imshow(np.clip(image, 0, 255).astype(np.uint8))
                 ax_map.imshow(overlay(image, heatmap))
-                ax_image.set_title(f"{classes[y_true[i]]} → {classes[y_pred[i]]} ({p:.2f})", fontsize=7,
-                                   color="tab:green" if kind == "correct" else "tab:red", loc="left")
+                ax_image.set_title(
+                    f"{classes[y_true[i]]} → {classes[y_pred[i]]} ({p:.2f})",
+                    fontsize=7,
+                    color="tab:green" if kind == "correct" else "tab:red",
+                    loc="left",
+                )
         axes[c][0].set_ylabel(display_name(classes[c]), fontsize=8)
     where = gradcam_for(model, layer)
-    fig.suptitle(f"Grad-CAM ({'/'.join(filter(None, (where.nested, where.layer)))}) of the predicted class: "
-                 f"correct (left) and wrong (right) predictions per true class", fontsize=9)
+    fig.suptitle(
+        f"Grad-CAM ({'/'.join(filter(None, (where.nested, where.layer)))}) of the predicted class: "
+        f"correct (left) and wrong (right) predictions per true class",
+        fontsize=9,
+    )
     fig.tight_layout()
     plt.close(fig)
     return fig

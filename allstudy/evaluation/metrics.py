@@ -7,13 +7,14 @@ percentile bootstrap intervals from :func:`scipy.stats.bootstrap` (resampling im
 probabilities together). Temperature scaling (one T fitted on the validation split) recalibrates the
 probabilities without changing any prediction.
 """
+
 from __future__ import annotations
 
 import os
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -25,10 +26,18 @@ from allstudy.evaluation.decision import ALPHA_GRID, VERDICTS, DecisionPolicy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
 #: Metrics reported with a bootstrap confidence interval (``<metric>_ci``).
-CI_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "malignant_sensitivity",
-                               "malignant_specificity", "roc_auc_macro", "ece")
+CI_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "malignant_sensitivity",
+    "malignant_specificity",
+    "roc_auc_macro",
+    "ece",
+)
 
 _EPS = 1e-12
 _TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -72,8 +81,12 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     """The temperature minimising the negative log-likelihood of ``y`` (fit it on the validation split)."""
     log_proba, y = _log_proba(proba), np.asarray(y, dtype=np.intp)
     low, high = np.log(_TEMPERATURE_BOUNDS)
-    result = optimize.minimize_scalar(lambda log_t: _nll(log_proba, y, float(np.exp(log_t))),
-                                      bounds=(low, high), method="bounded", options={"xatol": 1e-5})
+    result = optimize.minimize_scalar(
+        lambda log_t: _nll(log_proba, y, float(np.exp(log_t))),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
     return float(np.exp(result.x))
 
 
@@ -86,8 +99,11 @@ def _reliability_bins(y: np.ndarray, proba: np.ndarray, n_bins: int) -> tuple[np
     correct = (proba.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.digitize(confidence, edges[1:-1], right=True)
-    return (np.bincount(bins, minlength=n_bins), np.bincount(bins, confidence, minlength=n_bins),
-            np.bincount(bins, correct, minlength=n_bins))
+    return (
+        np.bincount(bins, minlength=n_bins),
+        np.bincount(bins, confidence, minlength=n_bins),
+        np.bincount(bins, correct, minlength=n_bins),
+    )
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
@@ -110,8 +126,9 @@ def _malignant_mask(classes: list[str]) -> np.ndarray:
     return np.array([is_malignant(c) for c in classes], dtype=bool)
 
 
-def _one_vs_rest(y: np.ndarray, proba: np.ndarray, classes: list[str], score,
-                 needs_negatives: bool) -> dict[str, float | None]:
+def _one_vs_rest(
+    y: np.ndarray, proba: np.ndarray, classes: list[str], score, needs_negatives: bool
+) -> dict[str, float | None]:
     """``score(is_class, p_class)`` per class; None for a class absent from ``y`` (or, if needed, the only one)."""
     out = {}
     for i, label in enumerate(classes):
@@ -151,18 +168,27 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": float(balanced),
         "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
         "confusion": skm.confusion_matrix(y, pred, labels=labels).tolist(),
         "confusion_normalised": skm.confusion_matrix(y, pred, labels=labels, normalize="true").tolist(),
         "roc_auc": roc_auc,
         "roc_auc_macro": _macro(roc_auc),
         "average_precision": average_precision,
         "average_precision_macro": _macro(average_precision),
-        "malignant_sensitivity": _number(skm.recall_score(true_m, pred_m, labels=[False, True], pos_label=True,
-                                                          zero_division=np.nan)),
-        "malignant_specificity": _number(skm.recall_score(true_m, pred_m, labels=[False, True], pos_label=False,
-                                                          zero_division=np.nan)),
+        "malignant_sensitivity": _number(
+            skm.recall_score(true_m, pred_m, labels=[False, True], pos_label=True, zero_division=np.nan)
+        ),
+        "malignant_specificity": _number(
+            skm.recall_score(true_m, pred_m, labels=[False, True], pos_label=False, zero_division=np.nan)
+        ),
         "ece": expected_calibration_error(y, proba),
     }
 
@@ -195,15 +221,17 @@ def _ci_statistics(classes: list[str], n_bins: int = 15) -> Callable[[np.ndarray
         u = (ranks * positive).sum(axis=0) - support * (support + 1) / 2
         auc = np.divide(u, support * negatives, out=np.full(k, np.nan), where=auc_defined)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.array([
-                tp.sum() / n,
-                (tp[present] / support[present]).mean() if present.any() else np.nan,
-                f1.mean(),
-                confusion[malignant][:, malignant].sum() / true_m if true_m else np.nan,
-                confusion[~malignant][:, ~malignant].sum() / true_b if true_b else np.nan,
-                auc[auc_defined].mean() if auc_defined.any() else np.nan,
-                expected_calibration_error(y, proba, n_bins),
-            ])
+            return np.array(
+                [
+                    tp.sum() / n,
+                    (tp[present] / support[present]).mean() if present.any() else np.nan,
+                    f1.mean(),
+                    confusion[malignant][:, malignant].sum() / true_m if true_m else np.nan,
+                    confusion[~malignant][:, ~malignant].sum() / true_b if true_b else np.nan,
+                    auc[auc_defined].mean() if auc_defined.any() else np.nan,
+                    expected_calibration_error(y, proba, n_bins),
+                ]
+            )
 
     return statistic
 
@@ -211,8 +239,14 @@ def _ci_statistics(classes: list[str], n_bins: int = 15) -> Callable[[np.ndarray
 # ----------------------------------------------------------------------------- bootstrap
 
 
-def _bootstrap(y: np.ndarray, proba: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], object],
-               n_resamples: int, seed: int, confidence: float) -> np.ndarray:
+def _bootstrap(
+    y: np.ndarray,
+    proba: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], object],
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> np.ndarray:
     """Percentile bootstrap intervals, shape (m, 2), of a statistic returning m values (NaN: undefined).
 
     Resamples row indices (scipy.stats.bootstrap over ``arange(n)``) so that labels and probability rows
@@ -227,8 +261,15 @@ def _bootstrap(y: np.ndarray, proba: np.ndarray, statistic: Callable[[np.ndarray
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap((np.arange(len(y)),), on_indices, n_resamples=n_resamples, vectorized=False,
-                                 confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            (np.arange(len(y)),),
+            on_indices,
+            n_resamples=n_resamples,
+            vectorized=False,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     distribution = np.atleast_2d(result.bootstrap_distribution)
     alpha = (1 - confidence) / 2
     intervals = np.full((len(distribution), 2), np.nan)
@@ -243,8 +284,14 @@ def _bootstrap(y: np.ndarray, proba: np.ndarray, statistic: Callable[[np.ndarray
     return intervals
 
 
-def bootstrap_ci(y: np.ndarray, proba: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
-                 n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    y: np.ndarray,
+    proba: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic(y, proba)``, resampling (label, probability row) pairs.
 
     Each resample costs one call of ``statistic``; NaN results (undefined on that resample) are left
@@ -278,14 +325,21 @@ def _answered_macro_f1(policy: DecisionPolicy) -> Callable[[np.ndarray, np.ndarr
         answered = ~decisions.referred
         if not answered.any():
             return np.nan
-        return float(skm.f1_score(y[answered], decisions.label[answered], labels=labels, average="macro",
-                                  zero_division=0))
+        return float(
+            skm.f1_score(y[answered], decisions.label[answered], labels=labels, average="macro", zero_division=0)
+        )
 
     return statistic
 
 
-def decision_metrics(y: np.ndarray, proba: np.ndarray, policy: DecisionPolicy, n_resamples: int = 1000,
-                     seed: int = 0, confidence: float = 0.95) -> dict:
+def decision_metrics(
+    y: np.ndarray,
+    proba: np.ndarray,
+    policy: DecisionPolicy,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
     """What the policy does on one split's calibrated probabilities, each count with its 95 % interval.
 
     Keys: n, verdicts {verdict: count}, malignant_called_benign and benign_called_malignant (among the
@@ -318,8 +372,14 @@ def decision_metrics(y: np.ndarray, proba: np.ndarray, policy: DecisionPolicy, n
     }
 
 
-def tradeoff(y_val: np.ndarray, proba_val: np.ndarray, y_test: np.ndarray, proba_test: np.ndarray,
-             classes: list[str], alphas: tuple[float, ...] = ALPHA_GRID) -> list[dict]:
+def tradeoff(
+    y_val: np.ndarray,
+    proba_val: np.ndarray,
+    y_test: np.ndarray,
+    proba_test: np.ndarray,
+    classes: list[str],
+    alphas: tuple[float, ...] = ALPHA_GRID,
+) -> list[dict]:
     """Referral against missed malignant fields for each level ``alpha`` (fitted on val, applied to both).
 
     One row per alpha: the rule-out threshold and, for val and test, the fields referred and the
@@ -332,10 +392,14 @@ def tradeoff(y_val: np.ndarray, proba_val: np.ndarray, y_test: np.ndarray, proba
         for split, y, proba in (("val", y_val, proba_val), ("test", y_test, proba_test)):
             decisions = policy.decide(proba)
             missed = (decisions.verdict == "benign") & np.array(policy.malignant)[np.asarray(y)]
-            row.update({f"{split}_referred": int(decisions.referred.sum()),
-                        f"{split}_referred_rate": float(decisions.referred.mean()),
-                        f"{split}_missed": int(missed.sum()),
-                        f"{split}_missed_rate": float(missed.sum() / max(1, np.array(policy.malignant)[y].sum()))})
+            row.update(
+                {
+                    f"{split}_referred": int(decisions.referred.sum()),
+                    f"{split}_referred_rate": float(decisions.referred.mean()),
+                    f"{split}_missed": int(missed.sum()),
+                    f"{split}_missed_rate": float(missed.sum() / max(1, np.array(policy.malignant)[y].sum())),
+                }
+            )
         rows.append(row)
     return rows
 
@@ -343,12 +407,13 @@ def tradeoff(y_val: np.ndarray, proba_val: np.ndarray, y_test: np.ndarray, proba
 # ----------------------------------------------------------------------------- one run
 
 
-def _split_report(y: np.ndarray, proba: np.ndarray, classes: list[str], n_resamples: int, seed: int,
-                  confidence: float) -> dict:
+def _split_report(
+    y: np.ndarray, proba: np.ndarray, classes: list[str], n_resamples: int, seed: int, confidence: float
+) -> dict:
     """classification_metrics plus ``<metric>_ci`` [lo, hi] (None where undefined) for :data:`CI_METRICS`."""
     report = classification_metrics(y, proba, classes)
     intervals = _bootstrap(y, proba, _ci_statistics(classes), n_resamples, seed, confidence)
-    for name, (low, high) in zip(CI_METRICS, intervals):
+    for name, (low, high) in zip(CI_METRICS, intervals, strict=True):
         defined = report[name] is not None and not np.isnan(low)
         report[f"{name}_ci"] = [float(low), float(high)] if defined else None
     return report
@@ -400,10 +465,11 @@ def evaluate(frame: pd.DataFrame, classes: list[str], n_resamples: int = 1000, s
     report["ece_before"] = report["test"]["ece"]
     report["ece_after"] = report["test_calibrated"]["ece"]
     policy = DecisionPolicy.fit(y["val"], calibrated["val"], classes)
-    report["decision"] = {"policy": policy.to_json(),
-                          **{s: decision_metrics(y[s], calibrated[s], policy, n_resamples, seed, confidence)
-                             for s in ("val", "test")},
-                          "tradeoff": tradeoff(y["val"], calibrated["val"], y["test"], calibrated["test"], classes)}
+    report["decision"] = {
+        "policy": policy.to_json(),
+        **{s: decision_metrics(y[s], calibrated[s], policy, n_resamples, seed, confidence) for s in ("val", "test")},
+        "tradeoff": tradeoff(y["val"], calibrated["val"], y["test"], calibrated["test"], classes),
+    }
     report["bootstrap"] = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence, "method": "percentile"}
     return report
 
@@ -419,21 +485,33 @@ def plot_confusion(metrics: dict, classes: list[str], normalised: bool = True) -
     counts = np.asarray(metrics["confusion"])
     values = np.asarray(metrics["confusion_normalised"]) if normalised else counts
     if normalised:
-        annotations = np.array([[f"{c}\n{v:.0%}" for c, v in zip(cr, vr)] for cr, vr in zip(counts, values)])
+        annotations = np.array(
+            [[f"{c}\n{v:.0%}" for c, v in zip(cr, vr, strict=True)] for cr, vr in zip(counts, values, strict=True)]
+        )
     else:
         annotations = counts.astype(str)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.2))
-    sns.heatmap(values, annot=annotations, fmt="", cmap="Blues", vmin=0, vmax=1 if normalised else None,
-                xticklabels=classes, yticklabels=classes, cbar_kws={"label": "fraction of true class" if normalised
-                                                                    else "images"}, ax=ax)
+    sns.heatmap(
+        values,
+        annot=annotations,
+        fmt="",
+        cmap="Blues",
+        vmin=0,
+        vmax=1 if normalised else None,
+        xticklabels=classes,
+        yticklabels=classes,
+        cbar_kws={"label": "fraction of true class" if normalised else "images"},
+        ax=ax,
+    )
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix" + (" (row-normalised)" if normalised else ""))
     fig.tight_layout()
     plt.close(fig)
     return fig
 
 
-def _one_vs_rest_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], display, title: str,
-                        xlabel: str, ylabel: str) -> Figure:
+def _one_vs_rest_curves(
+    y: np.ndarray, proba: np.ndarray, classes: list[str], display, title: str, xlabel: str, ylabel: str
+) -> Figure:
     import matplotlib.pyplot as plt
 
     y = np.asarray(y)
@@ -450,18 +528,21 @@ def _one_vs_rest_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], di
 
 def plot_roc(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> Figure:
     """One-vs-rest ROC curves, one per class present, AUC in the legend."""
-    return _one_vs_rest_curves(y, proba, classes, skm.RocCurveDisplay, "ROC (one vs rest)",
-                               "false positive rate", "true positive rate")
+    return _one_vs_rest_curves(
+        y, proba, classes, skm.RocCurveDisplay, "ROC (one vs rest)", "false positive rate", "true positive rate"
+    )
 
 
 def plot_precision_recall(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> Figure:
     """One-vs-rest precision-recall curves, one per class present, average precision in the legend."""
-    return _one_vs_rest_curves(y, proba, classes, skm.PrecisionRecallDisplay, "Precision-recall (one vs rest)",
-                               "recall", "precision")
+    return _one_vs_rest_curves(
+        y, proba, classes, skm.PrecisionRecallDisplay, "Precision-recall (one vs rest)", "recall", "precision"
+    )
 
 
-def plot_reliability(y: np.ndarray, proba: np.ndarray, proba_calibrated: np.ndarray | None = None,
-                     n_bins: int = 15) -> Figure:
+def plot_reliability(
+    y: np.ndarray, proba: np.ndarray, proba_calibrated: np.ndarray | None = None, n_bins: int = 15
+) -> Figure:
     """Reliability diagram: accuracy against mean top-label confidence per bin, before and after calibration."""
     import matplotlib.pyplot as plt
 
@@ -476,10 +557,21 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, proba_calibrated: np.ndar
         count, confidence, correct = _reliability_bins(y, probs, n_bins)
         used = count > 0
         ece = expected_calibration_error(y, probs, n_bins)
-        ax.plot(confidence[used] / count[used], correct[used] / count[used], style, markersize=4,
-                label=f"{name} (ECE {ece:.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top probability)", ylabel="accuracy",
-           title="Reliability diagram", aspect="equal")
+        ax.plot(
+            confidence[used] / count[used],
+            correct[used] / count[used],
+            style,
+            markersize=4,
+            label=f"{name} (ECE {ece:.3f})",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="confidence (top probability)",
+        ylabel="accuracy",
+        title="Reliability diagram",
+        aspect="equal",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     plt.close(fig)
@@ -495,19 +587,27 @@ def plot_tradeoff(rows: list[dict], alpha: float | None = None, split: str = "te
     missed = [r[f"{split}_missed"] for r in rows]
     ax.plot(referred, missed, "o-", color="tab:blue")
     points: dict[tuple[float, int], list[float]] = {}
-    for r, x, m in zip(rows, referred, missed):  # levels that give the same point share one label
+    for r, x, m in zip(rows, referred, missed, strict=True):  # levels that give the same point share one label
         points.setdefault((round(x, 6), m), []).append(r["alpha"])
     for i, ((x, m), alphas) in enumerate(points.items()):
         chosen = alpha is not None and any(np.isclose(a, alpha) for a in alphas)
         label = "α=" + ", ".join(f"{a:g}" for a in alphas) if len(alphas) < 4 else f"α={alphas[0]:g}…{alphas[-1]:g}"
-        ax.annotate(label, (x, m), textcoords="offset points", xytext=(4, 6 if i % 2 else -12), fontsize=7,
-                    fontweight="bold" if chosen else "normal")
+        ax.annotate(
+            label,
+            (x, m),
+            textcoords="offset points",
+            xytext=(4, 6 if i % 2 else -12),
+            fontsize=7,
+            fontweight="bold" if chosen else "normal",
+        )
         if chosen:
             ax.plot([x], [m], "o", color="tab:red", markersize=10, fillstyle="none", label=f"the policy (α={alpha:g})")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel=f"fields referred for expert review, {split} (%)",
-           ylabel=f"malignant fields called benign, {split}",
-           title="Referral against missed leukemia\n(each level α fitted on validation)")
+    cast(MaxNLocator, ax.yaxis.get_major_locator()).set_params(integer=True)  # the default AutoLocator is one
+    ax.set(
+        xlabel=f"fields referred for expert review, {split} (%)",
+        ylabel=f"malignant fields called benign, {split}",
+        title="Referral against missed leukemia\n(each level α fitted on validation)",
+    )
     ax.set_ylim(bottom=-0.3)
     if alpha is not None:
         ax.legend(fontsize=8)
@@ -520,8 +620,14 @@ def plot_tradeoff(rows: list[dict], alpha: float | None = None, split: str = "te
 # ----------------------------------------------------------------------------- cost
 
 
-def inference_cost(model, input_size: int, n_images: int = 16, batch_size: int = 16,
-                   model_path: str | os.PathLike | None = None, repeats: int = 3) -> dict:
+def inference_cost(
+    model,
+    input_size: int,
+    n_images: int = 16,
+    batch_size: int = 16,
+    model_path: str | os.PathLike | None = None,
+    repeats: int = 3,
+) -> dict:
     """Inference cost on this machine: median ms per image of a compiled forward pass, parameters, file size.
 
     Random input in the 0-255 range (the models rescale internally); one warm-up call builds and
@@ -539,6 +645,11 @@ def inference_cost(model, input_size: int, n_images: int = 16, batch_size: int =
         for _ in range(n_batches):
             model.predict_on_batch(batch)
         timings.append((time.perf_counter() - start) / (n_batches * batch_size))
-    return {"ms_per_image": float(np.median(timings) * 1000), "params": int(model.count_params()),
-            "file_bytes": os.path.getsize(model_path) if model_path else None,
-            "batch_size": batch_size, "n_images": n_batches * batch_size, "repeats": repeats}
+    return {
+        "ms_per_image": float(np.median(timings) * 1000),
+        "params": int(model.count_params()),
+        "file_bytes": os.path.getsize(model_path) if model_path else None,
+        "batch_size": batch_size,
+        "n_images": n_batches * batch_size,
+        "repeats": repeats,
+    }

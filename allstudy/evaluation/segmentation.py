@@ -4,12 +4,14 @@ The dataset sets everything outside its cells to black; :func:`reference_mask` r
 :func:`is_blank` flags its failed (black) images, and :func:`compare_with_reference` measures Dice
 and IoU per field, summarised per class by :func:`agreement_by_class`.
 """
+
 from __future__ import annotations
 
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -56,9 +58,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _compare_one(original_root: Path, segmented_root: Path, path: str, params: SegmentParams) -> dict:
-    row = {"path": path, "class": PurePosixPath(path).parts[0], "reference_missing": False,
-           "reference_blank": False, "dice": math.nan, "iou": math.nan, "mask_fraction": math.nan,
-           "reference_fraction": math.nan, "problem": ""}
+    row: dict[str, Any] = {
+        "path": path,
+        "class": PurePosixPath(path).parts[0],
+        "reference_missing": False,
+        "reference_blank": False,
+        "dice": math.nan,
+        "iou": math.nan,
+        "mask_fraction": math.nan,
+        "reference_fraction": math.nan,
+        "problem": "",
+    }
     try:
         mask = leukocyte_mask(np.asarray(read_rgb(original_root / path)), params)
     except ImageProblem as problem:
@@ -82,9 +92,13 @@ def _compare_one(original_root: Path, segmented_root: Path, path: str, params: S
     return row
 
 
-def compare_with_reference(original_root: str | os.PathLike, segmented_root: str | os.PathLike,
-                           paths: list[str], params: SegmentParams = SegmentParams(),
-                           progress: bool = False) -> pd.DataFrame:
+def compare_with_reference(
+    original_root: str | os.PathLike,
+    segmented_root: str | os.PathLike,
+    paths: list[str],
+    params: SegmentParams = SegmentParams(),
+    progress: bool = False,
+) -> pd.DataFrame:
     """One row per relative path: our mask of the original against the dataset's segmented version.
 
     Columns: ``path``, ``class`` (first path component), ``reference_missing`` (no readable segmented
@@ -94,10 +108,26 @@ def compare_with_reference(original_root: str | os.PathLike, segmented_root: str
     """
     original_root, segmented_root = Path(original_root), Path(segmented_root)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        rows = list(tqdm(pool.map(lambda p: _compare_one(original_root, segmented_root, p, params), paths),
-                         total=len(paths), desc="segmenting", unit="img", disable=not progress))
-    columns = ["path", "class", "reference_missing", "reference_blank", "dice", "iou", "mask_fraction",
-               "reference_fraction", "problem"]
+        rows = list(
+            tqdm(
+                pool.map(lambda p: _compare_one(original_root, segmented_root, p, params), paths),
+                total=len(paths),
+                desc="segmenting",
+                unit="img",
+                disable=not progress,
+            )
+        )
+    columns = [
+        "path",
+        "class",
+        "reference_missing",
+        "reference_blank",
+        "dice",
+        "iou",
+        "mask_fraction",
+        "reference_fraction",
+        "problem",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -106,8 +136,7 @@ def plot_segmentation(image: np.ndarray, mask: np.ndarray, reference: np.ndarray
     version (titled with the Dice of the mask against it, or "blank" for a failed one)."""
     image = check_rgb(image)
     mask = check_mask(image, mask)
-    panels = [(image, "image"), (mask, f"mask ({mask.mean():.1%} of field)"),
-              (apply_mask(image, mask), "segmented")]
+    panels = [(image, "image"), (mask, f"mask ({mask.mean():.1%} of field)"), (apply_mask(image, mask), "segmented")]
     if reference is not None:
         reference = np.asarray(reference)
         if is_blank(reference):
@@ -118,7 +147,7 @@ def plot_segmentation(image: np.ndarray, mask: np.ndarray, reference: np.ndarray
             title = "dataset's segmented"
         panels.append((reference, title))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
-    for ax, (picture, title) in zip(axes, panels):
+    for ax, (picture, title) in zip(axes, panels, strict=True):
         ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -130,9 +159,12 @@ def plot_segmentation(image: np.ndarray, mask: np.ndarray, reference: np.ndarray
 def agreement_by_class(frame: pd.DataFrame) -> pd.DataFrame:
     """Per class: fields compared, blank references, and median/mean Dice and IoU on the non-blank ones."""
     usable = frame[~frame["reference_blank"].astype(bool)]
-    table = usable.groupby("class").agg(compared=("dice", "count"), dice_median=("dice", "median"),
-                                        dice_mean=("dice", "mean"), iou_median=("iou", "median"))
+    table = usable.groupby("class").agg(
+        compared=("dice", "count"),
+        dice_median=("dice", "median"),
+        dice_mean=("dice", "mean"),
+        iou_median=("iou", "median"),
+    )
     table.insert(0, "fields", frame.groupby("class").size())
     table.insert(1, "blank_references", frame.groupby("class")["reference_blank"].sum().astype(int))
     return table.fillna({"compared": 0})
-

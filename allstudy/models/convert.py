@@ -7,6 +7,7 @@ runs frozen backbones through LiteRT for bulk features (:func:`bulk_predictor`),
 model folder's serving file (:mod:`allstudy.serving.runtime`) and ``allstudy export`` the exported files
 (:mod:`allstudy.serving.export`) from the same two functions.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,7 @@ def forward_function(model, input_size: int, embedding: bool = False):
                 probabilities = tf.reduce_mean(tf.reshape(probabilities, (len(views), n, -1)), axis=0)
             if not embedding:
                 return probabilities
-            return {"probabilities": probabilities, "embedding": pooled(features[identity * n:(identity + 1) * n])}
+            return {"probabilities": probabilities, "embedding": pooled(features[identity * n : (identity + 1) * n])}
 
     return tf.function(forward, input_signature=[spec], autograph=False)  # no Python control flow to convert
 
@@ -77,12 +78,13 @@ def _statistics_from_variables(model):
     try:
         yield
     finally:
-        for layer, (mean, variance) in zip(layers, saved):
+        for layer, (mean, variance) in zip(layers, saved, strict=True):
             layer.mean, layer.variance = mean, variance
 
 
 def to_tflite(model, function, quantize: tuple[bool, ...] = (False, True)) -> list[bytes]:
-    """TFLite flatbuffers of ``function``, one per ``quantize`` flag, from one SavedModel of it with the model's weights.
+    """TFLite flatbuffers of ``function``, one per ``quantize`` flag, from one SavedModel of it with the model's
+    weights.
 
     A true flag: dynamic-range quantisation (weights int8, activations float). Built-in operators only.
     """
@@ -106,10 +108,9 @@ def run_batched(runner, inputs: np.ndarray, batch_size: int, desc: str, quiet: b
     outputs = []
     with tqdm(total=len(inputs), desc=desc, unit="img", disable=quiet) as bar:
         for start in range(0, len(inputs), batch_size):
-            outputs.append(np.asarray(runner(inputs[start:start + batch_size]), dtype=np.float32))
+            outputs.append(np.asarray(runner(inputs[start : start + batch_size]), dtype=np.float32))
             bar.update(min(batch_size, len(inputs) - start))
     return np.concatenate(outputs)
-
 
 
 def litert_available() -> bool:
@@ -137,20 +138,28 @@ class LiteRTModel:
         from ai_edge_litert.interpreter import Interpreter
 
         function = forward_function(model, int(model.input_shape[1]))
-        interpreter = Interpreter(model_content=to_tflite(model, function, (False,))[0],
-                                  num_threads=threads or os.cpu_count() or 1)
+        interpreter = Interpreter(
+            model_content=to_tflite(model, function, (False,))[0], num_threads=threads or os.cpu_count() or 1
+        )
         self._runner = interpreter.get_signature_runner()
         self._output = next(iter(self._runner.get_output_details()))
 
     def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """The model's output for ``images``, in batches of ``batch_size``."""
-        return np.concatenate([self._runner(image=np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))
-                               [self._output].copy() for i in range(0, len(images), batch_size)])
+        return np.concatenate(
+            [
+                self._runner(image=np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32))[
+                    self._output
+                ].copy()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
 
 
 def bulk_predictor(model, check_images: np.ndarray, batch_size: int = 32):
     """``predict(images) -> outputs`` for bulk inference: LiteRT on a CPU when it agrees with Keras on
     ``check_images`` (within :data:`MAX_BULK_DIFF`), else the Keras model's own ``predict``; and its name."""
+
     def keras_predict(images):
         return model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
 
@@ -168,4 +177,3 @@ def bulk_predictor(model, check_images: np.ndarray, batch_size: int = 32):
         print(f"note: LiteRT differs from Keras on {model.name} (relative {difference:.1e}); using Keras")
         return keras_predict, "keras"
     return (lambda images: lite.predict(images, batch_size)), "litert"
-

@@ -1,5 +1,6 @@
 """Reading a functional Keras model's graph: which layer made a tensor, and the embedding a model's
 final layer reads (what the out-of-distribution guard and the serving file measure)."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 :class:`Dihedral` (one symmetry of the square) makes test-time augmentation part of the saved model
 (:func:`with_tta`); :func:`load_model` is the one way to read a ``model.keras`` of this study.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,6 @@ def single_view(model):
         return model.get_layer("single_view")
     except ValueError:
         return model
-
 
 
 def load_model(path: str | os.PathLike, compile: bool = False):

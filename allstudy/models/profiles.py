@@ -15,6 +15,7 @@
   batch 32; VGG16 224 px / 10 epochs / batch 128; transfer models 224 px, SGD lr 1e-4 momentum 0.9,
   batch 32, 100 epochs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,35 +31,36 @@ class TrainConfig:
     """Every parameter of one training run (the profiles below fill these)."""
 
     arch: str
-    weights: str | None = None           # "imagenet", a file, or None (from scratch)
-    alpha: float = 1.0                   # MobileNet width
-    input_size: int | None = None        # None: the architecture's own
-    epochs: int = 10                     # from scratch: all epochs; transfer: phase-2 (fine-tuning) epochs
-    head_epochs: int = 30                # transfer: phase-1 epochs on cached features
+    weights: str | None = None  # "imagenet", a file, or None (from scratch)
+    alpha: float = 1.0  # MobileNet width
+    input_size: int | None = None  # None: the architecture's own
+    epochs: int = 10  # from scratch: all epochs; transfer: phase-2 (fine-tuning) epochs
+    head_epochs: int = 30  # transfer: phase-1 epochs on cached features
     batch_size: int = 32
-    optimizer: str = "adam"              # "adam" or "sgd" (with momentum)
+    optimizer: str = "adam"  # "adam" or "sgd" (with momentum)
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"        # "constant", or "cosine": decay to 0 over each stage
+    lr_schedule: str = "constant"  # "constant", or "cosine": decay to 0 over each stage
     momentum: float = 0.9
     fine_tune_learning_rate: float = 1e-4
     fine_tune_layers: int | None = None  # None: the architecture's own
-    augment: bool = True                 # random flips and quarter turns of the training images
-    colour_jitter: bool = True           # with augment: mild brightness, contrast, saturation and hue jitter
+    augment: bool = True  # random flips and quarter turns of the training images
+    colour_jitter: bool = True  # with augment: mild brightness, contrast, saturation and hue jitter
     class_weighting: bool = True
     dropout: float = 0.2
     seed: int = 0
-    strategy: str = "default"            # default, mirrored, multiworker, tpu
-    restore_best: bool = True            # end each stage with its best-validation-accuracy epoch
-    ema_momentum: float = 0.0            # > 0: validate, keep and deploy an exponential moving average of the weights
-    tta_views: int = 1                   # dihedral views averaged at prediction (1, 4, 8); transfer heads train on them
-    input_mode: str = "original"         # or a variant of allstudy.data.segment.INPUT_MODES (segmented, controls)
-
+    strategy: str = "default"  # default, mirrored, multiworker, tpu
+    restore_best: bool = True  # end each stage with its best-validation-accuracy epoch
+    ema_momentum: float = 0.0  # > 0: validate, keep and deploy an exponential moving average of the weights
+    tta_views: int = 1  # dihedral views averaged at prediction (1, 4, 8); transfer heads train on them
+    input_mode: str = "original"  # or a variant of allstudy.data.segment.INPUT_MODES (segmented, controls)
 
 
 ARCHITECTURES = ["sequential", "lenet", "vgg16", "resnet50", "mobilenet", "mobilenetv2", "efficientnet"]
 
-_QUICK = {name: {"weights": None, "input_size": 64, "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
-          for name in ARCHITECTURES}
+_QUICK = {
+    name: {"weights": None, "input_size": 64, "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
+    for name in ARCHITECTURES
+}
 _QUICK["mobilenet"]["alpha"] = 0.25
 for _small in ("sequential", "lenet"):  # cheap enough to learn something even here
     _QUICK[_small]["epochs"] = 8
@@ -66,28 +68,75 @@ for _small in ("sequential", "lenet"):  # cheap enough to learn something even h
 # The head is a softmax regression on standardised features of the 8 views, trained to the end of its
 # cosine decay: the views are the augmentation; dropout and keeping the best (noisy) validation epoch
 # did worse side by side on the cached features (measured in docs/results.md).
-_TRANSFER_CPU = {"weights": "imagenet", "head_epochs": 30, "epochs": 0, "batch_size": 32, "learning_rate": 1e-3,
-                 "lr_schedule": "cosine", "fine_tune_learning_rate": 1e-5, "tta_views": 8, "dropout": 0.0,
-                 "restore_best": False}
+_TRANSFER_CPU = {
+    "weights": "imagenet",
+    "head_epochs": 30,
+    "epochs": 0,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "fine_tune_learning_rate": 1e-5,
+    "tta_views": 8,
+    "dropout": 0.0,
+    "restore_best": False,
+}
 _CPU = {
-    "sequential": {"weights": None, "input_size": 150, "epochs": 20, "batch_size": 32, "learning_rate": 3e-4,
-                   "lr_schedule": "cosine", "tta_views": 8},
-    "lenet": {"weights": None, "input_size": 150, "epochs": 40, "batch_size": 32, "learning_rate": 1e-3,
-              "lr_schedule": "cosine", "tta_views": 8},
+    "sequential": {
+        "weights": None,
+        "input_size": 150,
+        "epochs": 20,
+        "batch_size": 32,
+        "learning_rate": 3e-4,
+        "lr_schedule": "cosine",
+        "tta_views": 8,
+    },
+    "lenet": {
+        "weights": None,
+        "input_size": 150,
+        "epochs": 40,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "lr_schedule": "cosine",
+        "tta_views": 8,
+    },
     # Reduced resolution buys epochs within the time budget. VGG16's resolution, epochs and moving average
     # of its weights, and ResNet50's resolution, were chosen on validation; the same average did not help
     # the small models, so they do without (measured in docs/results.md).
-    "vgg16": {"weights": None, "input_size": 32, "epochs": 14, "batch_size": 32, "learning_rate": 3e-4,
-              "lr_schedule": "cosine", "tta_views": 8, "ema_momentum": 0.99},
-    "resnet50": {"weights": None, "input_size": 40, "epochs": 6, "batch_size": 32, "learning_rate": 1e-3,
-                 "lr_schedule": "cosine", "tta_views": 8},
+    "vgg16": {
+        "weights": None,
+        "input_size": 32,
+        "epochs": 14,
+        "batch_size": 32,
+        "learning_rate": 3e-4,
+        "lr_schedule": "cosine",
+        "tta_views": 8,
+        "ema_momentum": 0.99,
+    },
+    "resnet50": {
+        "weights": None,
+        "input_size": 40,
+        "epochs": 6,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "lr_schedule": "cosine",
+        "tta_views": 8,
+    },
     "mobilenet": {**_TRANSFER_CPU, "alpha": 0.25},
     "mobilenetv2": dict(_TRANSFER_CPU),
     "efficientnet": dict(_TRANSFER_CPU),
 }
 
-_PAPER_TRANSFER = {"weights": "imagenet", "input_size": 224, "head_epochs": 100, "epochs": 0, "batch_size": 32,
-                   "optimizer": "sgd", "learning_rate": 1e-4, "momentum": 0.9, "augment": False}
+_PAPER_TRANSFER = {
+    "weights": "imagenet",
+    "input_size": 224,
+    "head_epochs": 100,
+    "epochs": 0,
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "learning_rate": 1e-4,
+    "momentum": 0.9,
+    "augment": False,
+}
 _PAPER = {
     "sequential": {"weights": None, "input_size": 224, "epochs": 10, "batch_size": 32},
     "lenet": {"weights": None, "input_size": 150, "epochs": 40, "batch_size": 32},
@@ -99,18 +148,39 @@ _PAPER = {
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"seed": 0, "fractions": [0.70, 0.15, 0.15], "synthetic_per_class": 60,
-              "explore_samples_per_class": 6, "explore_duplicate_groups": 6,
-              "preprocess_max_compared": 40, "bootstrap_resamples": 200,
-              "architectures": ARCHITECTURES, "train": _QUICK},
-    "cpu": {"seed": 0, "fractions": [0.70, 0.15, 0.15], "synthetic_per_class": 150,
-            "explore_samples_per_class": 8, "explore_duplicate_groups": 12,
-            "preprocess_max_compared": None, "bootstrap_resamples": 1000,
-            "architectures": ARCHITECTURES, "train": _CPU},
-    "paper": {"seed": 0, "fractions": [0.70, 0.15, 0.15], "synthetic_per_class": 300,
-              "explore_samples_per_class": 8, "explore_duplicate_groups": 12,
-              "preprocess_max_compared": None, "bootstrap_resamples": 1000,
-              "architectures": ARCHITECTURES, "train": _PAPER},
+    "quick": {
+        "seed": 0,
+        "fractions": [0.70, 0.15, 0.15],
+        "synthetic_per_class": 60,
+        "explore_samples_per_class": 6,
+        "explore_duplicate_groups": 6,
+        "preprocess_max_compared": 40,
+        "bootstrap_resamples": 200,
+        "architectures": ARCHITECTURES,
+        "train": _QUICK,
+    },
+    "cpu": {
+        "seed": 0,
+        "fractions": [0.70, 0.15, 0.15],
+        "synthetic_per_class": 150,
+        "explore_samples_per_class": 8,
+        "explore_duplicate_groups": 12,
+        "preprocess_max_compared": None,
+        "bootstrap_resamples": 1000,
+        "architectures": ARCHITECTURES,
+        "train": _CPU,
+    },
+    "paper": {
+        "seed": 0,
+        "fractions": [0.70, 0.15, 0.15],
+        "synthetic_per_class": 300,
+        "explore_samples_per_class": 8,
+        "explore_duplicate_groups": 12,
+        "preprocess_max_compared": None,
+        "bootstrap_resamples": 1000,
+        "architectures": ARCHITECTURES,
+        "train": _PAPER,
+    },
 }
 
 

@@ -9,12 +9,14 @@ trained on cached backbone features and the top of the backbone fine-tuned after
 Weights: ``"imagenet"`` (a matching file in the weights folder when there is one, else Keras'
 download), a file path, or ``None`` (from scratch).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -31,31 +33,85 @@ class Architecture:
 
     name: str
     input_size: int
-    preprocessing: str              # "unit" (x/255), "tf" (x/127.5-1), "caffe" (BGR - mean), "inside" (in the backbone)
-    transfer: bool                  # has an ImageNet backbone
+    preprocessing: str  # "unit" (x/255), "tf" (x/127.5-1), "caffe" (BGR - mean), "inside" (in the backbone)
+    transfer: bool  # has an ImageNet backbone
     description: str
     offline_file: str | None = None  # name of an ImageNet file that loads with no network (see weights folder)
-    fine_tune_layers: int = 0        # top backbone layers with weights unfrozen in phase 2 (BatchNorm stays frozen)
+    fine_tune_layers: int = 0  # top backbone layers with weights unfrozen in phase 2 (BatchNorm stays frozen)
     source: str = ""
 
 
-REGISTRY: dict[str, Architecture] = {a.name: a for a in [
-    Architecture("sequential", 150, "unit", False, "1 Conv2D (32 3x3, ReLU), 1 MaxPool, Flatten, Dense softmax "
-                 "(the Pak Heart J study's Sequential model)", source="Pak Heart J 2023"),
-    Architecture("lenet", 150, "unit", False, "LeNet-5: Conv 6@5x5, pool, Conv 16@5x5, pool, Dense 120, 84, softmax "
-                 "(ReLU, max pooling), 150 px as in the Pak Heart J study", source="LeCun et al. 1998"),
-    Architecture("vgg16", 224, "caffe", True, "VGG16 (keras.applications) + global average pooling + softmax head",
-                 fine_tune_layers=3, source="Simonyan & Zisserman 2015"),
-    Architecture("resnet50", 224, "caffe", True, "ResNet50 (keras.applications) + global average pooling + softmax head",
-                 fine_tune_layers=9, source="He et al. 2016"),
-    Architecture("mobilenet", 224, "tf", True, "MobileNet v1 (keras.applications, width alpha) + softmax head",
-                 offline_file="mobilenet_{alpha_tag}_224_tf_no_top.h5", fine_tune_layers=4, source="Howard et al. 2017"),
-    Architecture("mobilenetv2", 224, "tf", True, "MobileNetV2 alpha 1.0 (keras.applications) + softmax head",
-                 offline_file="mobilenet_v2_1.0_224_imagenet_no_top.h5", fine_tune_layers=6, source="Sandler et al. 2018"),
-    Architecture("efficientnet", 224, "inside", True, "EfficientNet-Lite0 from a local .keras file, or "
-                 "EfficientNetB0 (keras.applications) where ImageNet weights can be downloaded",
-                 offline_file="efficientnet_lite0_imagenet.keras", fine_tune_layers=6, source="Tan & Le 2019"),
-]}
+REGISTRY: dict[str, Architecture] = {
+    a.name: a
+    for a in [
+        Architecture(
+            "sequential",
+            150,
+            "unit",
+            False,
+            "1 Conv2D (32 3x3, ReLU), 1 MaxPool, Flatten, Dense softmax (the Pak Heart J study's Sequential model)",
+            source="Pak Heart J 2023",
+        ),
+        Architecture(
+            "lenet",
+            150,
+            "unit",
+            False,
+            "LeNet-5: Conv 6@5x5, pool, Conv 16@5x5, pool, Dense 120, 84, softmax "
+            "(ReLU, max pooling), 150 px as in the Pak Heart J study",
+            source="LeCun et al. 1998",
+        ),
+        Architecture(
+            "vgg16",
+            224,
+            "caffe",
+            True,
+            "VGG16 (keras.applications) + global average pooling + softmax head",
+            fine_tune_layers=3,
+            source="Simonyan & Zisserman 2015",
+        ),
+        Architecture(
+            "resnet50",
+            224,
+            "caffe",
+            True,
+            "ResNet50 (keras.applications) + global average pooling + softmax head",
+            fine_tune_layers=9,
+            source="He et al. 2016",
+        ),
+        Architecture(
+            "mobilenet",
+            224,
+            "tf",
+            True,
+            "MobileNet v1 (keras.applications, width alpha) + softmax head",
+            offline_file="mobilenet_{alpha_tag}_224_tf_no_top.h5",
+            fine_tune_layers=4,
+            source="Howard et al. 2017",
+        ),
+        Architecture(
+            "mobilenetv2",
+            224,
+            "tf",
+            True,
+            "MobileNetV2 alpha 1.0 (keras.applications) + softmax head",
+            offline_file="mobilenet_v2_1.0_224_imagenet_no_top.h5",
+            fine_tune_layers=6,
+            source="Sandler et al. 2018",
+        ),
+        Architecture(
+            "efficientnet",
+            224,
+            "inside",
+            True,
+            "EfficientNet-Lite0 from a local .keras file, or "
+            "EfficientNetB0 (keras.applications) where ImageNet weights can be downloaded",
+            offline_file="efficientnet_lite0_imagenet.keras",
+            fine_tune_layers=6,
+            source="Tan & Le 2019",
+        ),
+    ]
+}
 
 
 def get_architecture(name: str) -> Architecture:
@@ -75,8 +131,9 @@ def default_weights_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def resolve_weights(arch: Architecture, weights: str | None, alpha: float = 1.0,
-                    weights_dir: str | os.PathLike | None = None) -> str | None:
+def resolve_weights(
+    arch: Architecture, weights: str | None, alpha: float = 1.0, weights_dir: str | os.PathLike | None = None
+) -> str | None:
     """Turn the user's ``weights`` into what the builder loads: None, ``"imagenet"`` or a file path.
 
     ``"imagenet"`` becomes the architecture's offline file when the weights folder holds it.
@@ -127,7 +184,8 @@ def _download_guard(arch: Architecture, build: Callable, weights: str | None, al
         raise WeightsUnavailable(
             f"ImageNet weights for {arch.name} could not be downloaded ({type(err).__name__}: {err}). "
             f"With no network, pass a weights file (--weights PATH, or --weights-dir DIR holding "
-            f"{offline}), or train from scratch with --weights none.") from err
+            f"{offline}), or train from scratch with --weights none."
+        ) from err
 
 
 def _backbone(arch: Architecture, size: int, weights: str | None, alpha: float):
@@ -158,18 +216,25 @@ def _backbone(arch: Architecture, size: int, weights: str | None, alpha: float):
 class Built:
     """A built model and, for transfer models, the parts phase 1 and phase 2 train separately."""
 
-    model: object
+    model: Any  # keras.Model (Keras ships no type information)
     arch: Architecture
     input_size: int
     weights: str | None
-    features: object | None = None   # image -> pooled backbone features
-    head: object | None = None       # features -> probabilities
-    backbone: object | None = None
+    features: Any = None  # image -> pooled backbone features
+    head: Any = None  # features -> probabilities
+    backbone: Any = None
     info: dict = field(default_factory=dict)
 
 
-def build_model(name: str, n_classes: int, input_size: int | None = None, weights: str | None = None,
-                alpha: float = 1.0, dropout: float = 0.2, weights_dir: str | os.PathLike | None = None) -> Built:
+def build_model(
+    name: str,
+    n_classes: int,
+    input_size: int | None = None,
+    weights: str | None = None,
+    alpha: float = 1.0,
+    dropout: float = 0.2,
+    weights_dir: str | os.PathLike | None = None,
+) -> Built:
     """Build the named architecture for ``n_classes`` classes (see :data:`REGISTRY`)."""
     import keras
 
@@ -211,14 +276,27 @@ def build_model(name: str, n_classes: int, input_size: int | None = None, weight
     # The head standardises the pooled features (adapted on the training features by allstudy.training.fit):
     # backbone features differ in scale by orders of magnitude, and a linear softmax on them trains
     # far better once they are centred and scaled, as for any logistic regression.
-    head = keras.Sequential([keras.Input((features.shape[-1],)), keras.layers.Normalization(name="standardise"),
-                             keras.layers.Dropout(dropout, name="dropout"),
-                             keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
-                                                name="probabilities")], name="head")
+    head = keras.Sequential(
+        [
+            keras.Input((features.shape[-1],)),
+            keras.layers.Normalization(name="standardise"),
+            keras.layers.Dropout(dropout, name="dropout"),
+            keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities"),
+        ],
+        name="head",
+    )
     outputs = head(features)
     model = keras.Model(inputs, outputs, name=name)
-    return Built(model, arch, size, resolved, features=keras.Model(inputs, features, name=f"{name}_features"),
-                 head=head, backbone=backbone, info={"alpha": alpha if name == "mobilenet" else None})
+    return Built(
+        model,
+        arch,
+        size,
+        resolved,
+        features=keras.Model(inputs, features, name=f"{name}_features"),
+        head=head,
+        backbone=backbone,
+        info={"alpha": alpha if name == "mobilenet" else None},
+    )
 
 
 #: A feature whose training spread is below this fraction of the median feature's is left unscaled.
@@ -317,10 +395,7 @@ def unfreeze_top(backbone, n_layers: int) -> int:
     backbone.trainable = True
     count = 0
     for layer in reversed(backbone.layers):
-        unfreeze = (count < n_layers and bool(layer.weights)
-                    and not isinstance(layer, keras.layers.BatchNormalization))
+        unfreeze = count < n_layers and bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = unfreeze
         count += unfreeze
     return count
-
-

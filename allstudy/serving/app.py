@@ -14,10 +14,11 @@ file with Pillow before the function runs, so an empty, truncated or non-image f
 with a generic error; here the Predictor reads it by content and says what is wrong.
 
 API (gradio_client): ``/predict`` (a file → a JSON object ``label, display, verdict, malignant,
-confidence, probabilities, message, prediction_set, reason, error``) and ``/predict_batch`` (files → a list of rows with the
-CSV columns of ``allstudy predict``, ``path`` named ``file``: see :func:`api_row`). With no usable model folder the app still starts: the page and
-both endpoints say how to make one.
+confidence, probabilities, message, prediction_set, reason, error``) and ``/predict_batch`` (files → a list of
+rows with the CSV columns of ``allstudy predict``, ``path`` named ``file``: see :func:`api_row`). With no usable
+model folder the app still starts: the page and both endpoints say how to make one.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -27,7 +28,7 @@ import os
 import shutil
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,11 +60,10 @@ MAX_BATCH_FILES = 100
 #: Side of the field the segmentation view works on (the size its parameters are given for).
 VIEW_SIDE = 224
 TITLE = "allstudy: ALL classification of blood-smear fields (research use only)"
-NOT_A_DEVICE = ("Research and teaching only: **not a diagnostic device**. A hematologist's review of the "
-                "smear decides.")
+NOT_A_DEVICE = "Research and teaching only: **not a diagnostic device**. A hematologist's review of the smear decides."
 
 _log = logging.getLogger(__name__)
-_PLOT_LOCK = threading.Lock()   # pyplot is not thread-safe; the queue runs CONCURRENCY events at once
+_PLOT_LOCK = threading.Lock()  # pyplot is not thread-safe; the queue runs CONCURRENCY events at once
 
 
 def _gradio():
@@ -79,23 +79,35 @@ def _gradio():
 
 def how_to_make_a_model(model_dir: str | os.PathLike, reason: str) -> str:
     """One line for the API: why there is no model and the commands that make one."""
-    return (f"no trained model in {model_dir} ({reason}). Make one with `make study` (the synthetic default, "
-            f"writes outputs/models/chosen/), or on real images `python -m allstudy run --data DIR --profile cpu`; "
-            f"then start the app again: `python app.py --model outputs/models/chosen`")
+    return (
+        f"no trained model in {model_dir} ({reason}). Make one with `make study` (the synthetic default, "
+        f"writes outputs/models/chosen/), or on real images `python -m allstudy run --data DIR --profile cpu`; "
+        f"then start the app again: `python app.py --model outputs/models/chosen`"
+    )
 
 
 def _no_model_page(model_dir: str | os.PathLike, reason: str) -> str:
-    return "\n".join([
-        "## No trained model yet",
-        f"The app found no usable model folder at `{model_dir}`:", "", f"> {_escape(reason)}", "",
-        "Make one, then start the app again:", "",
-        "```bash",
-        "make study                                               # the embedded synthetic default (minutes)",
-        "python -m allstudy run --data DIR --profile cpu          # the real images on a CPU (about half an hour)",
-        "python app.py --model outputs/models/chosen              # or: python -m allstudy serve --model ...",
-        "```", "",
-        "A model folder holds `model.keras`, `model.json` and, optionally, `ood.json`; the study writes it to "
-        "`OUTDIR/models/chosen/`.", "", NOT_A_DEVICE])
+    return "\n".join(
+        [
+            "## No trained model yet",
+            f"The app found no usable model folder at `{model_dir}`:",
+            "",
+            f"> {_escape(reason)}",
+            "",
+            "Make one, then start the app again:",
+            "",
+            "```bash",
+            "make study                                               # the embedded synthetic default (minutes)",
+            "python -m allstudy run --data DIR --profile cpu          # the real images on a CPU (about half an hour)",
+            "python app.py --model outputs/models/chosen              # or: python -m allstudy serve --model ...",
+            "```",
+            "",
+            "A model folder holds `model.keras`, `model.json` and, optionally, `ood.json`; the study writes it to "
+            "`OUTDIR/models/chosen/`.",
+            "",
+            NOT_A_DEVICE,
+        ]
+    )
 
 
 def _escape(text: str) -> str:
@@ -116,25 +128,35 @@ def verdict_line(prediction: Prediction) -> str:
     confidence = f"calibrated probability {_pct(prediction.confidence)}"
     if prediction.verdict == "out-of-distribution":
         head, _, reason = prediction.message.partition(": ")
-        return (f"### {_escape(head)}\n{_escape(reason)}. The class probabilities below are not meaningful for "
-                f"such an image (top: {_escape(prediction.display)}, {confidence}).")
+        return (
+            f"### {_escape(head)}\n{_escape(reason)}. The class probabilities below are not meaningful for "
+            f"such an image (top: {_escape(prediction.display)}, {confidence})."
+        )
     names = " · ".join(_escape(display_name(c)) for c in prediction.prediction_set) or "empty"
     reason = _escape(prediction.reason[:1].upper() + prediction.reason[1:])
     if prediction.verdict == "uncertain":
-        return (f"### {_escape(prediction.message)}\n{reason}.\n\nPrediction set: {names} (most likely: "
-                f"{_escape(prediction.display)}, {confidence}).")
+        return (
+            f"### {_escape(prediction.message)}\n{reason}.\n\nPrediction set: {names} (most likely: "
+            f"{_escape(prediction.display)}, {confidence})."
+        )
     why = f"\n\n{reason}." if prediction.verdict == "benign" else ""
     return f"### {_escape(prediction.message)}\n{confidence}; prediction set: {names}.{why}"
 
 
 def result_json(prediction: Prediction) -> dict:
     """The ``/predict`` answer: JSON-able, ``confidence`` None when the image could not be read."""
-    return {"label": prediction.label, "display": prediction.display, "verdict": prediction.verdict,
-            "malignant": prediction.malignant if prediction.ok else None,
-            "confidence": prediction.confidence if prediction.ok else None,
-            "probabilities": dict(prediction.probabilities), "message": prediction.message,
-            "prediction_set": list(prediction.prediction_set), "reason": prediction.reason,
-            "error": prediction.error}
+    return {
+        "label": prediction.label,
+        "display": prediction.display,
+        "verdict": prediction.verdict,
+        "malignant": prediction.malignant if prediction.ok else None,
+        "confidence": prediction.confidence if prediction.ok else None,
+        "probabilities": dict(prediction.probabilities),
+        "message": prediction.message,
+        "prediction_set": list(prediction.prediction_set),
+        "reason": prediction.reason,
+        "error": prediction.error,
+    }
 
 
 def _count(entry: dict) -> str:
@@ -151,55 +173,84 @@ def model_panel(info: dict) -> str:
     policy = info.get("decision") or {}
     decided = info.get("metrics", {}).get("decision", {})
     saved = Path(info["model_dir"]) / "model.keras"
-    date = (datetime.fromtimestamp(saved.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            if saved.exists() else "unknown")
+    date = (
+        datetime.fromtimestamp(saved.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if saved.exists()
+        else "unknown"
+    )
 
     def ci(name: str) -> str:
         bounds = test.get(f"{name}_ci")
         return f"{_pct(bounds[0])} – {_pct(bounds[1])}" if bounds else "n/a"
 
-    classes = ", ".join(f"{info['display_names'][c]}{' (malignant)' if info['malignant'][c] else ''}"
-                        for c in info["classes"])
-    rows = [(label, _pct(test.get(name)), ci(name)) for name, label in (
-        ("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("malignant_sensitivity", "malignant sensitivity"),
-        ("malignant_specificity", "malignant specificity"))]
-    return "\n".join([
-        "## Intended use", _escape(str(info.get("intended_use", ""))).capitalize() + ".",
-        "A hematologist's review of the smear decides; see MODEL_CARD.md in the model folder.", "",
-        "## Model",
-        f"- Architecture `{info.get('arch')}` (run `{info.get('run')}`), weights: {info.get('weights')}; input "
-        f"{info['input_size']}×{info['input_size']} RGB, {info['input_mode']} fields; prediction averages "
-        f"{info.get('tta_views', 1)} dihedral view(s).",
-        f"- Classes: {classes}.",
-        f"- Calibration: temperature {info['temperature']:.3f} (fitted on the validation split).",
-        f"- Decision: *benign* only when leukemia is ruled out at the {_pct(1 - policy.get('alpha', 0))} level "
-        f"(calibrated probability of leukemia below {policy.get('rule_out', 0):.4f}); *malignant* when a benign field "
-        f"is ruled out at the {_pct(1 - policy.get('alpha_benign', 0))} level; otherwise *uncertain: refer for "
-        f"expert review*. Fitted on {policy.get('calibration', {}).get('n', '?')} validation fields; "
-        f"{_escape(str(policy.get('assumption', '')))}."
-        + (f" On test: {_count(decided['malignant_called_benign'])} malignant fields called benign, "
-           f"{_count(decided['referred'])} fields referred." if decided else ""),
-        f"- Out-of-distribution check: {_escape(str(info.get('ood')))}.",
-        f"- Runs on: {_escape(str(info.get('runtime_note', info.get('runtime', 'keras'))))}; Grad-CAM from the "
-        "Keras model.",
-        f"- Model file saved {date}; folder `{info['model_dir']}`.", "",
-        f"## Test metrics ({test.get('n', '?')} held-out fields)",
-        "| metric | value | 95 % CI |", "|---|---|---|",
-        *(f"| {label} | {value} | {bounds} |" for label, value, bounds in rows),
-        f"| balanced accuracy | {_pct(test.get('balanced_accuracy'))} | |",
-        f"| ECE before / after calibration | {_pct(metrics.get('ece_before'))} / {_pct(metrics.get('ece_after'))} | |",
-        *(f"| {label} | {_count(decided[key]) if key != 'answered_accuracy' else _pct(decided[key]['rate'])} | "
-          f"{_pct(decided[key]['ci'][0])} – {_pct(decided[key]['ci'][1])} |"
-          for key, label in (("malignant_called_benign", "malignant fields called benign"),
-                             ("referred", "fields referred"), ("answered_accuracy", "accuracy of the answered fields"))
-          if decided and decided[key]["n"]),
-        "", "## Data provenance",
-        "- Data: " + ", ".join(f"{k} `{v}`" for k, v in data.items() if v is not None) + ".",
-        f"- Data hash `{provenance.get('data_hash')}`.",
-        f"- Code: allstudy {code.get('version')} (source `{code.get('source_sha256')}`"
-        + (f", commit `{code['git_commit']}`" if code.get("git_commit") else "") + ").",
-        f"- Packages: {', '.join(f'{k} {v}' for k, v in (provenance.get('packages') or {}).items())}.",
-    ])
+    classes = ", ".join(
+        f"{info['display_names'][c]}{' (malignant)' if info['malignant'][c] else ''}" for c in info["classes"]
+    )
+    rows = [
+        (label, _pct(test.get(name)), ci(name))
+        for name, label in (
+            ("accuracy", "accuracy"),
+            ("macro_f1", "macro F1"),
+            ("malignant_sensitivity", "malignant sensitivity"),
+            ("malignant_specificity", "malignant specificity"),
+        )
+    ]
+    return "\n".join(
+        [
+            "## Intended use",
+            _escape(str(info.get("intended_use", ""))).capitalize() + ".",
+            "A hematologist's review of the smear decides; see MODEL_CARD.md in the model folder.",
+            "",
+            "## Model",
+            f"- Architecture `{info.get('arch')}` (run `{info.get('run')}`), weights: {info.get('weights')}; input "
+            f"{info['input_size']}×{info['input_size']} RGB, {info['input_mode']} fields; prediction averages "
+            f"{info.get('tta_views', 1)} dihedral view(s).",
+            f"- Classes: {classes}.",
+            f"- Calibration: temperature {info['temperature']:.3f} (fitted on the validation split).",
+            f"- Decision: *benign* only when leukemia is ruled out at the {_pct(1 - policy.get('alpha', 0))} level "
+            f"(calibrated probability of leukemia below {policy.get('rule_out', 0):.4f}); "
+            f"*malignant* when a benign field is ruled out at the {_pct(1 - policy.get('alpha_benign', 0))} level; "
+            "otherwise *uncertain: refer for "
+            f"expert review*. Fitted on {policy.get('calibration', {}).get('n', '?')} validation fields; "
+            f"{_escape(str(policy.get('assumption', '')))}."
+            + (
+                f" On test: {_count(decided['malignant_called_benign'])} malignant fields called benign, "
+                f"{_count(decided['referred'])} fields referred."
+                if decided
+                else ""
+            ),
+            f"- Out-of-distribution check: {_escape(str(info.get('ood')))}.",
+            f"- Runs on: {_escape(str(info.get('runtime_note', info.get('runtime', 'keras'))))}; Grad-CAM from the "
+            "Keras model.",
+            f"- Model file saved {date}; folder `{info['model_dir']}`.",
+            "",
+            f"## Test metrics ({test.get('n', '?')} held-out fields)",
+            "| metric | value | 95 % CI |",
+            "|---|---|---|",
+            *(f"| {label} | {value} | {bounds} |" for label, value, bounds in rows),
+            f"| balanced accuracy | {_pct(test.get('balanced_accuracy'))} | |",
+            f"| ECE before / after calibration | {_pct(metrics.get('ece_before'))} / "
+            f"{_pct(metrics.get('ece_after'))} | |",
+            *(
+                f"| {label} | {_count(decided[key]) if key != 'answered_accuracy' else _pct(decided[key]['rate'])} | "
+                f"{_pct(decided[key]['ci'][0])} – {_pct(decided[key]['ci'][1])} |"
+                for key, label in (
+                    ("malignant_called_benign", "malignant fields called benign"),
+                    ("referred", "fields referred"),
+                    ("answered_accuracy", "accuracy of the answered fields"),
+                )
+                if decided and decided[key]["n"]
+            ),
+            "",
+            "## Data provenance",
+            "- Data: " + ", ".join(f"{k} `{v}`" for k, v in data.items() if v is not None) + ".",
+            f"- Data hash `{provenance.get('data_hash')}`.",
+            f"- Code: allstudy {code.get('version')} (source `{code.get('source_sha256')}`"
+            + (f", commit `{code['git_commit']}`" if code.get("git_commit") else "")
+            + ").",
+            f"- Packages: {', '.join(f'{k} {v}' for k, v in (provenance.get('packages') or {}).items())}.",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -235,7 +286,7 @@ def _display(image: np.ndarray | None, side: int = VIEW_SIDE) -> np.ndarray | No
 
     if image is None or min(image.shape[:2]) >= side:
         return image
-    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))
 
 
 def _thumbnail(rgb, side: int = 768) -> np.ndarray:
@@ -261,7 +312,7 @@ def predict_files(predictor: Predictor, paths: list, gradcam: bool = False) -> l
     answers: list[Prediction] = []
     step = predictor.batch_size
     for start in range(0, len(paths), step):
-        chunk = paths[start:start + step]
+        chunk = paths[start : start + step]
         try:
             answers += predictor.predict_batch(chunk, gradcam=gradcam)
         except Exception:  # an unforeseen decoder error in one file: find it, answer the others
@@ -283,8 +334,10 @@ def _batch_paths(paths) -> list:
     """The uploaded files of a batch request, refused (gr.Error) beyond MAX_BATCH_FILES."""
     paths = list(paths or [])
     if len(paths) > MAX_BATCH_FILES:
-        raise _gradio().Error(f"{len(paths)} files in one request; the app takes at most {MAX_BATCH_FILES}. "
-                              "Send them in smaller batches, or use `python -m allstudy predict` for a folder.")
+        raise _gradio().Error(
+            f"{len(paths)} files in one request; the app takes at most {MAX_BATCH_FILES}. "
+            "Send them in smaller batches, or use `python -m allstudy predict` for a folder."
+        )
     return paths
 
 
@@ -337,8 +390,14 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
             _log.exception("segmentation view failed for %s", path)
             segmented = None
         probabilities = {predictor.display_names[c]: p for c, p in prediction.probabilities.items()}
-        return (_thumbnail(rgb), probabilities, verdict_line(prediction),
-                _display(prediction.gradcam), segmented, result_json(prediction))
+        return (
+            _thumbnail(rgb),
+            probabilities,
+            verdict_line(prediction),
+            _display(prediction.gradcam),
+            segmented,
+            result_json(prediction),
+        )
 
     def predict(path) -> dict:
         """``/predict``: one image file → label, verdict, calibrated confidence and probabilities."""
@@ -349,8 +408,10 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
     def predict_batch(paths) -> list[dict]:
         """``/predict_batch``: image files → one row each (the columns of ``allstudy predict``)."""
         paths = _batch_paths(paths)
-        return [api_row(prediction_row(p, predictor.classes, name))
-                for p, name in zip(predict_files(predictor, paths), _names(paths))]
+        return [
+            api_row(prediction_row(p, predictor.classes, name))
+            for p, name in zip(predict_files(predictor, paths), _names(paths), strict=True)
+        ]
 
     def batch_table(paths):
         """The batch tab: the table and its CSV."""
@@ -363,34 +424,57 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
         return frame.round(4), gr.DownloadButton(value=str(out), visible=True)
 
     with gr.Blocks(title=TITLE) as app:
-        gr.Markdown(f"# Acute lymphoblastic leukemia: blood-smear field classifier\n{NOT_A_DEVICE} "
-                    f"Model `{info.get('arch')}`: see the *Model* tab for its test metrics and provenance.")
+        gr.Markdown(
+            f"# Acute lymphoblastic leukemia: blood-smear field classifier\n{NOT_A_DEVICE} "
+            f"Model `{info.get('arch')}`: see the *Model* tab for its test metrics and provenance."
+        )
         with gr.Tab("One image"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = gr.File(label="A peripheral-blood-smear field (any image format; read by content)",
-                                     file_count="single", type="filepath", elem_id="upload")
-                    gr.Examples([[str(p)] for p, _ in examples], inputs=[upload],
-                                example_labels=[label for _, label in examples],
-                                label="Synthetic examples (made at start-up; not patient data)")
+                    upload = gr.File(
+                        label="A peripheral-blood-smear field (any image format; read by content)",
+                        file_count="single",
+                        type="filepath",
+                        elem_id="upload",
+                    )
+                    gr.Examples(
+                        [[str(p)] for p, _ in examples],
+                        inputs=[upload],
+                        example_labels=[label for _, label in examples],
+                        label="Synthetic examples (made at start-up; not patient data)",
+                    )
                 with gr.Column(scale=1):
                     verdict = gr.Markdown(elem_id="verdict")
-                    label = gr.Label(num_top_classes=len(predictor.classes), label="Calibrated probabilities",
-                                     elem_id="probabilities")
+                    label = gr.Label(
+                        num_top_classes=len(predictor.classes),
+                        label="Calibrated probabilities",
+                        elem_id="probabilities",
+                    )
             with gr.Row():
                 field = gr.Image(label="The field", type="numpy", format="png", interactive=False, elem_id="field")
-                cam = gr.Image(label="Grad-CAM: where the evidence for the top class lies", type="numpy",
-                               format="png", interactive=False, elem_id="gradcam")
-            segmentation = gr.Image(label="Segmentation: leukocyte mask and segmented field", type="numpy",
-                                    format="png", interactive=False, elem_id="segmentation")
+                cam = gr.Image(
+                    label="Grad-CAM: where the evidence for the top class lies",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="gradcam",
+                )
+            segmentation = gr.Image(
+                label="Segmentation: leukocyte mask and segmented field",
+                type="numpy",
+                format="png",
+                interactive=False,
+                elem_id="segmentation",
+            )
             with gr.Accordion("The answer as JSON (what the /predict API returns)", open=False):
                 answer = gr.JSON(elem_id="answer")
             api_single = gr.Button(visible=False)
         with gr.Tab("Batch"):
             files = gr.File(label="Several image files", file_count="multiple", type="filepath", elem_id="batch")
             run_batch = gr.Button("Classify all", variant="primary")
-            table = gr.Dataframe(label="Answers (the columns of `allstudy predict`)", interactive=False,
-                                 elem_id="table")
+            table = gr.Dataframe(
+                label="Answers (the columns of `allstudy predict`)", interactive=False, elem_id="table"
+            )
             download = gr.DownloadButton("Download CSV", visible=False)
             rows = gr.JSON(visible=False)
             api_batch = gr.Button(visible=False)
@@ -398,8 +482,9 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
             gr.Markdown(model_panel(info), elem_id="model-panel")
 
         shared = {"concurrency_id": "model"}
-        upload.change(analyse, upload, [field, label, verdict, cam, segmentation, answer],
-                      api_visibility="private", **shared)
+        upload.change(
+            analyse, upload, [field, label, verdict, cam, segmentation, answer], api_visibility="private", **shared
+        )
         api_single.click(predict, upload, answer, api_name="predict", **shared)
         run_batch.click(batch_table, files, [table, download], api_visibility="private", **shared)
         api_batch.click(predict_batch, files, rows, api_name="predict_batch", **shared)
@@ -417,8 +502,16 @@ def _no_model_app(model_dir: str | os.PathLike, reason: str) -> gr.Blocks:
 
     def predict(path) -> dict:
         """``/predict`` without a model: the how-to."""
-        return {"label": "", "display": "", "verdict": "", "malignant": None, "confidence": None,
-                "probabilities": {}, "message": message, "error": message}
+        return {
+            "label": "",
+            "display": "",
+            "verdict": "",
+            "malignant": None,
+            "confidence": None,
+            "probabilities": {},
+            "message": message,
+            "error": message,
+        }
 
     def predict_batch(paths) -> list[dict]:
         """``/predict_batch`` without a model: one row per file (or one row), each with the how-to."""
@@ -438,19 +531,44 @@ def _no_model_app(model_dir: str | os.PathLike, reason: str) -> gr.Blocks:
     return _queued(app)
 
 
-def launch(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, port: int | None = None, share: bool = False,
-           host: str = HOST, prevent_thread_lock: bool = False, quiet: bool = False) -> gr.Blocks:
+def launch(
+    model_dir: str | os.PathLike = DEFAULT_MODEL_DIR,
+    port: int | None = None,
+    share: bool = False,
+    host: str = HOST,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> gr.Blocks:
     """Build the app and serve it on ``host:port`` (loopback by default; a public link only with ``share``).
 
     Blocks until interrupted unless ``prevent_thread_lock``; returns the app (``app.local_url``,
     ``app.close()``).
     """
     app = build_app(model_dir)
-    allowed = [str(app.allstudy_dir)] if app.allstudy_dir else None
-    app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-               prevent_thread_lock=prevent_thread_lock, allowed_paths=allowed, show_error=True, quiet=quiet)
+    examples_dir = getattr(app, "allstudy_dir", None)
+    allowed = [str(examples_dir)] if examples_dir else None
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_FILE_SIZE,
+        prevent_thread_lock=prevent_thread_lock,
+        allowed_paths=allowed,
+        show_error=True,
+        quiet=quiet,
+    )
     return app
 
 
-__all__ = ["build_app", "launch", "result_json", "verdict_line", "model_panel", "make_examples",
-           "segmentation_view", "predict_files", "how_to_make_a_model", "DEFAULT_MODEL_DIR"]
+__all__ = [
+    "build_app",
+    "launch",
+    "result_json",
+    "verdict_line",
+    "model_panel",
+    "make_examples",
+    "segmentation_view",
+    "predict_files",
+    "how_to_make_a_model",
+    "DEFAULT_MODEL_DIR",
+]

@@ -5,6 +5,7 @@ decision policy, metrics, provenance; written last, its presence marks a complet
 ``MODEL_CARD.md`` and ``tradeoff.png``; optionally ``ood.json`` (the out-of-distribution guard, with
 its stamp ``.ood.stamp.json``) and ``serving.tflite`` vouched for by ``serving.json``.
 """
+
 from __future__ import annotations
 
 import os
@@ -145,8 +146,9 @@ class ModelFolder:
             raise FileNotFoundError(f"model folder {self.path} does not exist; {RUN_FIRST}")
         for file in (self.model_file, self.meta_file):
             if not file.is_file():
-                raise FileNotFoundError(f"model folder {self.path} has no {file.name}; it is not a complete model "
-                                        f"folder: {RUN_FIRST}")
+                raise FileNotFoundError(
+                    f"model folder {self.path} has no {file.name}; it is not a complete model folder: {RUN_FIRST}"
+                )
 
     def meta(self) -> ModelMeta:
         """``model.json``, checked to hold :data:`REQUIRED_KEYS` (a ValueError naming the file otherwise)."""
@@ -155,8 +157,10 @@ class ModelFolder:
             raise ValueError(f"{self.meta_file} is not a model description (a JSON object); {RUN_FIRST}")
         missing = [k for k in REQUIRED_KEYS if k not in raw]
         if missing:
-            raise ValueError(f"{self.meta_file} lacks {', '.join(missing)}: it was not written by "
-                             f"allstudy.serving.modelcard; {RUN_FIRST}")
+            raise ValueError(
+                f"{self.meta_file} lacks {', '.join(missing)}: it was not written by "
+                f"allstudy.serving.modelcard; {RUN_FIRST}"
+            )
         return ModelMeta(raw)
 
     def load_model(self) -> Any:

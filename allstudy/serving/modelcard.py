@@ -5,6 +5,7 @@ temperature and the decision policy, both fitted on validation) and what a reade
 (test metrics with 95 % CIs, data and code provenance). ``MODEL_CARD.md`` follows Mitchell et al.,
 "Model Cards for Model Reporting" (FAT* 2019).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,26 +21,61 @@ def model_json(run: str, params: dict, evaluation: Evaluation, data_info: dict) 
     """The metadata of a deployable model (see the module docstring)."""
     test, view = evaluation["test"], RunParams(params)
     return {
-        "format": 1, "run": run, "arch": view.arch, "weights": view.weights,
-        "classes": view.classes, "display_names": {c: display_name(c) for c in view.classes},
+        "format": 1,
+        "run": run,
+        "arch": view.arch,
+        "weights": view.weights,
+        "classes": view.classes,
+        "display_names": {c: display_name(c) for c in view.classes},
         "malignant": {c: is_malignant(c) for c in view.classes},
-        "input_size": view.input_size, "input_mode": view.input_mode,
+        "input_size": view.input_size,
+        "input_mode": view.input_mode,
         "preprocessing": f"inside the model ({params['preprocessing']}); feed RGB 0..255",
         "tta_views": view.tta_views,
         "temperature": evaluation["temperature"],
         "decision": evaluation["decision"]["policy"],
-        "metrics": {"test": {k: test[k] for k in ("n", "accuracy", "accuracy_ci", "balanced_accuracy", "macro_f1",
-                                                  "macro_f1_ci", "malignant_sensitivity", "malignant_sensitivity_ci",
-                                                  "malignant_specificity", "malignant_specificity_ci")},
-                    "ece_before": evaluation["ece_before"], "ece_after": evaluation["ece_after"],
-                    "decision": {k: evaluation["decision"]["test"][k] for k in (
-                        "n", "verdicts", "malignant_called_benign", "benign_called_malignant", "referred",
-                        "referred_per_class", "answered_accuracy", "answered_macro_f1", "answered_macro_f1_ci")},
-                    "tradeoff": evaluation["decision"]["tradeoff"]},
-        "provenance": {"data_hash": params["data_hash"], "data": {k: data_info.get(k) for k in
-                                                                   ("root", "images", "classes", "seed", "fractions")},
-                       "code_version": params["code_version"], "packages": params["packages"],
-                       "weights_sha256": params.get("weights_sha256"), "trained_seconds": params.get("train_seconds")},
+        "metrics": {
+            "test": {
+                k: test[k]
+                for k in (
+                    "n",
+                    "accuracy",
+                    "accuracy_ci",
+                    "balanced_accuracy",
+                    "macro_f1",
+                    "macro_f1_ci",
+                    "malignant_sensitivity",
+                    "malignant_sensitivity_ci",
+                    "malignant_specificity",
+                    "malignant_specificity_ci",
+                )
+            },
+            "ece_before": evaluation["ece_before"],
+            "ece_after": evaluation["ece_after"],
+            "decision": {
+                k: evaluation["decision"]["test"][k]
+                for k in (
+                    "n",
+                    "verdicts",
+                    "malignant_called_benign",
+                    "benign_called_malignant",
+                    "referred",
+                    "referred_per_class",
+                    "answered_accuracy",
+                    "answered_macro_f1",
+                    "answered_macro_f1_ci",
+                )
+            },
+            "tradeoff": evaluation["decision"]["tradeoff"],
+        },
+        "provenance": {
+            "data_hash": params["data_hash"],
+            "data": {k: data_info.get(k) for k in ("root", "images", "classes", "seed", "fractions")},
+            "code_version": params["code_version"],
+            "packages": params["packages"],
+            "weights_sha256": params.get("weights_sha256"),
+            "trained_seconds": params.get("train_seconds"),
+        },
         "intended_use": "research and teaching on blood-smear image classification; not a diagnostic device",
     }
 
@@ -57,31 +93,37 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
     classes = ", ".join(f"{c} = {display_name(c)}" for c in meta["classes"])
     policy, decided = meta["decision"], meta["metrics"]["decision"]
     lines = [
-        f"# Model card: {meta['arch']} ({meta['run']})", "",
+        f"# Model card: {meta['arch']} ({meta['run']})",
+        "",
         "## Model details",
         f"- Architecture `{meta['arch']}` from the allstudy registry, weights: {meta['weights']}; input "
         f"{meta['input_size']}×{meta['input_size']} RGB ({meta['input_mode']} fields), preprocessing inside the model; "
         f"prediction averages {meta['tta_views']} dihedral view(s) of the field.",
         f"- {params['params']:,} parameters; trained by allstudy {meta['provenance']['code_version']['version']} "
         f"(source `{meta['provenance']['code_version']['source_sha256']}`), Keras "
-        f"{meta['provenance']['packages'].get('keras')}, TensorFlow {meta['provenance']['packages'].get('tensorflow')}.",
+        f"{meta['provenance']['packages'].get('keras')}, "
+        f"TensorFlow {meta['provenance']['packages'].get('tensorflow')}.",
         f"- Settings: {', '.join(f'{k}={v}' for k, v in params['config'].items())}.",
-        f"- Calibration: temperature {meta['temperature']:.3f}, fitted on the validation split.", "",
+        f"- Calibration: temperature {meta['temperature']:.3f}, fitted on the validation split.",
+        "",
         "## Intended use",
         "- Research and teaching: a reproducible reference for classifying peripheral-blood-smear fields of B-lineage "
         f"ALL into {classes}.",
         "- **Not a diagnostic device.** It has not been validated clinically; a hematologist's review of the smear "
         "(and flow cytometry) decides.",
         "- Out of scope: single-cell crops, other stains, magnifications, microscopes or labs than the training "
-        "fields; bone-marrow aspirates; any non-B-lineage leukemia; any decision about a patient.", "",
+        "fields; bone-marrow aspirates; any non-B-lineage leukemia; any decision about a patient.",
+        "",
         "## Factors",
         "- The classes of the training data come from different patients and acquisition sessions, so stain colour, "
         "illumination and the burned-in scale bar differ by class. A model can score by recognising the session, "
         "not the disease; the report's validity controls measure how much.",
-        "- Performance on other labs' staining and cameras is unknown.", "",
+        "- Performance on other labs' staining and cameras is unknown.",
+        "",
         "## Metrics",
         f"On the held-out test split ({test['n']} fields):",
-        f"- accuracy {_pct(test['accuracy'], test['accuracy_ci'])}; macro-F1 {_pct(test['macro_f1'], test['macro_f1_ci'])};"
+        f"- accuracy {_pct(test['accuracy'], test['accuracy_ci'])}; "
+        f"macro-F1 {_pct(test['macro_f1'], test['macro_f1_ci'])};"
         f" balanced accuracy {_pct(test['balanced_accuracy'])};",
         f"- malignant (any B-ALL subtype) vs benign: sensitivity "
         f"{_pct(test['malignant_sensitivity'], test['malignant_sensitivity_ci'])}, specificity "
@@ -90,22 +132,26 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
         f"{meta['metrics']['ece_after']:.3f} after temperature scaling.",
         *decision_lines(policy, decided, meta["metrics"]["tradeoff"]),
         "- Intervals: 95 % percentile bootstrap over test fields (1000 resamples). Fields from the same patient are "
-        "not independent, so the intervals are optimistic.", "",
+        "not independent, so the intervals are optimistic.",
+        "",
         "## Evaluation data",
         f"- A grouped, stratified, seeded split of `{Path(str(data_info.get('root', ''))).name}` "
         f"({data_info.get('images')} images; data hash `{meta['provenance']['data_hash'][:16]}…`): every group of "
         "byte-identical, re-encoded or overlapping fields (re-captures of the same slide region) stays inside one "
         "split.",
         "- The split is image-level, not patient-level: the dataset publishes no patient IDs. Fields of one patient "
-        "can sit on both sides, so the figures are an upper bound for new patients.", "",
+        "can sit on both sides, so the figures are an upper bound for new patients.",
+        "",
         "## Training data",
         "- The same dataset's training split; validation chose the epoch, the temperature, the decision policy and the "
-        "model (best validation macro-F1); the test split chose nothing.", "",
+        "model (best validation macro-F1); the test split chose nothing.",
+        "",
         "## Ethical considerations",
         "- A confident wrong answer could delay care or alarm a family; the model refers a field it cannot rule out "
         "and must never "
         "replace a hematologist. Images uploaded to the demo stay on the machine that runs it.",
-        "- The training images come from one hospital (Taleqani, Tehran) and may not represent other populations.", "",
+        "- The training images come from one hospital (Taleqani, Tehran) and may not represent other populations.",
+        "",
         "## Caveats and recommendations",
         "- Validate on your own lab's fields, patient-grouped, before any use; recalibrate the temperature there.",
         "- The published 99.5–99.9 % on this dataset come from image-level splits that leak overlapping fields; do "
@@ -113,7 +159,9 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
     ]
     if controls:
         lines += ["", "## Validity controls (test accuracy)"]
-        lines += [f"- {row['control']}: {_pct(row['accuracy'], row.get('accuracy_ci'))}" for row in controls.get("rows", [])]
+        lines += [
+            f"- {row['control']}: {_pct(row['accuracy'], row.get('accuracy_ci'))}" for row in controls.get("rows", [])
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -129,9 +177,10 @@ def decision_lines(policy: dict, decided: dict, tradeoff: list[dict]) -> list[st
     level = f"{100 * (1 - policy['alpha']):.4g} %"
     referred = ", ".join(f"{c} {_count(r)}" for c, r in decided["referred_per_class"].items())
     lines = [
-        f"- Decision ({policy['method']}; `allstudy.evaluation.decision`): *benign* only when leukemia is ruled out at the "
-        f"{level} level (at most {policy['alpha']:.2%} of malignant fields called benign: calibrated probability of "
-        f"any malignant class below {policy['rule_out']:.4f}); *malignant* when a benign field is ruled out (at most "
+        f"- Decision ({policy['method']}; `allstudy.evaluation.decision`): *benign* only when leukemia is ruled "
+        f"out at the {level} level (at most {policy['alpha']:.2%} of malignant fields called benign: "
+        f"calibrated probability of any malignant class below {policy['rule_out']:.4f}); "
+        "*malignant* when a benign field is ruled out (at most "
         f"{policy['alpha_benign']:.0%} of benign fields called malignant: above {policy['benign_limit']:.4f}), naming "
         f"the subtypes it cannot tell apart (level {policy['alpha_subtype']:.0%}); otherwise *uncertain: refer for "
         f"expert review*. Fitted on the {calibration['split']} split: {calibration['n']} fields, "
@@ -144,19 +193,36 @@ def decision_lines(policy: dict, decided: dict, tradeoff: list[dict]) -> list[st
         f"(per true class: {referred}); accuracy of the answered fields {_count(decided['answered_accuracy'])}, "
         f"macro-F1 {_pct(decided['answered_macro_f1'], decided['answered_macro_f1_ci'])}. Intervals of counts: "
         "exact (Clopper-Pearson).",
-        "- Trade-off (each level fitted on validation; `tradeoff.png`):", "",
-        "  | α | rule-out below | test referred | test malignant called benign |", "  |---|---|---|---|",
-        *(f"  | {row['alpha']:g} | {row['rule_out']:.4f} | {row['test_referred']} ({row['test_referred_rate']:.1%}) | "
-          f"{row['test_missed']} |" for row in tradeoff), "",
+        "- Trade-off (each level fitted on validation; `tradeoff.png`):",
+        "",
+        "  | α | rule-out below | test referred | test malignant called benign |",
+        "  |---|---|---|---|",
+        *(
+            f"  | {row['alpha']:g} | {row['rule_out']:.4f} | "
+            f"{row['test_referred']} ({row['test_referred_rate']:.1%}) | {row['test_missed']} |"
+            for row in tradeoff
+        ),
+        "",
     ]
     return lines
 
 
-def write_model_dir(run_dir: str | os.PathLike, dest: str | os.PathLike, run: str, params: dict,
-                    evaluation: Evaluation, data_info: dict, controls: dict | None = None) -> ModelFolder:
+def write_model_dir(
+    run_dir: str | os.PathLike,
+    dest: str | os.PathLike,
+    run: str,
+    params: dict,
+    evaluation: Evaluation,
+    data_info: dict,
+    controls: dict | None = None,
+) -> ModelFolder:
     """Copy a run's model into the model folder ``dest`` with model.json, MODEL_CARD.md and tradeoff.png."""
     folder = ModelFolder(Path(dest))
     meta = model_json(run, params, evaluation, data_info)
-    folder.write(RunFolder(Path(run_dir)).model_file, meta, model_card(meta, params, data_info, controls),
-                 plot_tradeoff(evaluation["decision"]["tradeoff"], meta["decision"]["alpha"]))
+    folder.write(
+        RunFolder(Path(run_dir)).model_file,
+        meta,
+        model_card(meta, params, data_info, controls),
+        plot_tradeoff(evaluation["decision"]["tradeoff"], meta["decision"]["alpha"]),
+    )
     return folder

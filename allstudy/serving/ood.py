@@ -50,6 +50,7 @@ chosen model by ``benchmarks/ood_variants.py``: docs/results.md.
 The fitted guard is plain JSON (:meth:`OODGuard.to_json`): means, scales, precision matrices, the
 PCA basis and the thresholds; a model folder holds it as ``ood.json`` beside ``model.keras``.
 """
+
 from __future__ import annotations
 
 import math
@@ -118,18 +119,21 @@ def _field_statistics(image: np.ndarray) -> np.ndarray:
     lightness = lab[:, 0]
     order = np.argsort(lightness, kind="stable")
     n = len(order)
-    background = lab[order[int(0.6 * n):]]
-    stain = lab[order[:max(1, int(0.1 * n))]]
+    background = lab[order[int(0.6 * n) :]]
+    stain = lab[order[: max(1, int(0.1 * n))]]
     gy, gx = np.gradient(lightness.reshape(field.shape[:2]))
-    return np.array([
-        _logit(float((lightness < BLACK_L).mean())),
-        _logit(float((lightness > WHITE_L).mean())),
-        _logit(float(leukocyte_mask(field).mean())),
-        *np.median(background, axis=0),
-        *np.median(stain, axis=0),
-        *lab.std(axis=0),
-        float(np.hypot(gx, gy).mean()),
-    ], dtype=np.float64)
+    return np.array(
+        [
+            _logit(float((lightness < BLACK_L).mean())),
+            _logit(float((lightness > WHITE_L).mean())),
+            _logit(float(leukocyte_mask(field).mean())),
+            *np.median(background, axis=0),
+            *np.median(stain, axis=0),
+            *lab.std(axis=0),
+            float(np.hypot(gx, gy).mean()),
+        ],
+        dtype=np.float64,
+    )
 
 
 def _fields(images) -> list:
@@ -156,7 +160,7 @@ def fine_detail(images) -> np.ndarray:
 
 def _block_edge_ratio(grey: np.ndarray) -> float:
     """log(mean step across the vertical JPEG block edges / mean step elsewhere) of a 2-D image."""
-    steps = np.abs(np.diff(grey, axis=1)).mean(axis=0)   # steps[j]: between columns j and j + 1
+    steps = np.abs(np.diff(grey, axis=1)).mean(axis=0)  # steps[j]: between columns j and j + 1
     edge = (np.arange(len(steps)) % JPEG_BLOCK) == JPEG_BLOCK - 1
     return float(np.log((steps[edge].mean() + 1e-3) / (steps[~edge].mean() + 1e-3)))
 
@@ -167,8 +171,8 @@ def compression_artefacts(images) -> np.ndarray:
     over rows and columns. About 0 for an uncompressed or lightly compressed field, higher the stronger the
     compression at this size; 0 for fields under two blocks a side."""
     values = []
-    for field in _fields(images):
-        grey = luma(np.asarray(field, np.uint8)).astype(np.float32)
+    for image in _fields(images):
+        grey = luma(np.asarray(image, np.uint8)).astype(np.float32)
         if min(grey.shape) < 2 * JPEG_BLOCK:
             values.append(0.0)
             continue
@@ -192,16 +196,18 @@ class Embedder:
             self.traces += 1
             return pooled(self.net(images, training=False))
 
-        self._function = tf.function(embed, input_signature=[
-            tf.TensorSpec((None, self.input_size, self.input_size, 3), tf.float32)])
+        self._function = tf.function(
+            embed, input_signature=[tf.TensorSpec((None, self.input_size, self.input_size, 3), tf.float32)]
+        )
         self.dim = int(self._function(tf.zeros((1, self.input_size, self.input_size, 3))).shape[-1])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.concatenate([self._function(images[i:i + self.batch_size]).numpy()
-                               for i in range(0, len(images), self.batch_size)])
+        return np.concatenate(
+            [self._function(images[i : i + self.batch_size]).numpy() for i in range(0, len(images), self.batch_size)]
+        )
 
 
 _EMBEDDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -225,7 +231,7 @@ class Gaussian:
     scale: np.ndarray
     precision: np.ndarray
     threshold: float = math.inf
-    basis: np.ndarray | None = None   # (k, d) PCA components, or None for the identity
+    basis: np.ndarray | None = None  # (k, d) PCA components, or None for the identity
 
     @classmethod
     def fit(cls, x: np.ndarray, floors: np.ndarray | float, n_components: int | None = None) -> Gaussian:
@@ -262,8 +268,12 @@ class Gaussian:
         return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", z, self.precision, z), 0.0))
 
     def to_json(self) -> dict:
-        data = {"mean": _floats(self.mean), "scale": _floats(self.scale), "precision": _floats(self.precision),
-                "threshold": float(self.threshold)}
+        data = {
+            "mean": _floats(self.mean),
+            "scale": _floats(self.scale),
+            "precision": _floats(self.precision),
+            "threshold": float(self.threshold),
+        }
         if self.basis is not None:
             data["pca_components"] = _floats(self.basis)
         return data
@@ -271,9 +281,13 @@ class Gaussian:
     @classmethod
     def from_json(cls, data: dict) -> Gaussian:
         basis = data.get("pca_components")
-        return cls(np.asarray(data["mean"], np.float64), np.asarray(data["scale"], np.float64),
-                   np.asarray(data["precision"], np.float64), float(data["threshold"]),
-                   None if basis is None else np.asarray(basis, np.float64))
+        return cls(
+            np.asarray(data["mean"], np.float64),
+            np.asarray(data["scale"], np.float64),
+            np.asarray(data["precision"], np.float64),
+            float(data["threshold"]),
+            None if basis is None else np.asarray(basis, np.float64),
+        )
 
 
 def _floats(array: np.ndarray):
@@ -313,46 +327,63 @@ class OODGuard:
         """Use ``model`` (the one the guard was fitted for) to embed images; returns the guard."""
         embedder = embedder_for(model)
         if embedder.input_size != self.input_size:
-            raise ValueError(f"the guard was fitted for {self.input_size}-px inputs, the model takes "
-                             f"{embedder.input_size} px; fit the guard again for this model")
+            raise ValueError(
+                f"the guard was fitted for {self.input_size}-px inputs, the model takes "
+                f"{embedder.input_size} px; fit the guard again for this model"
+            )
         if embedder.dim != self.embedding.mean.shape[0]:
-            raise ValueError(f"the guard was fitted on {self.embedding.mean.shape[0]}-dimensional embeddings, the "
-                             f"model gives {embedder.dim}; fit the guard again for this model")
+            raise ValueError(
+                f"the guard was fitted on {self.embedding.mean.shape[0]}-dimensional embeddings, the "
+                f"model gives {embedder.dim}; fit the guard again for this model"
+            )
         self.embedder = embedder
         return self
 
     def features(self, fields: np.ndarray) -> dict[str, np.ndarray]:
         """{"stats", "embedding"} of RGB uint8 fields at the model's input size (original mode)."""
         if self.embedder is None:
-            raise ValueError("the guard has no model to embed images with: call guard.attach(model), or pass "
-                             "precomputed {'stats': ..., 'embedding': ...}")
+            raise ValueError(
+                "the guard has no model to embed images with: call guard.attach(model), or pass "
+                "precomputed {'stats': ..., 'embedding': ...}"
+            )
         fields = np.asarray(fields)
         if fields.ndim == 3:
             fields = fields[None]
-        return {"stats": guard_statistics(fields), "embedding": self.embedder(model_inputs(fields, self.input_mode)),
-                "focus": fine_detail(fields), "compression": compression_artefacts(fields)}
+        return {
+            "stats": guard_statistics(fields),
+            "embedding": self.embedder(model_inputs(fields, self.input_mode)),
+            "focus": fine_detail(fields),
+            "compression": compression_artefacts(fields),
+        }
 
     def score(self, images_or_features) -> dict[str, np.ndarray]:
         """{"stats": distances, "embedding": distances, "focus": fine detail, "compression": JPEG blockiness}, each
         an array of N."""
-        features = (images_or_features if isinstance(images_or_features, dict)
-                    else self.features(images_or_features))
-        return {"stats": self.stats.distance(features["stats"]),
-                "embedding": self.embedding.distance(features["embedding"]),
-                "focus": np.asarray(features["focus"], np.float64),
-                "compression": np.asarray(features["compression"], np.float64)}
+        features = images_or_features if isinstance(images_or_features, dict) else self.features(images_or_features)
+        return {
+            "stats": self.stats.distance(features["stats"]),
+            "embedding": self.embedding.distance(features["embedding"]),
+            "focus": np.asarray(features["focus"], np.float64),
+            "compression": np.asarray(features["compression"], np.float64),
+        }
 
     @property
     def thresholds(self) -> dict[str, float]:
-        return {"stats": self.stats.threshold, "embedding": self.embedding.threshold, "focus": self.focus_threshold,
-                "compression": self.compression_threshold}
+        return {
+            "stats": self.stats.threshold,
+            "embedding": self.embedding.threshold,
+            "focus": self.focus_threshold,
+            "compression": self.compression_threshold,
+        }
 
     def flags(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Bool array: either distance above its threshold, the focus below its own or the compression above it."""
-        return ((np.asarray(scores["stats"]) > self.stats.threshold)
-                | (np.asarray(scores["embedding"]) > self.embedding.threshold)
-                | (np.asarray(scores["focus"]) < self.focus_threshold)
-                | (np.asarray(scores["compression"]) > self.compression_threshold))
+        return (
+            (np.asarray(scores["stats"]) > self.stats.threshold)
+            | (np.asarray(scores["embedding"]) > self.embedding.threshold)
+            | (np.asarray(scores["focus"]) < self.focus_threshold)
+            | (np.asarray(scores["compression"]) > self.compression_threshold)
+        )
 
     def is_ood(self, images_or_features) -> np.ndarray:
         """Bool array of N: True where the input is unlike the training fields."""
@@ -373,18 +404,26 @@ class OODGuard:
         if scores["focus"] < self.focus_threshold:
             parts.append("it looks out of focus or blurred (less fine detail than the training fields)")
         if scores["compression"] > self.compression_threshold:
-            parts.append("it looks strongly JPEG-compressed (its 8 x 8 block edges stand out more than in the "
-                         "training fields); use the original image or a higher JPEG quality")
+            parts.append(
+                "it looks strongly JPEG-compressed (its 8 x 8 block edges stand out more than in the "
+                "training fields); use the original image or a higher JPEG quality"
+            )
         return "; ".join(parts)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "kind": KIND, "input_size": self.input_size, "input_mode": self.input_mode,
-                "quantile": self.quantile, "stats_size": STATS_SIZE,
-                "stats": {"names": list(STAT_NAMES), **self.stats.to_json()},
-                "embedding": {"layer": self.layer, "dim": int(self.embedding.mean.shape[0]), **self.embedding.to_json()},
-                "focus": {"threshold": self.focus_threshold},
-                "compression": {"threshold": self.compression_threshold, "block": JPEG_BLOCK},
-                "fit": self.fit_info}
+        return {
+            "format": FORMAT,
+            "kind": KIND,
+            "input_size": self.input_size,
+            "input_mode": self.input_mode,
+            "quantile": self.quantile,
+            "stats_size": STATS_SIZE,
+            "stats": {"names": list(STAT_NAMES), **self.stats.to_json()},
+            "embedding": {"layer": self.layer, "dim": int(self.embedding.mean.shape[0]), **self.embedding.to_json()},
+            "focus": {"threshold": self.focus_threshold},
+            "compression": {"threshold": self.compression_threshold, "block": JPEG_BLOCK},
+            "fit": self.fit_info,
+        }
 
     @classmethod
     def from_json(cls, data: dict, model=None) -> OODGuard:
@@ -394,10 +433,17 @@ class OODGuard:
             raise ValueError(f"guard format {data.get('format')!r} is not {FORMAT}; fit the guard again")
         if list(data["stats"]["names"]) != list(STAT_NAMES) or data.get("stats_size") != STATS_SIZE:
             raise ValueError("the guard's image statistics differ from this version's; fit the guard again")
-        guard = cls(Gaussian.from_json(data["stats"]), Gaussian.from_json(data["embedding"]),
-                    float(data["focus"]["threshold"]), float(data["compression"]["threshold"]), int(data["input_size"]),
-                    data.get("input_mode", "original"), float(data["quantile"]),
-                    data["embedding"].get("layer", ""), dict(data.get("fit", {})))
+        guard = cls(
+            Gaussian.from_json(data["stats"]),
+            Gaussian.from_json(data["embedding"]),
+            float(data["focus"]["threshold"]),
+            float(data["compression"]["threshold"]),
+            int(data["input_size"]),
+            data.get("input_mode", "original"),
+            float(data["quantile"]),
+            data["embedding"].get("layer", ""),
+            dict(data.get("fit", {})),
+        )
         return guard.attach(model) if model is not None else guard
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -416,15 +462,22 @@ class OODGuard:
         try:
             return cls.from_json(read_json(path), model)
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{path} is not a complete out-of-distribution guard (missing {err}); "
-                             "fit it again") from None
+            raise ValueError(
+                f"{path} is not a complete out-of-distribution guard (missing {err}); fit it again"
+            ) from None
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
 
 
-def fit_guard(model, train_images: np.ndarray, val_images: np.ndarray, input_mode: str = "original",
-              quantile: float = QUANTILE, n_components: int = N_COMPONENTS,
-              train_embedding: np.ndarray | None = None) -> OODGuard:
+def fit_guard(
+    model,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    input_mode: str = "original",
+    quantile: float = QUANTILE,
+    n_components: int = N_COMPONENTS,
+    train_embedding: np.ndarray | None = None,
+) -> OODGuard:
     """Fit the guard on the training fields and set its thresholds on the validation fields.
 
     ``train_images`` and ``val_images`` are RGB uint8 fields (N, S, S, 3) at the model's input size,
@@ -441,18 +494,29 @@ def fit_guard(model, train_images: np.ndarray, val_images: np.ndarray, input_mod
     train, val = np.asarray(train_images), np.asarray(val_images)
     for name, fields in (("train", train), ("val", val)):
         if fields.ndim != 4 or fields.shape[1:] != (embedder.input_size, embedder.input_size, 3):
-            raise ValueError(f"{name} fields must be (N, {embedder.input_size}, {embedder.input_size}, 3) at the "
-                             f"model's input size, got {fields.shape}")
+            raise ValueError(
+                f"{name} fields must be (N, {embedder.input_size}, {embedder.input_size}, 3) at the "
+                f"model's input size, got {fields.shape}"
+            )
     if train_embedding is None:
         train_embedding = embedder(model_inputs(train, input_mode))
     elif np.shape(train_embedding) != (len(train), embedder.dim):
-        raise ValueError(f"train_embedding must be ({len(train)}, {embedder.dim}), one embedding per training field, "
-                         f"got {np.shape(train_embedding)}")
+        raise ValueError(
+            f"train_embedding must be ({len(train)}, {embedder.dim}), one embedding per training field, "
+            f"got {np.shape(train_embedding)}"
+        )
     floors = np.array([floor for _, _, floor in STATISTICS])
     train_features = {"stats": guard_statistics(train), "embedding": np.asarray(train_embedding, np.float32)}
-    guard = OODGuard(Gaussian.fit(train_features["stats"], floors),
-                     Gaussian.fit(train_features["embedding"], 0.0, n_components), -math.inf, math.inf,
-                     embedder.input_size, input_mode, quantile, embedder.layer)
+    guard = OODGuard(
+        Gaussian.fit(train_features["stats"], floors),
+        Gaussian.fit(train_features["embedding"], 0.0, n_components),
+        -math.inf,
+        math.inf,
+        embedder.input_size,
+        input_mode,
+        quantile,
+        embedder.layer,
+    )
     guard.embedder = embedder
     val_scores = guard.score(val)
     guard.stats.threshold = float(np.quantile(val_scores["stats"], quantile))
@@ -460,12 +524,16 @@ def fit_guard(model, train_images: np.ndarray, val_images: np.ndarray, input_mod
     guard.focus_threshold = float(np.quantile(val_scores["focus"], 1.0 - quantile))
     guard.compression_threshold = float(np.quantile(val_scores["compression"], quantile))
     guard.fit_info = {
-        "n_train": int(len(train)), "n_val": int(len(val)), "embedding_components": int(guard.embedding.basis.shape[0]),
-        "val_flag_rate": {"stats": float((val_scores["stats"] > guard.stats.threshold).mean()),
-                          "embedding": float((val_scores["embedding"] > guard.embedding.threshold).mean()),
-                          "focus": float((val_scores["focus"] < guard.focus_threshold).mean()),
-                          "compression": float((val_scores["compression"] > guard.compression_threshold).mean()),
-                          "either": float(guard.flags(val_scores).mean())},
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "embedding_components": int(len(guard.embedding.mean) if (b := guard.embedding.basis) is None else b.shape[0]),
+        "val_flag_rate": {
+            "stats": float((val_scores["stats"] > guard.stats.threshold).mean()),
+            "embedding": float((val_scores["embedding"] > guard.embedding.threshold).mean()),
+            "focus": float((val_scores["focus"] < guard.focus_threshold).mean()),
+            "compression": float((val_scores["compression"] > guard.compression_threshold).mean()),
+            "either": float(guard.flags(val_scores).mean()),
+        },
     }
     return guard
 

@@ -23,6 +23,7 @@ and is warmed up when the Predictor is made. It runs in one of two runtimes (``r
   fixed input signature (the test-time views stacked on the batch axis, one pass); always used for
   Grad-CAM, and when a GPU is visible.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ from PIL import Image
 from allstudy.data.images import ImageProblem, check_image, read_rgb, to_rgb
 from allstudy.data.preprocess import model_input, to_input
 from allstudy.evaluation.decision import DecisionPolicy
-from allstudy.evaluation.gradcam import gradcam_for, overlay
+from allstudy.evaluation.gradcam import GradCam, gradcam_for, overlay
 from allstudy.evaluation.metrics import apply_temperature
 from allstudy.models.convert import forward_function
 from allstudy.models.layers import single_view
@@ -55,19 +56,19 @@ OOD_MESSAGE = "outside what this model was trained on"
 class Prediction:
     """One image's answer. ``error`` is set (and the rest empty) when the image could not be read."""
 
-    probabilities: dict[str, float] = field(default_factory=dict)   # class -> calibrated probability
+    probabilities: dict[str, float] = field(default_factory=dict)  # class -> calibrated probability
     label: str = ""
     display: str = ""
     malignant: bool = False
     confidence: float = math.nan
-    verdict: str = ""          # one of VERDICTS; "" when error is set
+    verdict: str = ""  # one of VERDICTS; "" when error is set
     message: str = ""
     prediction_set: list[str] = field(default_factory=list)  # the classes the policy cannot exclude
-    reason: str = ""           # why the policy answered so (for a referral: what is not ruled out)
+    reason: str = ""  # why the policy answered so (for a referral: what is not ruled out)
     ood_scores: dict[str, float] = field(default_factory=dict)
     gradcam: np.ndarray | None = field(default=None, repr=False)
     error: str = ""
-    source: str = ""           # the path or name the image came from, when known
+    source: str = ""  # the path or name the image came from, when known
 
     @property
     def ok(self) -> bool:
@@ -106,8 +107,11 @@ def read_image(image) -> Image.Image:
         image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     if isinstance(image, Image.Image):
         return to_rgb(check_image(image))
-    raise ImageProblem(None, f"cannot read a {type(image).__name__} as an image: pass a path, bytes, a binary file, "
-                             "a PIL image or a uint8 array")
+    raise ImageProblem(
+        None,
+        f"cannot read a {type(image).__name__} as an image: pass a path, bytes, a binary file, "
+        "a PIL image or a uint8 array",
+    )
 
 
 class Predictor:
@@ -119,8 +123,9 @@ class Predictor:
     ``keras``), ``keras`` or ``tflite`` (an error when the serving file cannot be used).
     """
 
-    def __init__(self, model_dir: str | os.PathLike, gradcam: bool = False, batch_size: int = 32,
-                 runtime: str = "auto"):
+    def __init__(
+        self, model_dir: str | os.PathLike, gradcam: bool = False, batch_size: int = 32, runtime: str = "auto"
+    ):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         folder = ModelFolder(Path(model_dir))
@@ -138,15 +143,21 @@ class Predictor:
         except ValueError as err:
             raise ValueError(f"{folder.meta_file}: {err}; {RUN_FIRST}") from None
         if list(self.policy.classes) != self.classes:
-            raise ValueError(f"{folder.meta_file}: its decision policy is for classes {list(self.policy.classes)}, "
-                             f"the model's are {self.classes}; {RUN_FIRST}")
+            raise ValueError(
+                f"{folder.meta_file}: its decision policy is for classes {list(self.policy.classes)}, "
+                f"the model's are {self.classes}; {RUN_FIRST}"
+            )
         self.batch_size = int(batch_size)
         if tuple(self.model.input_shape[1:]) != (self.input_size, self.input_size, 3):
-            raise ValueError(f"{folder}: model.json says {self.input_size}-px inputs, model.keras takes "
-                             f"{self.model.input_shape[1:]}; {RUN_FIRST}")
+            raise ValueError(
+                f"{folder}: model.json says {self.input_size}-px inputs, model.keras takes "
+                f"{self.model.input_shape[1:]}; {RUN_FIRST}"
+            )
         if int(self.model.output_shape[-1]) != len(self.classes):
-            raise ValueError(f"{folder}: model.json lists {len(self.classes)} classes, model.keras outputs "
-                             f"{self.model.output_shape[-1]}; {RUN_FIRST}")
+            raise ValueError(
+                f"{folder}: model.json lists {len(self.classes)} classes, model.keras outputs "
+                f"{self.model.output_shape[-1]}; {RUN_FIRST}"
+            )
 
         self.display_names = view.display_names
         self.malignant = view.malignant
@@ -155,11 +166,13 @@ class Predictor:
         if folder.guard_file.is_file():
             self.guard = OODGuard.load(folder.guard_file)
             if self.guard.input_size != self.input_size or self.guard.input_mode != self.input_mode:
-                raise ValueError(f"{folder.guard_file} was fitted for {self.guard.input_size}-px "
-                                 f"{self.guard.input_mode} inputs, the model takes {self.input_size}-px "
-                                 f"{self.input_mode} ones; fit the guard again (allstudy.serving.ood.fit_guard)")
+                raise ValueError(
+                    f"{folder.guard_file} was fitted for {self.guard.input_size}-px "
+                    f"{self.guard.input_mode} inputs, the model takes {self.input_size}-px "
+                    f"{self.input_mode} ones; fit the guard again (allstudy.serving.ood.fit_guard)"
+                )
         self._build_forward(tf, runtime)
-        self._explainer = None
+        self._explainer: GradCam | None = None
         if gradcam:
             self._explainer = gradcam_for(single_view(self.model))
             self._explainer.explain(np.zeros((1, self.input_size, self.input_size, 3), np.float32))  # trace it now
@@ -191,11 +204,13 @@ class Predictor:
         self._keras_forward = keras_forward
         for n in sorted({1, self.batch_size}):
             _, features = self._run(np.zeros((n, self.input_size, self.input_size, 3), np.float32))
-        if embedding:
+        if self.guard is not None:
             dim = int(self.guard.embedding.mean.shape[0])
             if features.shape[-1] != dim:
-                raise ValueError(f"{self.model_dir / 'ood.json'} was fitted on {dim}-dimensional embeddings, the "
-                                 f"model gives {features.shape[-1]}; fit the guard again for this model")
+                raise ValueError(
+                    f"{self.model_dir / 'ood.json'} was fitted on {dim}-dimensional embeddings, the "
+                    f"model gives {features.shape[-1]}; fit the guard again for this model"
+                )
 
     @property
     def traces(self) -> int:
@@ -224,7 +239,7 @@ class Predictor:
         step = max(1, int(batch_size or self.batch_size))
         probabilities, features = [], []
         for start in range(0, len(inputs), step):
-            p, f = self._run(inputs[start:start + step])
+            p, f = self._run(inputs[start : start + step])
             probabilities.append(p)
             features.append(f)
         if not probabilities:
@@ -249,35 +264,48 @@ class Predictor:
             try:
                 field_, x = self._convert(read_image(image))
             except ImageProblem as problem:
-                answers[i] = Prediction(error=problem.reason, source=_source_name(image),
-                                        message=f"cannot read the image: {problem.reason}")
+                answers[i] = Prediction(
+                    error=problem.reason, source=_source_name(image), message=f"cannot read the image: {problem.reason}"
+                )
                 continue
             fields.append(field_)
             inputs.append(x)
             where.append(i)
         if where:
-            inputs = np.stack(inputs)
-            raw, features = self.forward(inputs, batch_size)
+            batch = np.stack(inputs)
+            raw, features = self.forward(batch, batch_size)
             calibrated = apply_temperature(raw, self.temperature)
-            scores, flags, stats = None, np.zeros(len(where), bool), None
+            scores: dict[str, np.ndarray] = {}
+            reasons = [""] * len(where)
             if self.guard is not None:
                 stack = np.stack(fields)
                 stats = guard_statistics(stack)
-                scores = self.guard.score({"stats": stats, "embedding": features, "focus": fine_detail(stack),
-                                           "compression": compression_artefacts(stack)})
-                flags = self.guard.flags(scores)
+                scores = self.guard.score(
+                    {
+                        "stats": stats,
+                        "embedding": features,
+                        "focus": fine_detail(stack),
+                        "compression": compression_artefacts(stack),
+                    }
+                )
+                for j, flagged in enumerate(self.guard.flags(scores)):
+                    if flagged:
+                        reasons[j] = self.guard.reason({k: float(v[j]) for k, v in scores.items()}, stats[j])
             explain = self._explainer is not None and gradcam is not False
-            heatmaps = self._gradcam(inputs, self.policy.decide(calibrated).label) if explain else None
+            heatmaps = self._gradcam(batch, self.policy.decide(calibrated).label) if explain else None
             for j, i in enumerate(where):
-                own = {k: float(v[j]) for k, v in scores.items()} if scores is not None else {}
-                reason = self.guard.reason(own, stats[j]) if flags[j] else ""
-                answers[i] = self._answer(calibrated[j], own, reason, None if heatmaps is None else heatmaps[j],
-                                          _source_name(images[i]))
-        return answers
+                own = {k: float(v[j]) for k, v in scores.items()}
+                answers[i] = self._answer(
+                    calibrated[j], own, reasons[j], None if heatmaps is None else heatmaps[j], _source_name(images[i])
+                )
+        done = [a for a in answers if a is not None]
+        assert len(done) == len(images), "every image has an answer"
+        return done
 
     def _gradcam(self, inputs: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+        assert self._explainer is not None, "made with gradcam=True"
         heatmaps = self._explainer(inputs.astype(np.float32), labels.astype(np.int64))
-        return [overlay(x, h) for x, h in zip(inputs, heatmaps)]
+        return [overlay(x, h) for x, h in zip(inputs, heatmaps, strict=True)]
 
     def _answer(self, p: np.ndarray, ood_scores: dict, ood_reason: str, gradcam, source: str) -> Prediction:
         decision = self.policy.decide(p[None])
@@ -287,9 +315,21 @@ class Predictor:
             verdict, message, reason = "out-of-distribution", f"{OOD_MESSAGE}: {ood_reason}", ood_reason
         else:
             message = {"uncertain": UNCERTAIN_MESSAGE, "benign": self.display_names[label]}.get(verdict, reason)
-        return Prediction({c: float(v) for c, v in zip(self.classes, p)}, label, self.display_names[label],
-                          self.malignant[label], float(p[self.classes.index(label)]), verdict, message,
-                          self.policy.names(in_set), reason, ood_scores, gradcam, "", source)
+        return Prediction(
+            {c: float(v) for c, v in zip(self.classes, p, strict=True)},
+            label,
+            self.display_names[label],
+            self.malignant[label],
+            float(p[self.classes.index(label)]),
+            verdict,
+            message,
+            self.policy.names(in_set),
+            reason,
+            ood_scores,
+            gradcam,
+            "",
+            source,
+        )
 
     # ------------------------------------------------------------------ what the app shows
 
@@ -301,19 +341,34 @@ class Predictor:
             ood = "no ood.json in the model folder: inputs unlike the training fields are NOT detected"
         else:
             fit = self.guard.fit_info
-            ood = (f"guard from ood.json: image statistics and the model's embedding, each flagged above the "
-                   f"{self.guard.quantile:.1%} quantile of {fit.get('n_val', '?')} validation fields "
-                   f"(fitted on {fit.get('n_train', '?')} training fields), a focus check flagging less fine "
-                   f"detail than all but {1 - self.guard.quantile:.1%} of them, and a compression check flagging "
-                   f"stronger JPEG block edges than all but {1 - self.guard.quantile:.1%} of them")
+            ood = (
+                f"guard from ood.json: image statistics and the model's embedding, each flagged above the "
+                f"{self.guard.quantile:.1%} quantile of {fit.get('n_val', '?')} validation fields "
+                f"(fitted on {fit.get('n_train', '?')} training fields), a focus check flagging less fine "
+                f"detail than all but {1 - self.guard.quantile:.1%} of them, and a compression check flagging "
+                f"stronger JPEG block edges than all but {1 - self.guard.quantile:.1%} of them"
+            )
         return {
-            "model_dir": str(self.model_dir), "run": view.run, "arch": view.arch,
-            "weights": view.weights, "classes": self.classes, "display_names": self.display_names,
-            "malignant": self.malignant, "input_size": self.input_size, "input_mode": self.input_mode,
-            "tta_views": view.tta_views, "temperature": self.temperature, "decision": view.decision,
-            "metrics": view.metrics, "provenance": view.provenance, "intended_use": view.intended_use,
-            "ood": ood, "ood_thresholds": None if self.guard is None else self.guard.thresholds,
-            "gradcam": self._explainer is not None, "runtime": self.runtime, "runtime_note": self.runtime_note,
+            "model_dir": str(self.model_dir),
+            "run": view.run,
+            "arch": view.arch,
+            "weights": view.weights,
+            "classes": self.classes,
+            "display_names": self.display_names,
+            "malignant": self.malignant,
+            "input_size": self.input_size,
+            "input_mode": self.input_mode,
+            "tta_views": view.tta_views,
+            "temperature": self.temperature,
+            "decision": view.decision,
+            "metrics": view.metrics,
+            "provenance": view.provenance,
+            "intended_use": view.intended_use,
+            "ood": ood,
+            "ood_thresholds": None if self.guard is None else self.guard.thresholds,
+            "gradcam": self._explainer is not None,
+            "runtime": self.runtime,
+            "runtime_note": self.runtime_note,
         }
 
 
@@ -336,8 +391,12 @@ def collect_files(paths) -> list[Path]:
 
 def prediction_row(prediction: Prediction, classes: list[str], path: str | None = None) -> dict:
     """A CSV row: ``path, label, verdict, confidence, p_<class>..., error``."""
-    row = {"path": path if path is not None else prediction.source, "label": prediction.label,
-           "verdict": prediction.verdict, "confidence": None if prediction.error else prediction.confidence}
+    row = {
+        "path": path if path is not None else prediction.source,
+        "label": prediction.label,
+        "verdict": prediction.verdict,
+        "confidence": None if prediction.error else prediction.confidence,
+    }
     row.update({f"p_{c}": prediction.probabilities.get(c) for c in classes})
     row["error"] = prediction.error
     return row
@@ -352,5 +411,4 @@ def predictions_frame(predictions: list[Prediction], classes: list[str], paths: 
     return pd.DataFrame(rows, columns=columns)
 
 
-__all__ = ["Prediction", "Predictor", "read_image", "collect_files", "predictions_frame", "prediction_row",
-           "VERDICTS"]
+__all__ = ["Prediction", "Predictor", "read_image", "collect_files", "predictions_frame", "prediction_row", "VERDICTS"]

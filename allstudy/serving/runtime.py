@@ -14,6 +14,7 @@ chosen ``model.keras``:
 both files as they are, LiteRT is installed and TensorFlow sees no GPU; otherwise the Keras model.
 Grad-CAM always uses the Keras model. The full check on the test split is ``allstudy export``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,8 @@ MAX_EMBEDDING_DIFF = 1e-3
 
 
 class ServingRunner:
-    """``serving.tflite`` (its path or its bytes) in LiteRT: ``runner(batch) -> (probabilities (N, k), embedding (N, d))``.
+    """``serving.tflite`` (its path or its bytes) in LiteRT:
+    ``runner(batch) -> (probabilities (N, k), embedding (N, d))``.
 
     One interpreter answers single images and one the batches, so that the two do not re-plan each
     other's tensors; a lock makes calls from several threads (the app's queue) safe.
@@ -74,14 +76,16 @@ def load_serving(model_dir: str | os.PathLike) -> tuple[ServingRunner | None, st
     if not litert_available():
         return None, "LiteRT is not installed (pip install ai-edge-litert)"
     try:
-        return ServingRunner(file), f"{SERVING_FILE} in LiteRT (parity on {facts.get('n_images')} fields: " \
-                                    f"max |dp| {facts.get('max_abs_diff', float('nan')):.1e})"
+        return (
+            ServingRunner(file),
+            f"{SERVING_FILE} in LiteRT (parity on {facts.get('n_images')} fields: "
+            f"max |dp| {facts.get('max_abs_diff', float('nan')):.1e})",
+        )
     except (RuntimeError, ValueError) as err:
         return None, f"LiteRT cannot run {file} ({err})"
 
 
-def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: int = 32,
-                  quiet: bool = False) -> dict:
+def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: int = 32, quiet: bool = False) -> dict:
     """Convert the model of ``model_dir``, check it on ``inputs`` (model inputs, N x S x S x 3), write the files.
 
     Returns serving.json's content; ``accepted`` is False (and no file is left) when the check fails.
@@ -94,7 +98,7 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
         facts = read_json(record)
         if facts.get("model_sha256") == model_sha and facts.get("file_sha256") == sha256_file(file):
             return facts
-    record.unlink(missing_ok=True)   # a stale record must not vouch for anything while we work
+    record.unlink(missing_ok=True)  # a stale record must not vouch for anything while we work
     file.unlink(missing_ok=True)
     if not litert_available():
         return {"accepted": False, "reason": "LiteRT is not installed"}
@@ -118,29 +122,36 @@ def write_serving(model_dir: str | os.PathLike, inputs: np.ndarray, batch_size: 
     k = int(model.output_shape[-1])
     p_ref, p_lite, e_ref, e_lite = reference[:, :k], served[:, :k], reference[:, k:], served[:, k:]
     facts = {
-        "model_sha256": model_sha, "file_sha256": hashlib.sha256(flatbuffer).hexdigest(), "file_bytes": len(flatbuffer),
+        "model_sha256": model_sha,
+        "file_sha256": hashlib.sha256(flatbuffer).hexdigest(),
+        "file_bytes": len(flatbuffer),
         "n_images": int(len(inputs)),
         "argmax_agreement": float(np.mean(p_ref.argmax(1) == p_lite.argmax(1))),
         "max_abs_diff": float(np.abs(p_ref - p_lite).max()),
         "embedding_max_rel_diff": float(np.abs(e_ref - e_lite).max() / max(np.abs(e_ref).max(), 1e-12)),
         "limits": {"max_abs_diff": MAX_PROBABILITY_DIFF, "embedding_max_rel_diff": MAX_EMBEDDING_DIFF},
     }
-    facts["accepted"] = bool(facts["argmax_agreement"] == 1.0 and facts["max_abs_diff"] <= MAX_PROBABILITY_DIFF
-                             and facts["embedding_max_rel_diff"] <= MAX_EMBEDDING_DIFF)
+    facts["accepted"] = bool(
+        facts["argmax_agreement"] == 1.0
+        and facts["max_abs_diff"] <= MAX_PROBABILITY_DIFF
+        and facts["embedding_max_rel_diff"] <= MAX_EMBEDDING_DIFF
+    )
     if not facts["accepted"]:
-        print(f"warning: {SERVING_FILE} was not written: on {len(inputs)} fields it differs from the Keras model "
-              f"(agreement {facts['argmax_agreement']:.4f}, max |dp| {facts['max_abs_diff']:.1e}); "
-              "the Predictor will use the Keras model")
+        print(
+            f"warning: {SERVING_FILE} was not written: on {len(inputs)} fields it differs from the Keras model "
+            f"(agreement {facts['argmax_agreement']:.4f}, max |dp| {facts['max_abs_diff']:.1e}); "
+            "the Predictor will use the Keras model"
+        )
         return facts
     with atomic_path(file) as tmp:
         tmp.write_bytes(flatbuffer)
-    write_json(record, facts)     # last: its presence vouches for the file
+    write_json(record, facts)  # last: its presence vouches for the file
     if not quiet:
-        print(f"  {SERVING_FILE}: {facts['file_bytes'] / 1e6:.1f} MB, max |dp| {facts['max_abs_diff']:.1e} "
-              f"on {facts['n_images']} fields")
+        print(
+            f"  {SERVING_FILE}: {facts['file_bytes'] / 1e6:.1f} MB, max |dp| {facts['max_abs_diff']:.1e} "
+            f"on {facts['n_images']} fields"
+        )
     return facts
 
 
 # ----------------------------------------------------------------------------- bulk inference
-
-

@@ -24,6 +24,7 @@ ImageNet weights: the ``paper`` profile gives ``weights="imagenet"`` to every tr
 ``"imagenet"`` on LeNet would be an error, on VGG16 a departure from the paper). :func:`setup` records
 the choice in :attr:`ColabSettings.weights` and tests check the profile agrees.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ SETUP_TAG = "colab-setup"
 #: The notebook parameters Colab chooses (each notebook gets those it has).
 CHOSEN = ("out_dir", "profile", "strategy")
 #: What the parameters cell's closing block says.
-_PARAMETERS_NOTE = ("# In Colab, the set-up cell's choices replace these defaults; papermill injects its values "
-                    "after this cell,\n# so an explicit parameter still wins.\n")
+_PARAMETERS_NOTE = (
+    "# In Colab, the set-up cell's choices replace these defaults; papermill injects its values "
+    "after this cell,\n# so an explicit parameter still wins.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,12 @@ class ColabSettings:
     """What :func:`setup` chose. Inactive (every choice None) outside Colab."""
 
     active: bool = False
-    profile: str | None = None      # "paper"
-    weights: str | None = None      # "imagenet": what the paper profile gives every transfer architecture
-    strategy: str | None = None     # None (one device: TensorFlow's default), "mirrored" (several GPUs) or "tpu"
-    out_dir: str | None = None      # <working folder>/outputs (Colab: /content/outputs)
+    profile: str | None = None  # "paper"
+    weights: str | None = None  # "imagenet": what the paper profile gives every transfer architecture
+    strategy: str | None = None  # None (one device: TensorFlow's default), "mirrored" (several GPUs) or "tpu"
+    out_dir: str | None = None  # <working folder>/outputs (Colab: /content/outputs)
     gpus: tuple[str, ...] = field(default_factory=tuple)
-    accelerator: str = "none"       # "gpu", "tpu" or "none"
+    accelerator: str = "none"  # "gpu", "tpu" or "none"
     message: str = ""
 
 
@@ -88,8 +91,13 @@ def _gpu_names() -> list[str]:
     return names
 
 
-def setup(active: bool | None = None, gpus: list[str] | None = None, tpu: bool | None = None,
-          out_dir: str | os.PathLike | None = None, verbose: bool = True) -> ColabSettings:
+def setup(
+    active: bool | None = None,
+    gpus: list[str] | None = None,
+    tpu: bool | None = None,
+    out_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> ColabSettings:
     """Choose the settings of a Colab study; outside Colab, return inactive settings and change nothing.
 
     ``active``, ``gpus`` and ``tpu`` default to what the runtime shows (``gpus`` lists TensorFlow's
@@ -107,13 +115,23 @@ def setup(active: bool | None = None, gpus: list[str] | None = None, tpu: bool |
         accelerator, strategy, where = "tpu", "tpu", "a TPU (TPUStrategy)"
     else:
         accelerator, strategy = "none", None
-        where = ("NO accelerator: the paper profile is slow on a CPU. Choose Runtime > Change runtime type > "
-                 "a GPU, or set profile = \"cpu\" in the parameters cell")
-    settings = ColabSettings(active=True, profile="paper", weights="imagenet", strategy=strategy,
-                             out_dir=str(Path(out_dir) if out_dir else Path.cwd() / "outputs"), gpus=tuple(gpus),
-                             accelerator=accelerator)
-    message = (f"Colab: {where}; profile paper, ImageNet weights for the transfer models (downloaded), "
-               f"outputs in {settings.out_dir}. Parameters set in the parameters cell (or by papermill) win.")
+        where = (
+            "NO accelerator: the paper profile is slow on a CPU. Choose Runtime > Change runtime type > "
+            'a GPU, or set profile = "cpu" in the parameters cell'
+        )
+    settings = ColabSettings(
+        active=True,
+        profile="paper",
+        weights="imagenet",
+        strategy=strategy,
+        out_dir=str(Path(out_dir) if out_dir else Path.cwd() / "outputs"),
+        gpus=tuple(gpus),
+        accelerator=accelerator,
+    )
+    message = (
+        f"Colab: {where}; profile paper, ImageNet weights for the transfer models (downloaded), "
+        f"outputs in {settings.out_dir}. Parameters set in the parameters cell (or by papermill) win."
+    )
     settings = replace(settings, message=message)
     if verbose:
         print(message)
@@ -148,9 +166,9 @@ def setup_cell_source() -> str:
         "import subprocess\n"
         "import sys\n"
         "\n"
-        "if \"google.colab\" in sys.modules and importlib.util.find_spec(\"allstudy\") is None:\n"
-        f"    package = \"{pip_requirement()}\"\n"
-        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\", package], check=True)\n"
+        'if "google.colab" in sys.modules and importlib.util.find_spec("allstudy") is None:\n'
+        f'    package = "{pip_requirement()}"\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", package], check=True)\n'
         "    importlib.invalidate_caches()\n"
         "\n"
         "from allstudy.study.colab import setup\n"
@@ -169,8 +187,7 @@ def parameters_block(names: list[str]) -> str:
     if not chosen:
         return ""
     # One line: papermill's parameter inspection reads a line without "=" as part of the previous parameter.
-    return (_PARAMETERS_NOTE + "if colab.active: " + ", ".join(chosen) + " = "
-            + ", ".join(f"colab.{n}" for n in chosen))
+    return _PARAMETERS_NOTE + "if colab.active: " + ", ".join(chosen) + " = " + ", ".join(f"colab.{n}" for n in chosen)
 
 
 def _without_block(source: str) -> str:

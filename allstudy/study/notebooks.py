@@ -1,5 +1,6 @@
 """The study's notebooks executed by papermill, each skipped while its notebook, parameters, data and code
 are unchanged since its last successful execution; a failure names the step and keeps its executed copy."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,15 @@ def _stamp(notebook: Path, parameters: dict, data_hash: str) -> str:
     return digest.hexdigest()
 
 
-def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, force: bool = False,
-                     output_name: str | None = None, progress: bool = True) -> StepResult:
+def execute_notebook(
+    name: str,
+    parameters: dict,
+    out: Path,
+    data_hash: str,
+    force: bool = False,
+    output_name: str | None = None,
+    progress: bool = True,
+) -> StepResult:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``out/notebooks/`` and render HTML; skip if fresh.
 
     ``progress``: papermill's progress bar per cell; without it (steps running side by side) one line
@@ -55,7 +63,13 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
     html = out / "notebooks" / f"{name}.html"
     stamp_path = out / "notebooks" / f".{name}.stamp.json"
     stamp = _stamp(source, parameters, data_hash)
-    if not force and target.exists() and html.exists() and stamp_path.exists() and read_json(stamp_path).get("stamp") == stamp:
+    if (
+        not force
+        and target.exists()
+        and html.exists()
+        and stamp_path.exists()
+        and read_json(stamp_path).get("stamp") == stamp
+    ):
         print(f"{name}: unchanged since its last run, reused {target}")
         return StepResult(name, target, html, True, 0.0)
     start = time.perf_counter()
@@ -67,8 +81,14 @@ def execute_notebook(name: str, parameters: dict, out: Path, data_hash: str, for
             # The kernel starts in notebooks/ (nbclient's resources path), as in Jupyter. Not papermill's
             # ``cwd``: that changes the whole process's directory, which steps running side by side in
             # threads then restore in the wrong order, leaving the caller in notebooks/.
-            papermill.execute_notebook(str(source), str(tmp), parameters=parameters, progress_bar=progress,
-                                       kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
+            papermill.execute_notebook(
+                str(source),
+                str(tmp),
+                parameters=parameters,
+                progress_bar=progress,
+                kernel_name="python3",
+                resources={"metadata": {"path": str(NOTEBOOKS)}},
+            )
         except papermill.PapermillExecutionError as err:
             with contextlib.suppress(OSError):
                 os.replace(tmp, failed)  # keep the executed copy with its traceback for the user
@@ -101,4 +121,3 @@ def step_error(name: str, err, failed: Path) -> Exception:
     if match and int(match[1]) in DISK_ERRNOS:
         return OSError(int(match[1]), match[2], match[3])
     return StudyError(f"step {name} failed with {err.ename}: {err.evalue}; its traceback is in {failed}")
-

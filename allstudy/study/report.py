@@ -1,4 +1,5 @@
 """Executed notebooks rendered as self-contained HTML: code hidden, figures inline, progress logs left out."""
+
 from __future__ import annotations
 
 import os
@@ -32,10 +33,13 @@ def render_report(notebooks: list[Path], title: str = "allstudy report") -> str:
     own first heading opens its section.
     """
     merged = nbformat.v4.new_notebook()
-    merged.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                       "language_info": {"name": "python"}}
-    merged.cells.append(nbformat.v4.new_markdown_cell(f"# {title}\n\n" + "\n".join(
-        f"- {Path(n).stem}" for n in notebooks)))
+    merged.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    merged.cells.append(
+        nbformat.v4.new_markdown_cell(f"# {title}\n\n" + "\n".join(f"- {Path(n).stem}" for n in notebooks))
+    )
     for number, notebook in enumerate(notebooks):
         for index, cell in enumerate(nbformat.read(str(notebook), as_version=4).cells):
             tags = set(cell.get("metadata", {}).get("tags", []))
@@ -46,4 +50,3 @@ def render_report(notebooks: list[Path], title: str = "allstudy report") -> str:
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": title}})
     return body
-

@@ -5,6 +5,7 @@
 (code hidden, figures inline). A step whose notebook, parameters and data are unchanged since its
 last successful execution is skipped. Every file is written atomically, so a killed run resumes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,26 +53,39 @@ def resolve_data(data: str | os.PathLike | None, out: str | os.PathLike, profile
     if data is not None:
         path = Path(data)
         if not path.is_dir():
-            raise FileNotFoundError(f"--data {path} is not a folder; pass a dataset folder with one folder per class "
-                                    "(see data/README.md), or leave --data out to use the synthetic default")
+            raise FileNotFoundError(
+                f"--data {path} is not a folder; pass a dataset folder with one folder per class "
+                "(see data/README.md), or leave --data out to use the synthetic default"
+            )
         return path.resolve()
     settings = get_profile(profile)
-    return generate_dataset(Path(out) / "synthetic-data", n_per_class=settings["synthetic_per_class"],
-                            seed=settings["seed"], progress=True).resolve()
+    return generate_dataset(
+        Path(out) / "synthetic-data", n_per_class=settings["synthetic_per_class"], seed=settings["seed"], progress=True
+    ).resolve()
 
 
-def prepare_study_data(data: str | os.PathLike | None, out: str | os.PathLike, profile: str = "quick",
-                       progress: bool = True) -> PreparedData:
+def prepare_study_data(
+    data: str | os.PathLike | None, out: str | os.PathLike, profile: str = "quick", progress: bool = True
+) -> PreparedData:
     """Resolve the dataset and run the cached data step into ``out/data``."""
     settings = get_profile(profile)
     root = resolve_data(data, out, profile)
-    return prepare(root, Path(out) / "data", seed=settings["seed"], fractions=tuple(settings["fractions"]),
-                   progress=progress)
+    return prepare(
+        root, Path(out) / "data", seed=settings["seed"], fractions=tuple(settings["fractions"]), progress=progress
+    )
 
 
-def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, profile: str, arch: str,
-                       weights_dir: str | os.PathLike | None = None, progress: bool = True, run_name: str | None = None,
-                       split: str = "grouped", **overrides):
+def train_architecture(
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    profile: str,
+    arch: str,
+    weights_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    run_name: str | None = None,
+    split: str = "grouped",
+    **overrides,
+):
     """Train one architecture of the profile on the study's data into ``out/runs/<run_name or arch>/``.
 
     A finished run with the same parameters and data is reused as it is. ``split="image"`` trains on the
@@ -87,8 +101,14 @@ def train_architecture(data: str | os.PathLike | None, out: str | os.PathLike, p
         settings = get_profile(profile)
         prepared = with_image_level_split(prepared, settings["seed"], tuple(settings["fractions"]))
         run_name = run_name or f"{arch}-image-split"
-    return train(config, prepared, Path(out) / "runs" / (run_name or arch), cache_dir=Path(out) / "cache",
-                 progress=progress, weights_dir=weights_dir)
+    return train(
+        config,
+        prepared,
+        Path(out) / "runs" / (run_name or arch),
+        cache_dir=Path(out) / "cache",
+        progress=progress,
+        weights_dir=weights_dir,
+    )
 
 
 def reference_segmentation(root: Path) -> Path | None:
@@ -97,25 +117,45 @@ def reference_segmentation(root: Path) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def summarise(out: str | os.PathLike, prepared: PreparedData, runs: list[str], controls: list[str],
-              n_resamples: int = 1000, seed: int = 0) -> dict:
+def summarise(
+    out: str | os.PathLike,
+    prepared: PreparedData,
+    runs: list[str],
+    controls: list[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Evaluate every run, choose the model (validation macro-F1), write summary.json, comparison.csv and
     ``models/chosen/``; return the summary."""
     out = Path(out)
     candidates = evaluate_and_choose(out, runs, n_resamples, seed)
-    found, evaluations, params, chosen = (candidates.runs, candidates.evaluations, candidates.params,
-                                          candidates.chosen)
+    found, evaluations, params, chosen = (candidates.runs, candidates.evaluations, candidates.params, candidates.chosen)
     control_dirs = finished_runs(out, controls)
-    control_rows = control_table({name: run_summary(evaluate_run(run, n_resamples, seed), run.raw_params())
-                                  for name, run in control_dirs.items()}, run_summary(evaluations[chosen], params[chosen]))
+    control_rows = control_table(
+        {
+            name: run_summary(evaluate_run(run, n_resamples, seed), run.raw_params())
+            for name, run in control_dirs.items()
+        },
+        run_summary(evaluations[chosen], params[chosen]),
+    )
     info = data_provenance(prepared.info)
     result = summary(info, evaluations, params, chosen, {"rows": control_rows})
-    result["provenance"] = {"data_hash": info.get("data_hash"), "code_version": code_version(),
-                            "packages": package_versions()}
+    result["provenance"] = {
+        "data_hash": info.get("data_hash"),
+        "code_version": code_version(),
+        "packages": package_versions(),
+    }
     write_json(out / "summary.json", result)
     write_csv(comparison_table(result), out / "comparison.csv")
-    write_model_dir(found[chosen], out / "models" / "chosen", chosen, params[chosen], evaluations[chosen], info,
-                    {"rows": control_rows})
+    write_model_dir(
+        found[chosen],
+        out / "models" / "chosen",
+        chosen,
+        params[chosen],
+        evaluations[chosen],
+        info,
+        {"rows": control_rows},
+    )
     model_folder = ModelFolder(out / "models" / "chosen")
     fit_chosen_guard(model_folder, prepared, params[chosen], out / "cache")
     write_chosen_serving(model_folder, prepared, params[chosen], out / "cache")
@@ -160,18 +200,34 @@ def fit_chosen_guard(folder: ModelFolder, prepared: PreparedData, params: dict, 
     print("fitting the out-of-distribution guard of the chosen model")
     model = folder.load_model()
     view = RunParams(params)
-    images = {s: load_images(prepared.root, prepared.split.loc[prepared.split["split"] == s, "path"].tolist(),
-                             view.input_size, cache_dir) for s in ("train", "val")}
-    guard: OODGuard = fit_guard(model, images["train"], images["val"], view.input_mode,
-                                train_embedding=cached_train_embedding(params, prepared, cache_dir))
+    images = {
+        s: load_images(
+            prepared.root, prepared.split.loc[prepared.split["split"] == s, "path"].tolist(), view.input_size, cache_dir
+        )
+        for s in ("train", "val")
+    }
+    guard: OODGuard = fit_guard(
+        model,
+        images["train"],
+        images["val"],
+        view.input_mode,
+        train_embedding=cached_train_embedding(params, prepared, cache_dir),
+    )
     guard.save(target)
     write_json(stamp_path, stamp)
     return target
 
 
-def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str | os.PathLike = "outputs",
-        force: bool = False, weights_dir: str | os.PathLike | None = None,
-        architectures: list[str] | None = None, strategy: str | None = None, jobs: int = 1) -> list[StepResult]:
+def run(
+    data: str | os.PathLike | None = None,
+    profile: str = "quick",
+    out: str | os.PathLike = "outputs",
+    force: bool = False,
+    weights_dir: str | os.PathLike | None = None,
+    architectures: list[str] | None = None,
+    strategy: str | None = None,
+    jobs: int = 1,
+) -> list[StepResult]:
     """Run the whole study (01 to 05, controls, report); return the executed steps.
 
     With no ``data``, the embedded synthetic default. Writes ``out/report.html``, ``out/summary.json``,
@@ -193,19 +249,44 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     reference = reference_segmentation(prepared.root)
 
     def step(name: str, parameters: dict, output_name: str | None = None):
-        return functools.partial(execute_notebook, name, parameters, out, data_hash, force=force,
-                                 output_name=output_name, progress=jobs == 1)
+        return functools.partial(
+            execute_notebook, name, parameters, out, data_hash, force=force, output_name=output_name, progress=jobs == 1
+        )
 
     architectures = architectures or settings["architectures"]
     evaluation = {"out_dir": str(out), "n_resamples": settings["bootstrap_resamples"], "seed": settings["seed"]}
     explore, preprocess, *trained = run_chains(
-        [[step("01_explore", {**base, "samples_per_class": settings["explore_samples_per_class"],
-                              "duplicate_groups_shown": settings["explore_duplicate_groups"]})],
-         [step("02_preprocess", {**base, "reference_dir": str(reference) if reference else None,
-                                 "max_compared": settings["preprocess_max_compared"]})]]
-        + [[step("03_train", {**base, "arch": arch, "weights_dir": weights_dir, **training}, f"03_train-{arch}"),
-            step("04_evaluate", {**evaluation, "run": arch}, f"04_evaluate-{arch}")] for arch in architectures],
-        jobs)
+        [
+            [
+                step(
+                    "01_explore",
+                    {
+                        **base,
+                        "samples_per_class": settings["explore_samples_per_class"],
+                        "duplicate_groups_shown": settings["explore_duplicate_groups"],
+                    },
+                )
+            ],
+            [
+                step(
+                    "02_preprocess",
+                    {
+                        **base,
+                        "reference_dir": str(reference) if reference else None,
+                        "max_compared": settings["preprocess_max_compared"],
+                    },
+                )
+            ],
+        ]
+        + [
+            [
+                step("03_train", {**base, "arch": arch, "weights_dir": weights_dir, **training}, f"03_train-{arch}"),
+                step("04_evaluate", {**evaluation, "run": arch}, f"04_evaluate-{arch}"),
+            ]
+            for arch in architectures
+        ],
+        jobs,
+    )
     results = explore + preprocess + [chain[0] for chain in trained] + [chain[1] for chain in trained]
 
     # Validity controls: shortcut baselines, the chosen architecture on other inputs (one view each), and on the
@@ -216,21 +297,36 @@ def run(data: str | os.PathLike | None = None, profile: str = "quick", out: str 
     for name in BASELINES:
         print(f"control: {name} baseline")
         controls.append(run_baseline(name, prepared, out, out / "cache", settings["seed"]).name)
-    variants = {f"control-{chosen}-{suffix}": {"input_mode": mode, "tta_views": 1}
-                for suffix, (mode, _) in CONTROL_RUNS.items()}
+    variants = {
+        f"control-{chosen}-{suffix}": {"input_mode": mode, "tta_views": 1} for suffix, (mode, _) in CONTROL_RUNS.items()
+    }
     variants[f"control-{chosen}-{IMAGE_SPLIT_RUN}"] = {"split": "image"}
-    for chain in run_chains([[step("03_train", {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": name,
-                                                 **variant, **training}, f"03_train-{name}")]
-                             for name, variant in variants.items()], jobs):
+    for chain in run_chains(
+        [
+            [
+                step(
+                    "03_train",
+                    {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": name, **variant, **training},
+                    f"03_train-{name}",
+                )
+            ]
+            for name, variant in variants.items()
+        ],
+        jobs,
+    ):
         results += chain
     controls += list(variants)
 
     summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
     summary_hash = sha256_file(out / "summary.json")
-    results.append(execute_notebook("05_compare", {"out_dir": str(out)}, out, f"{data_hash}|{summary_hash}", force=force))
-    write_text(out / "report.html", render_report([r.notebook for r in results if not r.name.startswith("03_train-control")],
-                                                  title="allstudy report"))
+    results.append(
+        execute_notebook("05_compare", {"out_dir": str(out)}, out, f"{data_hash}|{summary_hash}", force=force)
+    )
+    write_text(
+        out / "report.html",
+        render_report(
+            [r.notebook for r in results if not r.name.startswith("03_train-control")], title="allstudy report"
+        ),
+    )
     print(f"study complete in {time.perf_counter() - started:.0f} s: {out / 'report.html'}")
     return results
-
-

@@ -8,6 +8,7 @@ check cannot run.
 app's *One image* tab and screenshots the labelled answer with its Grad-CAM (:func:`open_page` and
 :func:`show_prediction` are its parts, for checks that go on with the same page).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,7 @@ from allstudy.testing.servers import free_port, local_server
 CHROMIUM = os.environ.get("ALLSTUDY_CHROMIUM", "/usr/bin/chromium")
 #: How the checks launch it (headless; no sandbox, which needs user namespaces containers often lack).
 LAUNCH_ARGS = ["--no-sandbox"]
-VIEWPORT = {"width": 1280, "height": 900}
+WIDTH, HEIGHT = 1280, 900  # the viewport
 
 
 def unavailable() -> str | None:
@@ -40,8 +41,14 @@ def unavailable() -> str | None:
     return None
 
 
-def inspect_page(url: str, screenshot: str | os.PathLike, wait_for: str | None = None, timeout_ms: int = 60_000,
-                 width: int = 1280, full_page: bool = True) -> dict:
+def inspect_page(
+    url: str,
+    screenshot: str | os.PathLike,
+    wait_for: str | None = None,
+    timeout_ms: int = 60_000,
+    width: int = WIDTH,
+    full_page: bool = True,
+) -> dict:
     """Open ``url`` headless, wait for the page (and ``wait_for``, a CSS selector), screenshot it.
 
     Returns what a reader would see: the number of images and of those that failed to render
@@ -53,7 +60,7 @@ def inspect_page(url: str, screenshot: str | os.PathLike, wait_for: str | None =
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         try:
-            page = browser.new_page(viewport={**VIEWPORT, "width": width})
+            page = browser.new_page(viewport={"width": width, "height": HEIGHT})
             page.goto(url, wait_until="load", timeout=timeout_ms)
             if wait_for:
                 page.wait_for_selector(wait_for, timeout=timeout_ms)
@@ -96,15 +103,16 @@ def open_page(url: str, timeout_ms: int = 60_000) -> Iterator:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             page.goto(url, wait_until="load", timeout=timeout_ms)
             yield page
         finally:
             browser.close()
 
 
-def show_prediction(page, image: str | os.PathLike, screenshot: str | os.PathLike | None = None,
-                    timeout_ms: int = 60_000) -> dict:
+def show_prediction(
+    page, image: str | os.PathLike, screenshot: str | os.PathLike | None = None, timeout_ms: int = 60_000
+) -> dict:
     """Upload ``image`` on the app's *One image* tab of ``page`` and wait for the answer.
 
     The tab must be empty: a page just opened, or one whose upload was cleared (its Clear button); the
@@ -127,9 +135,13 @@ def show_prediction(page, image: str | os.PathLike, screenshot: str | os.PathLik
         raise RuntimeError(f"the app cannot read {image}: {verdict}")
     page.wait_for_function(_ALL_IMAGES_LOADED, timeout=timeout_ms)
     top = page.locator("#probabilities .output-class")
-    shown = {"verdict": verdict, "label": top.first.inner_text().strip() if top.count() else "",
-             "probabilities": page.evaluate(_ROWS),
-             "gradcam": page.evaluate(_SHOWN, "#gradcam img"), "screenshot": None}
+    shown = {
+        "verdict": verdict,
+        "label": top.first.inner_text().strip() if top.count() else "",
+        "probabilities": page.evaluate(_ROWS),
+        "gradcam": page.evaluate(_SHOWN, "#gradcam img"),
+        "screenshot": None,
+    }
     if screenshot is not None:
         with atomic_path(screenshot) as tmp:
             tmp.write_bytes(page.screenshot(full_page=True, type="png"))
@@ -137,8 +149,9 @@ def show_prediction(page, image: str | os.PathLike, screenshot: str | os.PathLik
     return shown
 
 
-def screenshot_prediction(url: str, image: str | os.PathLike, screenshot: str | os.PathLike,
-                          timeout_s: float = 120) -> dict:
+def screenshot_prediction(
+    url: str, image: str | os.PathLike, screenshot: str | os.PathLike, timeout_s: float = 120
+) -> dict:
     """Open the app at ``url`` in headless Chromium, upload ``image``, screenshot the answer.
 
     The page is the app's (:mod:`allstudy.serving.app`) with a model; see :func:`show_prediction` for what is
@@ -163,8 +176,18 @@ _NOTEBOOK_SHOWN = """() => {
 def jupyterlab(root: str | os.PathLike, timeout_s: float = 120):
     """A JupyterLab server on 127.0.0.1 serving ``root`` (no token: loopback only, for the check); yields its URL."""
     port = free_port()
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-               f"--ServerApp.root_dir={Path(root).resolve()}", "--IdentityProvider.token=", "--allow-root"]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--ServerApp.root_dir={Path(root).resolve()}",
+        "--IdentityProvider.token=",
+        "--allow-root",
+    ]
     with tempfile.TemporaryDirectory(prefix="allstudy-jupyter-") as home:
         env = {**os.environ, "JUPYTER_CONFIG_DIR": home, "JUPYTER_RUNTIME_DIR": home}
         url = f"http://127.0.0.1:{port}"
@@ -187,9 +210,10 @@ def open_in_jupyterlab(notebook: str | os.PathLike, screenshot: str | os.PathLik
     with jupyterlab(notebook.parent, timeout_s) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.goto(f"{url}/lab/tree/{urllib.parse.quote(notebook.name)}", wait_until="load",
-                      timeout=timeout_s * 1000)
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.goto(
+                f"{url}/lab/tree/{urllib.parse.quote(notebook.name)}", wait_until="load", timeout=timeout_s * 1000
+            )
             page.wait_for_function(_NOTEBOOK_SHOWN, timeout=timeout_s * 1000)
             seen = page.evaluate("""() => {
                 const images = Array.from(document.querySelectorAll('.jp-OutputArea-output img'));

@@ -1,5 +1,6 @@
 """Local servers in child processes (the app, JupyterLab): a free loopback port, a start that waits
 until the server answers HTTP, and a stop that always ends the process."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,8 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 
 def free_port() -> int:
@@ -47,16 +49,23 @@ def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def local_server(command: list[str], url: str, timeout_s: float = 120, what: str = "the server",
-                 log: IO | None = None, env: dict | None = None,
-                 cwd: str | os.PathLike | None = None) -> Iterator[subprocess.Popen]:
+def local_server(
+    command: list[str],
+    url: str,
+    timeout_s: float = 120,
+    what: str = "the server",
+    log: IO | None = None,
+    env: dict | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> Iterator[subprocess.Popen]:
     """Run ``command``; yield its process once ``url`` answers; stop it on the way out, whatever happened.
 
     Its output goes to ``log`` (a file opened for writing), or nowhere.
     """
     sink = log if log is not None else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT if log is not None else sink,
-                               env=env, cwd=cwd)
+    process = subprocess.Popen(
+        command, stdout=sink, stderr=subprocess.STDOUT if log is not None else sink, env=env, cwd=cwd
+    )
     try:
         wait_until_answers(url, process, timeout_s, what)
         yield process

@@ -1,13 +1,14 @@
 """Training runs: resumable fits and transfer learning in two phases, into a run folder
-(:class:`allstudy.training.run_folder.RunFolder`). While training, each stage keeps ``<stage>/state.json`` and the checkpoint it
-names, both written atomically after every epoch; ``kill -9`` at any moment, then the same command,
-resumes from the last finished epoch.
+(:class:`allstudy.training.run_folder.RunFolder`). While training, each stage keeps
+``<stage>/state.json`` and the checkpoint it names, both written atomically after every epoch;
+``kill -9`` at any moment, then the same command, resumes from the last finished epoch.
 
 Transfer models (pretrained backbone): phase 1 trains the head on backbone features computed once
 per split and cached; phase 2 fine-tunes the top of the backbone at a low learning rate, with
 BatchNorm in inference mode (the backbone is called with ``training=False``). Models from scratch
 train end to end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,14 @@ def _use_mixed_precision_if_gpu() -> bool:
     return False
 
 
-def _optimizer(name: str, learning_rate: float, momentum: float, schedule: str = "constant", steps: int = 0,
-               ema_momentum: float = 0.0):
+def _optimizer(
+    name: str,
+    learning_rate: float,
+    momentum: float,
+    schedule: str = "constant",
+    steps: int = 0,
+    ema_momentum: float = 0.0,
+):
     if not 0.0 <= ema_momentum < 1.0:
         raise ValueError(f"ema_momentum must be in [0, 1), not {ema_momentum}; 0 turns the weight average off")
     ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
@@ -104,8 +111,12 @@ class _EpochCheckpoint:
                 self.started = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
-                row = {"stage": self.stage, "epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-                       "seconds": round(time.perf_counter() - self.started, 2)}
+                row = {
+                    "stage": self.stage,
+                    "epoch": epoch + 1,
+                    **{k: float(v) for k, v in (logs or {}).items()},
+                    "seconds": round(time.perf_counter() - self.started, 2),
+                }
                 self.rows.append(row)
                 name = f"epoch-{epoch + 1:04d}.keras"
                 with atomic_path(self.stage_dir / name) as tmp:
@@ -114,8 +125,10 @@ class _EpochCheckpoint:
                 if best == epoch + 1:  # the best so far by validation accuracy: keep a copy
                     with atomic_path(self.stage_dir / "best.keras") as tmp:
                         shutil.copyfile(self.stage_dir / name, tmp)
-                write_json(self.stage_dir / "state.json", {"epoch": epoch + 1, "checkpoint": name, "best_epoch": best,
-                                                           "history": self.rows})
+                write_json(
+                    self.stage_dir / "state.json",
+                    {"epoch": epoch + 1, "checkpoint": name, "best_epoch": best, "history": self.rows},
+                )
                 for old in self.stage_dir.glob("epoch-*.keras"):
                     if old.name != name:
                         old.unlink(missing_ok=True)
@@ -139,8 +152,18 @@ def _use_average(model):
     return model
 
 
-def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, stage: str,
-                  class_weight: dict | None = None, verbose: int = 2, strategy=None, restore_best: bool = True):
+def fit_resumable(
+    model,
+    train_data,
+    val_data,
+    epochs: int,
+    stage_dir: Path,
+    stage: str,
+    class_weight: dict | None = None,
+    verbose: int = 2,
+    strategy=None,
+    restore_best: bool = True,
+):
     """Fit ``model`` for ``epochs`` epochs, resuming from ``stage_dir`` when an earlier fit was cut off.
 
     Returns ``(trained_model, history_rows)``; the trained model is ``model`` itself or, on resume,
@@ -165,9 +188,16 @@ def fit_resumable(model, train_data, val_data, epochs: int, stage_dir: Path, sta
         # weights with the average in the optimizer's state, so a resumed fit goes on exactly where it was.
         callbacks.insert(0, keras.callbacks.SwapEMAWeights())
     if initial_epoch < epochs:
-        model.fit(train_data, validation_data=val_data, epochs=epochs, initial_epoch=initial_epoch,
-                  class_weight=class_weight, verbose=verbose, shuffle=False,  # the tf.data pipeline shuffles
-                  callbacks=callbacks)
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            class_weight=class_weight,
+            verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+            callbacks=callbacks,
+        )
     _use_average(model)
     best = _best_epoch(rows)
     if restore_best and rows and best != rows[-1]["epoch"] and (stage_dir / "best.keras").exists():
@@ -207,7 +237,7 @@ def feature_rows(split: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def split_hash(split: pd.DataFrame) -> str:
     """A fingerprint of which field is in which split (part of a run's identity)."""
-    rows = sorted(zip(split["path"], split["split"]))
+    rows = sorted(zip(split["path"], split["split"], strict=True))
     return short_hash("\n".join(f"{p}\t{s}" for p, s in rows))
 
 
@@ -220,6 +250,7 @@ class _FeatureExtractor:
 
     def __call__(self, images: np.ndarray, path: Path, view: int = 0) -> np.ndarray:
         """Features of one dihedral view of the images, computed once and cached in ``path``."""
+
         def compute():
             if self._predict is None:
                 self._predict, self.runtime = bulk_predictor(self.built.features, images[:8], self.batch_size)
@@ -231,25 +262,38 @@ class _FeatureExtractor:
             features = cached_array(path, compute)
         return features
 
-    def by_split(self, images: dict[str, np.ndarray], split: pd.DataFrame, views, folder: Path,
-                 progress: bool) -> dict[str, np.ndarray]:
+    def by_split(
+        self, images: dict[str, np.ndarray], split: pd.DataFrame, views, folder: Path, progress: bool
+    ) -> dict[str, np.ndarray]:
         """Each split's features of every view, shape (views, fields, features), from per-view files that hold
         every field of the data in path order (:func:`feature_rows`)."""
         rows = feature_rows(split)
         every = np.empty((len(split), *next(iter(images.values())).shape[1:]), np.uint8)
         for name, part in images.items():
             every[rows[name]] = part
-        per_view = [self(every, folder / f"features-view{k}.npy", k)
-                    for k in tqdm(views, desc="features", unit="view", disable=not progress)]
+        per_view = [
+            self(every, folder / f"features-view{k}.npy", k)
+            for k in tqdm(views, desc="features", unit="view", disable=not progress)
+        ]
         return {name: np.stack([features[rows[name]] for features in per_view]) for name in images}
 
 
-def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True, weights_dir: str | os.PathLike | None = None) -> RunResult:
+def train(
+    config: TrainConfig,
+    data: PreparedData,
+    run_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    weights_dir: str | os.PathLike | None = None,
+) -> RunResult:
     """Train one architecture on a prepared dataset into ``run_dir``; reuse a finished run with the same parameters."""
     run = RunFolder(Path(run_dir))
-    identity = {"config": asdict(config), "data_hash": data.info["data_hash"], "split_hash": split_hash(data.split),
-                "code_source": code_version()["training_source_sha256"]}
+    identity = {
+        "config": asdict(config),
+        "data_hash": data.info["data_hash"],
+        "split_hash": split_hash(data.split),
+        "code_source": code_version()["training_source_sha256"],
+    }
     if run.params_file.exists() and run.model_file.exists():
         params = run.raw_params()
         if {k: params.get(k) for k in identity} == identity:
@@ -271,8 +315,10 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     index = {c: i for i, c in enumerate(classes)}
     size = int(config.input_size or arch.input_size)
     parts = {s: data.split[data.split["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    images = {s: load_images(data.root, part["path"].tolist(), size, cache_dir, progress=progress, mode=config.input_mode)
-              for s, part in parts.items()}
+    images = {
+        s: load_images(data.root, part["path"].tolist(), size, cache_dir, progress=progress, mode=config.input_mode)
+        for s, part in parts.items()
+    }
     labels = {s: part["class"].map(index).to_numpy() for s, part in parts.items()}
     onehot = {s: keras.utils.to_categorical(y, len(classes)) for s, y in labels.items()}
     weights = class_weights(labels["train"], len(classes)) if config.class_weighting else None
@@ -290,44 +336,77 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
         """Compile the whole model and fit it on (augmented) images, resumably; keep the weights in ``built``."""
         steps = config.epochs * -(-len(images["train"]) // batch)
         with strategy.scope():
-            built.model.compile(optimizer=_optimizer(config.optimizer, learning_rate, config.momentum,
-                                                     config.lr_schedule, steps, config.ema_momentum),
-                                loss="categorical_crossentropy", metrics=["accuracy"])
+            built.model.compile(
+                optimizer=_optimizer(
+                    config.optimizer, learning_rate, config.momentum, config.lr_schedule, steps, config.ema_momentum
+                ),
+                loss="categorical_crossentropy",
+                metrics=["accuracy"],
+            )
         trained, stage_rows = fit_resumable(
-            built.model, make_dataset(images["train"], onehot["train"], batch, True, config.augment, config.seed,
-                         config.colour_jitter),
-            make_dataset(images["val"], onehot["val"], batch), config.epochs, work / stage, stage,
-            weights, verbose, strategy, config.restore_best)
+            built.model,
+            make_dataset(
+                images["train"], onehot["train"], batch, True, config.augment, config.seed, config.colour_jitter
+            ),
+            make_dataset(images["val"], onehot["val"], batch),
+            config.epochs,
+            work / stage,
+            stage,
+            weights,
+            verbose,
+            strategy,
+            config.restore_best,
+        )
         copy_weights(trained, built.model)
         return stage_rows
 
     features, feature_runtime, unscaled = None, None, None
     if built.weights is not None and built.head is not None:  # transfer learning, two phases
         # Phase 1 on cached features of every dihedral view: the views are the augmentation.
-        where = features_dir(cache_dir, asdict(config), _weights_sha256(built.weights) or built.weights, size,
-                             data.info["data_hash"]) or work
+        where = (
+            features_dir(
+                cache_dir, asdict(config), _weights_sha256(built.weights) or built.weights, size, data.info["data_hash"]
+            )
+            or work
+        )
         extract = _FeatureExtractor(built, batch)
         features = extract.by_split(images, data.split, views, where, progress)
-        feature_runtime = extract.runtime or "cached"   # litert, keras, or all read from the cache
+        feature_runtime = extract.runtime or "cached"  # litert, keras, or all read from the cache
         head_x = {s: f.reshape(-1, f.shape[-1]) for s, f in features.items()}
         head_y = {s: np.tile(y, (len(views), 1)) for s, y in onehot.items()}
         steps = config.head_epochs * -(-len(head_x["train"]) // batch)
         with strategy.scope():
             unscaled = adapt_standardise(built.head.get_layer("standardise"), head_x["train"])
-            built.head.compile(optimizer=_optimizer(config.optimizer, config.learning_rate, config.momentum,
-                                                    config.lr_schedule, steps),
-                               loss="categorical_crossentropy", metrics=["accuracy"])
+            built.head.compile(
+                optimizer=_optimizer(
+                    config.optimizer, config.learning_rate, config.momentum, config.lr_schedule, steps
+                ),
+                loss="categorical_crossentropy",
+                metrics=["accuracy"],
+            )
         head_data = make_dataset(head_x["train"], head_y["train"], batch, shuffle=True, seed=config.seed)
         head_val = make_dataset(head_x["val"], head_y["val"], batch)
-        trained, head_rows = fit_resumable(built.head, head_data, head_val, config.head_epochs, work / "head", "head",
-                                           weights, verbose, strategy, config.restore_best)
+        trained, head_rows = fit_resumable(
+            built.head,
+            head_data,
+            head_val,
+            config.head_epochs,
+            work / "head",
+            "head",
+            weights,
+            verbose,
+            strategy,
+            config.restore_best,
+        )
         copy_weights(trained, built.head)
         rows += head_rows
         if config.epochs > 0:
             features = None  # the backbone changes: features no longer describe it
             with strategy.scope():
-                unfreeze_top(built.backbone, config.fine_tune_layers if config.fine_tune_layers is not None
-                             else arch.fine_tune_layers)
+                unfreeze_top(
+                    built.backbone,
+                    config.fine_tune_layers if config.fine_tune_layers is not None else arch.fine_tune_layers,
+                )
             rows += fit_on_images(config.fine_tune_learning_rate, "finetune")
     else:
         rows += fit_on_images(config.learning_rate, "train")
@@ -336,26 +415,49 @@ def train(config: TrainConfig, data: PreparedData, run_dir: str | os.PathLike, c
     history = pd.DataFrame(rows)
     deployable = with_tta(_deployable(built.model), config.tta_views)
     if features is not None:  # the head on cached features computes what the deployable model does, cheaply
-        probabilities = {s: np.mean([built.head.predict(f, batch_size=batch, verbose=0) for f in features[s]], axis=0)
-                         for s in ("val", "test")}
+        probabilities = {
+            s: np.mean([built.head.predict(f, batch_size=batch, verbose=0) for f in features[s]], axis=0)
+            for s in ("val", "test")
+        }
         check = _consistency(deployable, images["test"][:8], probabilities["test"][:8])
     else:
-        probabilities = {s: deployable.predict(make_dataset(images[s], None, batch), verbose=0) for s in ("val", "test")}
+        probabilities = {
+            s: deployable.predict(make_dataset(images[s], None, batch), verbose=0) for s in ("val", "test")
+        }
         check = 0.0
     predictions = _prediction_frame(parts, probabilities, classes)
-    metrics = {s: float((predictions[predictions["split"] == s]["label"] ==
-                         predictions[predictions["split"] == s]["class"]).mean()) for s in ("val", "test")}
+    metrics = {
+        s: float(
+            (predictions[predictions["split"] == s]["label"] == predictions[predictions["split"] == s]["class"]).mean()
+        )
+        for s in ("val", "test")
+    }
     run.write_results(predictions, {"accuracy": metrics}, history, deployable, plot_curves(history, config.arch))
-    params = {**identity, "arch": config.arch, "classes": classes, "input_size": size,
-              "preprocessing": arch.preprocessing, "weights_file": built.weights, "weights_sha256": _weights_sha256(built.weights),
-              "params": int(built.model.count_params()), "train_seconds": round(train_seconds, 1),
-              "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
-              "epochs_run": len(history), "tta_views": config.tta_views, "prediction_check_max_abs_diff": check,
-              "feature_runtime": feature_runtime, "features_left_unscaled": unscaled,
-              "split_protocol": data.info.get("split", {}).get("protocol", "grouped"),
-              "leaked_fields": data.info.get("leaked_fields", {"val": 0, "test": 0}),
-              "mixed_precision": mixed, "replicas": strategy.num_replicas_in_sync,
-              "code_version": code_version(), "packages": package_versions(), "platform": platform.platform(), "complete": True}
+    params = {
+        **identity,
+        "arch": config.arch,
+        "classes": classes,
+        "input_size": size,
+        "preprocessing": arch.preprocessing,
+        "weights_file": built.weights,
+        "weights_sha256": _weights_sha256(built.weights),
+        "params": int(built.model.count_params()),
+        "train_seconds": round(train_seconds, 1),
+        "epoch_seconds_total": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
+        "epochs_run": len(history),
+        "tta_views": config.tta_views,
+        "prediction_check_max_abs_diff": check,
+        "feature_runtime": feature_runtime,
+        "features_left_unscaled": unscaled,
+        "split_protocol": data.info.get("split", {}).get("protocol", "grouped"),
+        "leaked_fields": data.info.get("leaked_fields", {"val": 0, "test": 0}),
+        "mixed_precision": mixed,
+        "replicas": strategy.num_replicas_in_sync,
+        "code_version": code_version(),
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "complete": True,
+    }
     run.write_params(params)
     shutil.rmtree(work, ignore_errors=True)
     return RunResult(run.path, params, history, metrics={"accuracy": metrics})
@@ -373,8 +475,10 @@ def _consistency(model, images: np.ndarray, expected: np.ndarray, tolerance: flo
     got = model.predict(images.astype(np.float32), verbose=0)
     difference = float(np.abs(got - expected).max()) if len(images) else 0.0
     if difference > tolerance:
-        raise RuntimeError(f"the saved model and its cached features disagree (max |dp| {difference:.2g}); "
-                           "delete the run's training/ folder and train again")
+        raise RuntimeError(
+            f"the saved model and its cached features disagree (max |dp| {difference:.2g}); "
+            "delete the run's training/ folder and train again"
+        )
     return difference
 
 
@@ -396,7 +500,7 @@ def plot_curves(history: pd.DataFrame, title: str):
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     step = np.arange(1, len(history) + 1)
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         if metric in history:
             ax.plot(step, history[metric], label="train")
         if f"val_{metric}" in history:
@@ -423,4 +527,3 @@ def deterministic_ops() -> bool:
         return False
     tf.config.experimental.enable_op_determinism()
     return True
-

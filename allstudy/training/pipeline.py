@@ -3,6 +3,7 @@
 Each file becomes model input through :func:`allstudy.data.preprocess.load_image`, the same
 conversion the Predictor and the guard use.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,15 +18,28 @@ from allstudy.core.hashing import short_hash
 from allstudy.data.preprocess import load_image
 
 
-def load_images(root: str | os.PathLike, paths: list[str], size: int, cache_dir: str | os.PathLike | None = None,
-                progress: bool = False, mode: str = "original") -> np.ndarray:
+def load_images(
+    root: str | os.PathLike,
+    paths: list[str],
+    size: int,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    mode: str = "original",
+) -> np.ndarray:
     """Load many files as one (N, size, size, 3) uint8 array, cached in ``cache_dir`` when given."""
     root = Path(root)
 
     def decode() -> np.ndarray:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            arrays = list(tqdm(pool.map(lambda p: load_image(root / p, size, mode), paths), total=len(paths),
-                               desc=f"loading images at {size}px ({mode})", unit="img", disable=not progress))
+            arrays = list(
+                tqdm(
+                    pool.map(lambda p: load_image(root / p, size, mode), paths),
+                    total=len(paths),
+                    desc=f"loading images at {size}px ({mode})",
+                    unit="img",
+                    disable=not progress,
+                )
+            )
         return np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
 
     if cache_dir is None:
@@ -58,8 +72,15 @@ def augment(images, seed, colour: bool = True):
     return tf.clip_by_value(images, 0.0, 1.0) * 255.0
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False,
-                 augmented: bool = False, seed: int = 0, colour_jitter: bool = True):
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int,
+    shuffle: bool = False,
+    augmented: bool = False,
+    seed: int = 0,
+    colour_jitter: bool = True,
+):
     """A batched, prefetched tf.data pipeline of float32 0..255 images (and one-hot labels when given).
 
     Shuffling and augmentation follow ``seed``: each pass (epoch) draws anew, and a run repeats exactly.
@@ -75,9 +96,12 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
     if augmented:  # one stateless seed per batch, from a seeded stream that draws anew each epoch
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         data = tf.data.Dataset.zip(data, seeds)
-        data = data.map((lambda x, s: augment(x, s, colour=colour_jitter)) if labels is None
-                        else (lambda xy, s: (augment(xy[0], s, colour=colour_jitter), xy[1])),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+        data = data.map(
+            (lambda x, s: augment(x, s, colour=colour_jitter))
+            if labels is None
+            else (lambda xy, s: (augment(xy[0], s, colour=colour_jitter), xy[1])),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return data.prefetch(tf.data.AUTOTUNE)
 
 
@@ -88,5 +112,5 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
     result = {int(c): 1.0 for c in range(n_classes)}
-    result.update({int(c): float(w) for c, w in zip(present, weights)})
+    result.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})
     return result

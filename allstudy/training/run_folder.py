@@ -6,6 +6,7 @@ package versions; written last, its ``complete`` flag marks a finished run), ``h
 evaluation) and ``cost.json`` (the cached inference cost). ``training/`` holds the checkpoints of a
 run in progress.
 """
+
 from __future__ import annotations
 
 import os
@@ -169,8 +170,14 @@ class RunFolder:
         """A complete ``params.json`` and the predictions: training ended and wrote everything."""
         return self.params_file.exists() and self.predictions_file.exists() and self.params().complete
 
-    def write_results(self, predictions: pd.DataFrame, metrics: dict[str, Any],
-                      history: pd.DataFrame | None = None, model: Any = None, curves: Any = None) -> None:
+    def write_results(
+        self,
+        predictions: pd.DataFrame,
+        metrics: dict[str, Any],
+        history: pd.DataFrame | None = None,
+        model: Any = None,
+        curves: Any = None,
+    ) -> None:
         """The results of training, each file atomically: the saved Keras ``model``, ``history``, the
         ``curves`` figure, ``predictions`` and ``metrics``. :meth:`write_params` comes last."""
         self.path.mkdir(parents=True, exist_ok=True)
