@@ -8,15 +8,18 @@ import contextlib
 import errno
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 from allstudy import __version__
+from allstudy.core.atomic import read_json
 from allstudy.data.segment import INPUT_MODES
 from allstudy.data.split import DEFAULT_FRACTIONS, SPLIT_PROTOCOLS
 from allstudy.models.profiles import ARCHITECTURES, PROFILES, STRATEGIES
 from allstudy.models.views import DIHEDRAL_VIEWS
 from allstudy.serving import EXPORT_FORMATS
+from allstudy.study.console import LOG_NAME, StudyConsole
 
 # Each command imports what it needs when it runs: TensorFlow alone takes seconds to import (15 s on this
 # project's loaded 2-core machine), which `data scan` or `--help` must not pay.
@@ -107,25 +110,47 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from allstudy.study.runner import run
-
-    results = run(
-        args.data,
-        profile=args.profile,
-        out=args.out,
-        force=args.force,
-        weights_dir=args.weights_dir,
-        architectures=args.arch,
-        strategy=args.strategy,
-        jobs=args.jobs,
-    )
     out = Path(args.out).resolve()
+    log = None if args.verbose else out / LOG_NAME
+    started = time.perf_counter()
+    with StudyConsole(log) as console:
+        if log is not None:
+            console.say(f"allstudy run: profile {args.profile}, into {out}; the steps' own output goes to {log}")
+        from allstudy.study.runner import run
+
+        results = run(
+            args.data,
+            profile=args.profile,
+            out=args.out,
+            force=args.force,
+            weights_dir=args.weights_dir,
+            architectures=args.arch,
+            strategy=args.strategy,
+            jobs=args.jobs,
+            console=console,
+        )
     print(
-        f"\nThe study is done. The report: {out / 'report.html'}\n"
-        f"Figures: {out / 'summary.json'}, {out / 'comparison.csv'}; chosen model: {out / 'models' / 'chosen'}\n"
-        f"Each step: {out / 'notebooks'}/ ({len(results)} notebooks, .ipynb and .html)"
+        f"\nThe study is done in {time.perf_counter() - started:.0f} s. The report: {out / 'report.html'} "
+        "(open it in a browser)\n"
+        f"{_chosen_line(out)}\n"
+        f"Figures: {out / 'summary.json'}, {out / 'comparison.csv'}; "
+        f"each step: {out / 'notebooks'}/ ({len(results)} notebooks, .ipynb and .html)\n"
+        f"The app on the chosen model: python app.py --model {out / 'models' / 'chosen'} "
+        "(then open the address it prints)"
     )
     return 0
+
+
+def _chosen_line(out: Path) -> str:
+    """The chosen model in one line, from summary.json: test accuracy, malignant fields called benign, referrals."""
+    summary = read_json(out / "summary.json")
+    run = summary["runs"][summary["chosen"]]
+    decision = run["decision"]
+    return (
+        f"Chosen model (validation macro-F1): {summary['chosen']}, test accuracy {run['test']['accuracy']:.1%}; "
+        f"under the decision policy {decision['malignant_called_benign']} of {decision['n_malignant']} malignant "
+        f"test fields called benign, {decision['referred']} referred for review; in {out / 'models' / 'chosen'}"
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -290,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="notebooks executed at once, each in its own kernel, "
         "with the same results; 2 keeps both cores of a 2-core machine busy (default: %(default)s)",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every step's own output (TensorFlow's logs included) instead of one line per step; "
+        "without it, that output goes to OUT/study.log",
     )
     run.set_defaults(func=_run)
 

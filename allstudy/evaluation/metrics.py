@@ -602,7 +602,7 @@ def plot_tradeoff(rows: list[dict], alpha: float | None = None, split: str = "te
         )
         if chosen:
             ax.plot([x], [m], "o", color="tab:red", markersize=10, fillstyle="none", label=f"the policy (α={alpha:g})")
-    cast(MaxNLocator, ax.yaxis.get_major_locator()).set_params(integer=True)  # the default AutoLocator is one
+    cast("MaxNLocator", ax.yaxis.get_major_locator()).set_params(integer=True)  # the default AutoLocator is one
     ax.set(
         xlabel=f"fields referred for expert review, {split} (%)",
         ylabel=f"malignant fields called benign, {split}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from allstudy.serving.modelcard import write_model_dir
 from allstudy.serving.ood import FORMAT as GUARD_FORMAT
 from allstudy.serving.ood import OODGuard, fit_guard
 from allstudy.serving.runtime import write_serving
+from allstudy.study.console import StudyConsole
 from allstudy.study.notebooks import StepResult, execute_notebook
 from allstudy.study.report import render_report
 from allstudy.training.fit import deterministic_ops, feature_rows, features_dir, train
@@ -48,7 +50,7 @@ from allstudy.training.run_folder import RunParams, finished_runs
 STEPS = ("01_explore", "02_preprocess", "03_train", "04_evaluate", "05_compare")
 
 
-def resolve_data(data: str | os.PathLike | None, out: str | os.PathLike, profile: str) -> Path:
+def resolve_data(data: str | os.PathLike | None, out: str | os.PathLike, profile: str, progress: bool = True) -> Path:
     """The dataset folder to study: ``data`` itself, or the synthetic default generated under ``out``."""
     if data is not None:
         path = Path(data)
@@ -60,7 +62,10 @@ def resolve_data(data: str | os.PathLike | None, out: str | os.PathLike, profile
         return path.resolve()
     settings = get_profile(profile)
     return generate_dataset(
-        Path(out) / "synthetic-data", n_per_class=settings["synthetic_per_class"], seed=settings["seed"], progress=True
+        Path(out) / "synthetic-data",
+        n_per_class=settings["synthetic_per_class"],
+        seed=settings["seed"],
+        progress=progress,
     ).resolve()
 
 
@@ -69,7 +74,7 @@ def prepare_study_data(
 ) -> PreparedData:
     """Resolve the dataset and run the cached data step into ``out/data``."""
     settings = get_profile(profile)
-    root = resolve_data(data, out, profile)
+    root = resolve_data(data, out, profile, progress)
     return prepare(
         root, Path(out) / "data", seed=settings["seed"], fractions=tuple(settings["fractions"]), progress=progress
     )
@@ -227,6 +232,7 @@ def run(
     architectures: list[str] | None = None,
     strategy: str | None = None,
     jobs: int = 1,
+    console: StudyConsole | None = None,
 ) -> list[StepResult]:
     """Run the whole study (01 to 05, controls, report); return the executed steps.
 
@@ -234,26 +240,40 @@ def run(
     ``out/comparison.csv`` and ``out/models/chosen/``. ``strategy`` (mirrored, multiworker, tpu) is
     the training notebooks' ``tf.distribute`` strategy; None: TensorFlow's default (one device).
     ``jobs`` notebooks execute at once (each architecture trains then evaluates in one chain; the
-    controls run side by side); every result is the same whatever ``jobs`` is.
+    controls run side by side); every result is the same whatever ``jobs`` is. ``console``: what the
+    terminal shows (the command line's: one line per step, the rest in a log file).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     started = time.perf_counter()
     out = Path(out).resolve()
-    prepared = prepare_study_data(data, out, profile)
+    console = console or StudyConsole()  # by default, nothing redirected: every step's own output
     settings = get_profile(profile)
+    architectures = architectures or settings["architectures"]
+    n_variants = len(CONTROL_RUNS) + 1  # the chosen architecture on other inputs, and on the image-level split
+    # data, 01, 02, 03 and 04 per architecture, baselines, control runs, summary, 05, report
+    console.total = 3 + 2 * len(architectures) + len(BASELINES) + n_variants + 3
+    with console.step("data: scan, duplicates and overlaps, split"):
+        prepared = prepare_study_data(data, out, profile, progress=not console.enabled)
     data_hash = prepared.info["data_hash"]
     weights_dir = str(Path(weights_dir).resolve()) if weights_dir else None
     base = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
     training = {"strategy": strategy} if strategy else {}  # only when given: unchanged steps stay reused
     reference = reference_segmentation(prepared.root)
 
-    def step(name: str, parameters: dict, output_name: str | None = None):
-        return functools.partial(
-            execute_notebook, name, parameters, out, data_hash, force=force, output_name=output_name, progress=jobs == 1
+    def step(name: str, parameters: dict, output_name: str | None = None) -> Callable[[], StepResult]:
+        notebook = functools.partial(
+            execute_notebook,
+            name,
+            parameters,
+            out,
+            data_hash,
+            force=force,
+            output_name=output_name,
+            progress=jobs == 1 and not console.enabled,
         )
+        return functools.partial(console.run, output_name or name, notebook)
 
-    architectures = architectures or settings["architectures"]
     evaluation = {"out_dir": str(out), "n_resamples": settings["bootstrap_resamples"], "seed": settings["seed"]}
     explore, preprocess, *trained = run_chains(
         [
@@ -296,7 +316,8 @@ def run(
     controls = []
     for name in BASELINES:
         print(f"control: {name} baseline")
-        controls.append(run_baseline(name, prepared, out, out / "cache", settings["seed"]).name)
+        with console.step(f"control: {name} baseline"):
+            controls.append(run_baseline(name, prepared, out, out / "cache", settings["seed"]).name)
     variants = {
         f"control-{chosen}-{suffix}": {"input_mode": mode, "tta_views": 1} for suffix, (mode, _) in CONTROL_RUNS.items()
     }
@@ -317,16 +338,19 @@ def run(
         results += chain
     controls += list(variants)
 
-    summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
+    with console.step("summary, chosen model, its guard and serving file"):
+        summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
     summary_hash = sha256_file(out / "summary.json")
-    results.append(
-        execute_notebook("05_compare", {"out_dir": str(out)}, out, f"{data_hash}|{summary_hash}", force=force)
+    compare = functools.partial(
+        execute_notebook, "05_compare", {"out_dir": str(out)}, out, f"{data_hash}|{summary_hash}", force=force
     )
-    write_text(
-        out / "report.html",
-        render_report(
-            [r.notebook for r in results if not r.name.startswith("03_train-control")], title="allstudy report"
-        ),
-    )
+    results.append(console.run("05_compare", compare))
+    with console.step("report"):
+        write_text(
+            out / "report.html",
+            render_report(
+                [r.notebook for r in results if not r.name.startswith("03_train-control")], title="allstudy report"
+            ),
+        )
     print(f"study complete in {time.perf_counter() - started:.0f} s: {out / 'report.html'}")
     return results
