@@ -6,12 +6,12 @@ EXTRAS ?= cpu,dev
 DATA ?=
 PROFILE ?= quick
 OUT ?= outputs
-# Notebooks executed at once, each in its own kernel: 2 keeps both cores of a 2-core machine busy (README: Time).
+# Notebooks executed at once, each in its own kernel: 2 keeps both cores of a 2-core machine busy.
 JOBS ?= 2
 # ImageNet weight files that load offline (see data/README.md); the team keeps them beside the project.
 WEIGHTS_DIR ?= $(wildcard ../shared/weights)
 
-.PHONY: venv browser study test clean
+.PHONY: venv browser study lint test test-fast clean
 
 venv: $(VENV)/.installed ## the environment alone (EXTRAS=gpu,dev for the CUDA build)
 
@@ -34,8 +34,17 @@ browser: ## the headless browser the report and app tests use
 		echo "installed chromium"; } || \
 		echo "no /usr/bin/chromium: the browser tests will be skipped (apt-get install chromium)"
 
-test: venv browser ## the test suite
+lint: venv ## ruff (lint and format) and mypy, as configured in pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: venv browser lint ## the whole test suite, after the lint (what CI runs)
 	$(PY) -m pytest
+
+# The unit tier for the inner loop: no model training tier, real images, notebooks or browser.
+test-fast: venv ## the fast unit tier
+	$(PY) -m pytest -m "not slow and not shared and not notebook and not browser"
 
 clean: ## remove generated outputs (keeps the environment)
 	find "$(OUT)" -mindepth 1 ! -name README.md -delete 2>/dev/null || true

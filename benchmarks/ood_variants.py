@@ -4,7 +4,7 @@ For each variant of the study's test fields (blurred, zoomed, grey, under-expose
 for inputs that are no Taleqani field (C-NMC cells, skimage photographs, the dataset's segmented
 version), the share flagged "outside what this model was trained on", the share flagged by the focus
 check, and the model's accuracy on the variant (all of it, and what the guard let through). The table
-in allstudy/serving/ood.py comes from this script.
+in docs/results.md comes from this script.
 
     .venv/bin/python benchmarks/ood_variants.py --study outputs/study-cpu --shared ../shared/data \\
         --out outputs/benchmarks/ood_variants.json

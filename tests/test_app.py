@@ -15,12 +15,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
-from test_predict import BROKEN, _encode, _fields, _load, _meta  # noqa: E402  (the same fixtures)
+from tiny_model import BROKEN, encode_image, field_paths, load_fields, model_meta  # noqa: E402
 
 from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
 from allstudy.testing.servers import free_port, local_server  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # from gradio's queue, not ours
+pytestmark = [
+    pytest.mark.slow,  # serves a Keras model: the full tier
+    pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),  # from gradio's queue, not ours
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "outputs" / "screenshots" / "app.png"
@@ -46,7 +49,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("app")
     fields = {
-        name: _fields(generate_dataset(base / name, n_per_class=10, seed=seed, size=64, recapture_fraction=0.0))
+        name: field_paths(generate_dataset(base / name, n_per_class=10, seed=seed, size=64, recapture_fraction=0.0))
         for name, seed in (("train", 0), ("val", 1))
     }
     keras.utils.set_random_seed(0)
@@ -54,8 +57,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = base / "model"
     folder.mkdir()
     model.save(folder / "model.keras")
-    write_json(folder / "model.json", _meta(list(TALEQANI_CLASSES), False, tta_views=1))
-    fit_guard(model, _load(fields["train"]), _load(fields["val"])).save(folder / "ood.json")
+    write_json(folder / "model.json", model_meta(list(TALEQANI_CLASSES), False, tta_views=1))
+    fit_guard(model, load_fields(fields["train"]), load_fields(fields["val"])).save(folder / "ood.json")
     return folder
 
 
@@ -192,14 +195,14 @@ def test_readable_oddities_are_answered(client, field, tmp_path):
     gif = io.BytesIO()
     image.save(gif, format="GIF", save_all=True, append_images=[image.rotate(90), image.rotate(180)], duration=100)
     oddities = {
-        "grey.png": _encode(image.convert("L"), "PNG"),
-        "rgba.png": _encode(image.convert("RGBA"), "PNG"),
-        "cmyk.jpg": _encode(image.convert("CMYK"), "JPEG"),
-        "16-bit.png": _encode(Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257), "PNG"),
-        "palette.png": _encode(image.convert("P"), "PNG"),
-        "field.bmp": _encode(image, "BMP"),
+        "grey.png": encode_image(image.convert("L"), "PNG"),
+        "rgba.png": encode_image(image.convert("RGBA"), "PNG"),
+        "cmyk.jpg": encode_image(image.convert("CMYK"), "JPEG"),
+        "16-bit.png": encode_image(Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257), "PNG"),
+        "palette.png": encode_image(image.convert("P"), "PNG"),
+        "field.bmp": encode_image(image, "BMP"),
         "animated.gif": gif.getvalue(),
-        "field.png.txt": _encode(image, "PNG"),  # decided by content
+        "field.png.txt": encode_image(image, "PNG"),  # decided by content
     }
     for name, data in oddities.items():
         (tmp_path / name).write_bytes(data)
@@ -209,7 +212,7 @@ def test_readable_oddities_are_answered(client, field, tmp_path):
 
 def test_uploads_over_the_size_limit_are_refused_and_the_server_goes_on(client, field, tmp_path):
     big = tmp_path / "big.png"
-    big.write_bytes(_encode(Image.new("RGB", (64, 64)), "PNG") + os.urandom(21 * 1024 * 1024))
+    big.write_bytes(encode_image(Image.new("RGB", (64, 64)), "PNG") + os.urandom(21 * 1024 * 1024))
     with pytest.raises(Exception, match="(?i)size|large|413"):
         _predict(client, big)
     assert _predict(client, field)["verdict"] in VERDICTS
@@ -311,6 +314,7 @@ def _browser_skip() -> str | None:
     return unavailable()
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(_browser_skip() is not None, reason=str(_browser_skip()))
 def test_in_a_real_browser(app, tmp_path):
     """Chromium uploads a broken file (the verdict line says why), then a synthetic field: the label,

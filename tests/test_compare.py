@@ -17,6 +17,8 @@ from allstudy.evaluation.controls import colour_features, control_findings, cont
 from allstudy.serving.modelcard import model_card, model_json
 from allstudy.training.run_folder import finished_runs
 
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 
 

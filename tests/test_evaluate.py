@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from allstudy.evaluation import metrics as ev  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 
 

@@ -18,6 +18,8 @@ import tensorflow as tf  # noqa: E402
 from allstudy.evaluation.gradcam import GradCam, gradcam, gradcam_for, gradcam_gallery, last_conv_layer, overlay  # noqa: E402
 from allstudy.models.registry import build_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 N_CLASSES = 3
 
 # name, input size (the smallest that leaves a feature map wider than 1 x 1), build options, layer Grad-CAM uses

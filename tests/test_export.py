@@ -12,10 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from test_predict import SIZE, _fields, _load, _meta  # noqa: E402  (the same tiny model folder)
+from tiny_model import SIZE, field_paths, load_fields, model_meta  # noqa: E402  (the same tiny model folder)
 
 from allstudy.core.atomic import read_json, write_json  # noqa: E402
 from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
 
 MAX_ABS_DIFF = 1e-3
 
@@ -31,7 +33,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     base = tmp_path_factory.mktemp("export")
     root = generate_dataset(base / "fields", n_per_class=6, seed=3, size=64, recapture_fraction=0.0)
-    paths = [p.relative_to(root).as_posix() for p in _fields(root)]
+    paths = [p.relative_to(root).as_posix() for p in field_paths(root)]
     splits = pd.DataFrame(
         {
             "path": paths,
@@ -49,7 +51,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     chosen = out / "models" / "chosen"
     chosen.mkdir(parents=True)
     with_tta(build_model("lenet", len(TALEQANI_CLASSES), SIZE).model, 8).save(chosen / "model.keras")
-    write_json(chosen / "model.json", _meta(list(TALEQANI_CLASSES), False))
+    write_json(chosen / "model.json", model_meta(list(TALEQANI_CLASSES), False))
     test = splits[splits["split"] == "test"]
     return {"out": out, "chosen": chosen, "root": root, "test": [root / p for p in test["path"]], "base": base}
 
@@ -76,7 +78,7 @@ def _keras_probabilities(study, paths) -> np.ndarray:
     import keras
 
     model = keras.saving.load_model(study["chosen"] / "model.keras", compile=False, safe_mode=True)
-    return model.predict(_load(paths).astype(np.float32), verbose=0)
+    return model.predict(load_fields(paths).astype(np.float32), verbose=0)
 
 
 # --------------------------------------------------------------------------------------- parity
@@ -100,7 +102,7 @@ def test_float_tflite_computes_the_models_probabilities(tflite, study):
     # Checked independently: the file on any batch size against the Keras model on the training loader's input.
     paths = study["test"][:3]
     np.testing.assert_allclose(
-        TFLiteRunner(out / "model.tflite")(_load(paths)), _keras_probabilities(study, paths), atol=MAX_ABS_DIFF
+        TFLiteRunner(out / "model.tflite")(load_fields(paths)), _keras_probabilities(study, paths), atol=MAX_ABS_DIFF
     )
 
 
@@ -127,7 +129,7 @@ def test_onnx_computes_the_models_probabilities(onnx, study):
     assert read_json(out / "parity.json")["variants"] == report["variants"]
     paths = study["test"][:5]
     np.testing.assert_allclose(
-        ONNXRunner(out / "model.onnx")(_load(paths)), _keras_probabilities(study, paths), atol=MAX_ABS_DIFF
+        ONNXRunner(out / "model.onnx")(load_fields(paths)), _keras_probabilities(study, paths), atol=MAX_ABS_DIFF
     )
 
 
@@ -138,7 +140,7 @@ def test_forward_function_is_the_saved_models_forward_pass(study):
     from allstudy.models.layers import single_view
 
     model = keras.saving.load_model(study["chosen"] / "model.keras", compile=False, safe_mode=True)
-    x = _load(study["test"][:4]).astype(np.float32)
+    x = load_fields(study["test"][:4]).astype(np.float32)
     for m in (model, single_view(model)):  # 8 views, and a model without test-time augmentation
         np.testing.assert_allclose(forward_function(m, SIZE)(x).numpy(), m.predict(x, verbose=0), atol=1e-5)
 

@@ -33,6 +33,7 @@ from allstudy.models.profiles import get_profile
 
 pytestmark = [
     pytest.mark.notebook,
+    pytest.mark.slow,
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find kernels"),
 ]
 

@@ -28,6 +28,8 @@ from allstudy.models.registry import (  # noqa: E402
 )
 from allstudy.models.views import dihedral
 
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 needs_shared_weights = pytest.mark.skipif(
     not SHARED_WEIGHTS.is_dir(), reason="../shared/weights (offline ImageNet files) is absent"

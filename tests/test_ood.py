@@ -16,6 +16,8 @@ from PIL import Image  # noqa: E402
 from allstudy.models.graph import embedding_model  # noqa: E402
 from allstudy.serving import ood  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 SIZE = 32
 SHARED_TALEQANI = Path(__file__).resolve().parents[2] / "shared" / "data" / "all-taleqani"
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,89 +17,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from tiny_model import BROKEN, SIZE, TEMPERATURE, encode_image, field_paths, load_fields, model_meta  # noqa: E402
 
 from allstudy.core.atomic import read_json, write_json  # noqa: E402
 from allstudy.data.classes import TALEQANI_CLASSES  # noqa: E402
 
-SIZE = 32
-TEMPERATURE = 1.7
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CNMC = sorted((SHARED_DATA / "cnmc").glob("*/*.bmp"))
-
-
-def _fields(root: Path) -> list[Path]:
-    return sorted(root.rglob("*.jpg"))
-
-
-def _load(paths: list[Path]) -> np.ndarray:
-    from allstudy.data.preprocess import load_image
-
-    return np.stack([load_image(p, SIZE) for p in paths])
-
-
-def _meta(classes: list[str], refer_all: bool, tta_views: int = 8) -> dict:
-    """model.json of a test model: its policy refers every field (``refer_all``), or answers by p_malignant > 0.5."""
-    from allstudy.data.classes import is_malignant
-    from allstudy.evaluation.decision import DecisionPolicy
-    from allstudy.evaluation.metrics import decision_metrics, tradeoff
-    from allstudy.serving.modelcard import model_json
-
-    params = {
-        "arch": "lenet",
-        "config": {"weights": None, "input_mode": "original", "tta_views": tta_views},
-        "classes": classes,
-        "input_size": SIZE,
-        "preprocessing": "unit",
-        "data_hash": "0" * 64,
-        "code_version": {"version": "test", "source_sha256": "0"},
-        "packages": {"keras": "3"},
-        "train_seconds": 0.0,
-    }
-    test = {
-        "n": 40,
-        "accuracy": 0.5,
-        "accuracy_ci": [0.4, 0.6],
-        "balanced_accuracy": 0.5,
-        "macro_f1": 0.5,
-        "macro_f1_ci": [0.4, 0.6],
-        "malignant_sensitivity": 0.9,
-        "malignant_sensitivity_ci": [0.8, 1.0],
-        "malignant_specificity": 0.7,
-        "malignant_specificity_ci": [0.5, 0.9],
-    }
-    malignant = tuple(is_malignant(c) for c in classes)
-    policy = DecisionPolicy(
-        tuple(classes),
-        malignant,
-        0.005,
-        0.05,
-        0.05,
-        rule_out=0.0 if refer_all else 0.5,
-        benign_limit=1.0 if refer_all else 0.5,
-        subtype_thresholds={c: 0.5 for c, m in zip(classes, malignant, strict=True) if m},
-        calibration={
-            "split": "val",
-            "n": 40,
-            "n_malignant": 30,
-            "n_benign": 10,
-            "n_per_class": {},
-            "fields_needed": {"alpha": 199, "alpha_benign": 19, "alpha_subtype": 19},
-        },
-    )
-    rng = np.random.default_rng(0)
-    y, proba = rng.integers(0, len(classes), 40), rng.dirichlet(np.ones(len(classes)), 40)
-    evaluation = {
-        "test": test,
-        "temperature": TEMPERATURE,
-        "ece_before": 0.1,
-        "ece_after": 0.05,
-        "decision": {
-            "policy": policy.to_json(),
-            "test": decision_metrics(y, proba, policy, n_resamples=20),
-            "tradeoff": tradeoff(y, proba, y, proba, classes),
-        },
-    }
-    return model_json("lenet", params, evaluation, {"root": "synthetic", "images": 160, "seed": 0})
 
 
 @pytest.fixture(scope="module")
@@ -118,27 +42,27 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     base = tmp_path_factory.mktemp("predict")
     fields = {
-        name: _fields(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
+        name: field_paths(generate_dataset(base / name, n_per_class=n, seed=seed, size=64, recapture_fraction=0.0))
         for name, n, seed in (("train", 20, 0), ("val", 10, 1), ("fresh", 25, 2))
     }
     keras.utils.set_random_seed(0)
     single = build_model("lenet", len(TALEQANI_CLASSES), SIZE).model
-    train, val = _load(fields["train"]), _load(fields["val"])
+    train, val = load_fields(fields["train"]), load_fields(fields["val"])
     abstaining = base / "abstaining"
     abstaining.mkdir()
     single.save(abstaining / "model.keras")
-    write_json(abstaining / "model.json", _meta(list(TALEQANI_CLASSES), True, tta_views=1))
+    write_json(abstaining / "model.json", model_meta(list(TALEQANI_CLASSES), True, tta_views=1))
     fit_guard(single, train, val).save(abstaining / "ood.json")
     model = with_tta(single, 8)
     guarded = base / "guarded"
     guarded.mkdir()
     model.save(guarded / "model.keras")
-    write_json(guarded / "model.json", _meta(list(TALEQANI_CLASSES), False))
+    write_json(guarded / "model.json", model_meta(list(TALEQANI_CLASSES), False))
     fit_guard(model, train, val).save(guarded / "ood.json")
     plain = base / "plain"
     plain.mkdir()
     shutil.copyfile(guarded / "model.keras", plain / "model.keras")
-    write_json(plain / "model.json", _meta(list(TALEQANI_CLASSES), False))
+    write_json(plain / "model.json", model_meta(list(TALEQANI_CLASSES), False))
     return {"guarded": guarded, "plain": plain, "abstaining": abstaining, "model": model, **fields}
 
 
@@ -227,7 +151,7 @@ def test_ood_scores_equal_the_guards_own(folder, predictor, folders):
     model = keras.saving.load_model(folders[folder] / "model.keras", safe_mode=True)
     guard = OODGuard.load(folders[folder] / "ood.json", model)
     paths = folders["fresh"][:4]
-    expected = guard.score(_load(paths))
+    expected = guard.score(load_fields(paths))
     answers = chosen.predict_batch(paths)
     for name in ("stats", "embedding"):
         np.testing.assert_allclose([a.ood_scores[name] for a in answers], expected[name], rtol=1e-4)
@@ -253,38 +177,8 @@ def test_single_cell_crops_of_another_lab_are_out_of_distribution(predictor):
 # --------------------------------------------------------------------------------------- reading
 
 
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-    )
-
-
 def _field_image(folders) -> Image.Image:
     return Image.open(folders["fresh"][5]).convert("RGB")
-
-
-BROKEN = {  # name -> (bytes, a word of the reason)
-    "empty.jpg": (lambda: b"", "empty"),
-    "text.jpg": (lambda: b"This is a text file, not a picture.\n" * 20, "not an image"),
-    "truncated.jpg": (
-        lambda: _encode(
-            Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)), "JPEG"
-        )[:900],
-        "truncated",
-    ),
-    "one-pixel.png": (lambda: _encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"), "too small"),
-    "bomb.png": (lambda: _png_header_only(100_000, 100_000), "decompression bomb"),
-}
 
 
 def test_bad_inputs_give_errors_and_do_not_stop_the_batch(predictor, folders, tmp_path):
@@ -317,14 +211,14 @@ def test_every_mode_and_kind_of_input_is_read(predictor, folders):
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     inputs = {
-        "grey": _encode(field.convert("L"), "PNG"),
-        "rgba": _encode(rgba, "PNG"),
-        "cmyk": _encode(field.convert("CMYK"), "JPEG"),
-        "16-bit": _encode(sixteen, "PNG"),
-        "palette": _encode(field.convert("P"), "PNG"),
-        "bmp": _encode(field, "BMP"),
+        "grey": encode_image(field.convert("L"), "PNG"),
+        "rgba": encode_image(rgba, "PNG"),
+        "cmyk": encode_image(field.convert("CMYK"), "JPEG"),
+        "16-bit": encode_image(sixteen, "PNG"),
+        "palette": encode_image(field.convert("P"), "PNG"),
+        "bmp": encode_image(field, "BMP"),
         "animated gif": gif.getvalue(),
-        "file-like": io.BytesIO(_encode(field, "PNG")),
+        "file-like": io.BytesIO(encode_image(field, "PNG")),
         "PIL": field,
         "array": np.asarray(field),
         "grey array": np.asarray(field.convert("L")),
@@ -471,7 +365,7 @@ def served(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("served") / "model"
     shutil.copytree(folders["guarded"], folder)
-    facts = write_serving(folder, _load(folders["val"]), quiet=True)
+    facts = write_serving(folder, load_fields(folders["val"]), quiet=True)
     assert facts["accepted"] and facts["argmax_agreement"] == 1.0 and facts["max_abs_diff"] <= 1e-4
     return folder
 
@@ -525,7 +419,7 @@ def test_a_serving_file_that_disagrees_is_not_written(folders, tmp_path, monkeyp
     folder = tmp_path / "model"
     shutil.copytree(folders["plain"], folder)
     monkeypatch.setattr(serving, "MAX_PROBABILITY_DIFF", -1.0)  # no file can pass
-    facts = serving.write_serving(folder, _load(folders["val"][:4]), quiet=True)
+    facts = serving.write_serving(folder, load_fields(folders["val"][:4]), quiet=True)
     assert not facts["accepted"] and facts["n_images"] == 4
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.keras"]  # nothing half-written
     with pytest.raises(ValueError, match="held-out fields"):

@@ -108,6 +108,7 @@ def test_the_report_shows_every_architecture_and_section(study):
     assert "prepare_study_data(" not in html  # code hidden
 
 
+@pytest.mark.browser
 def test_the_report_renders_in_a_real_browser(study):
     from allstudy.testing.browser import inspect_page, unavailable
 

@@ -23,6 +23,8 @@ from allstudy.data.synthetic import generate_dataset  # noqa: E402
 from allstudy.models.profiles import TrainConfig
 from allstudy.training.fit import _best_epoch, train  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or builds Keras models: the full tier (make test), not make test-fast
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
