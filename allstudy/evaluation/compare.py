@@ -16,7 +16,7 @@ import pandas as pd
 
 from allstudy.core.atomic import read_json, write_json
 from allstudy.core.hashing import sha256_file
-from allstudy.evaluation.metrics import Evaluation, evaluate, inference_cost
+from allstudy.evaluation.metrics import CI_METRICS, Evaluation, evaluate, inference_cost
 from allstudy.models.layers import load_model
 from allstudy.training.pipeline import load_images
 from allstudy.training.run_folder import RunFolder, RunParams, finished_runs
@@ -249,15 +249,7 @@ def metrics_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
     """The headline metrics of one split with their 95 % CIs, one row per metric."""
     part = evaluation[split]
     rows = []
-    for metric in (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_f1",
-        "malignant_sensitivity",
-        "malignant_specificity",
-        "roc_auc_macro",
-        "ece",
-    ):
+    for metric in CI_METRICS:
         ci = part.get(f"{metric}_ci") or [None, None]
         rows.append({"metric": metric, "value": part.get(metric), "ci_low": ci[0], "ci_high": ci[1]})
     calibrated = evaluation["test_calibrated"]
