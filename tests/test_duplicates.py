@@ -103,7 +103,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     params = DuplicateParams()
     with Image.open(root / benign[1]) as image:
         donor = np.asarray(image.convert("RGB"))
-    region = corner_region((size, size), params.corner_width, params.corner_height)
+    region = corner_region((size, size), params.corner_width, params.corner_height, rounding="nearest")
     top, left = int(region.any(1).argmax()), int(region.any(0).argmax())
     corner_paths = []
     for source in (pro[0], pro[1]):
@@ -329,3 +329,12 @@ def test_candidate_pairs_do_not_depend_on_the_block_size(scene: Scene):
     assert len(whole_rows) >= len(scene.recaptures)  # the re-captures at least are candidates
     for block in (1, 7, duplicates._BLOCK):
         assert duplicates.phase_correlation_candidates(thumbs, labels, params, block=block) == whole_rows
+
+
+def test_the_scan_masks_the_corner_it_always_masked():
+    # The scan's corner starts at the pixel nearest 1 - fraction, as before the corner geometry moved to
+    # allstudy.data.segment; rounding it up instead changed the Taleqani groups (and so the split).
+    old = np.ones((192, 256), bool)
+    old[int(round(192 * 0.9)) :, int(round(256 * 0.78)) :] = False
+    mask = duplicates._corner_mask((192, 256), DuplicateParams(corner_width=0.22, corner_height=0.1))
+    assert ((mask > 0) == old).all()

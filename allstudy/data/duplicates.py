@@ -72,7 +72,9 @@ class DuplicateParams:
 
 def _corner_mask(shape: tuple[int, int], params: DuplicateParams) -> np.ndarray:
     """A uint8 mask (255 = use) hiding the scale-bar corner (:func:`allstudy.data.segment.corner_region`)."""
-    return np.where(corner_region(shape, params.corner_width, params.corner_height), 0, 255).astype(np.uint8)
+    return np.where(corner_region(shape, params.corner_width, params.corner_height, rounding="nearest"), 0, 255).astype(
+        np.uint8
+    )
 
 
 def _matching_grey(path: Path) -> np.ndarray:

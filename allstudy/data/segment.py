@@ -188,15 +188,24 @@ def mask_out(image: np.ndarray, mask: np.ndarray, fill: str | int | tuple[int, i
     return out
 
 
-def corner_region(shape: tuple[int, ...], width: float = CORNER_FRACTION, height: float | None = None) -> np.ndarray:
+def corner_region(
+    shape: tuple[int, ...], width: float = CORNER_FRACTION, height: float | None = None, rounding: str = "up"
+) -> np.ndarray:
     """Bool (H, W) mask of the bottom-right corner that holds the scale bar: ``width`` of the columns and
-    ``height`` (default: ``width``) of the rows, each rounded up to whole pixels; 0 is no corner."""
+    ``height`` (default: ``width``) of the rows; 0 is no corner. ``rounding`` ``up``: each side rounded up to
+    whole pixels (the segmentation's); ``nearest``: the corner starts at the pixel nearest ``1 - fraction``
+    (the duplicate scan's, kept so that its groups, and so the split, stay as they were)."""
     height = width if height is None else height
     if not (0.0 <= width <= 1.0 and 0.0 <= height <= 1.0):
         raise ValueError(f"corner fractions must be in [0, 1], not {width!r} x {height!r}")
+    if rounding not in ("up", "nearest"):
+        raise ValueError(f"rounding must be 'up' or 'nearest', not {rounding!r}")
     h, w = shape[:2]
     corner = np.zeros((h, w), bool)
-    rows, cols = math.ceil(height * h - 1e-9), math.ceil(width * w - 1e-9)
+    if rounding == "up":
+        rows, cols = math.ceil(height * h - 1e-9), math.ceil(width * w - 1e-9)
+    else:
+        rows, cols = h - int(round(h * (1 - height))), w - int(round(w * (1 - width)))
     if rows and cols:
         corner[h - rows :, w - cols :] = True
     return corner
