@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for the study's users.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.1.0"
+from allstudy.core.version import __version__
 
 #: Public name -> (module, attribute).
 _API = {

@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from allstudy import __version__
 from allstudy.core.atomic import read_json
+from allstudy.core.version import __version__
 from allstudy.data.segment import INPUT_MODES
 from allstudy.data.split import DEFAULT_FRACTIONS, SPLIT_PROTOCOLS
 from allstudy.models.profiles import ARCHITECTURES, PROFILES, STRATEGIES

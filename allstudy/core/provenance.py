@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from allstudy import __version__
+from allstudy.core.version import __version__
 
 PACKAGES = (
     "tensorflow",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from allstudy import __version__
 from allstudy.core.atomic import read_json, write_csv, write_json
+from allstudy.core.version import __version__
 from allstudy.data.duplicates import DuplicateParams, find_links, groups_of, params_dict
 from allstudy.data.manifest import Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
 from allstudy.data.split import DEFAULT_FRACTIONS, image_level_split, leaked_fields, make_split, split_counts
