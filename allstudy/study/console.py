@@ -31,7 +31,7 @@ class StudyConsole:
 
     def __init__(self, log: str | os.PathLike | None = None, total: int = 0) -> None:
         self.log = Path(log) if log is not None else None
-        self.total = total
+        self._total = total
         self._lock = threading.Lock()
         self._running: list[str] = []
         self._done = 0
@@ -43,6 +43,19 @@ class StudyConsole:
     @property
     def enabled(self) -> bool:
         return self.log is not None
+
+    @property
+    def total(self) -> int:
+        """The number of steps, known once the runner has read the profile."""
+        return self._total
+
+    @total.setter
+    def total(self, steps: int) -> None:
+        self._total = steps
+        if self._bar is not None:
+            with self._lock:
+                self._bar.total = steps
+                self._bar.refresh()
 
     def __enter__(self) -> StudyConsole:
         if self.log is None:
@@ -58,7 +71,7 @@ class StudyConsole:
             os.dup2(handle.fileno(), 2)  # TensorFlow, absl and the kernels' warnings too
         self._stream = os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8")
         self._bar = tqdm(
-            total=self.total or None,
+            total=self._total or None,
             file=self._stream,
             unit="step",
             bar_format="{desc} {bar} {n_fmt}/{total_fmt} steps [{elapsed}]",
