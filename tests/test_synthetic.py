@@ -121,7 +121,7 @@ def test_layout_and_counts(dataset: Path) -> None:
 def test_marker_content(dataset: Path) -> None:
     marker = _marker(dataset)
     assert marker["synthetic"] is True
-    assert marker["generator"] == "allstudy.data.synthetic"
+    assert marker["generator"] == "allstudy.synthetic"  # as written since the first release
     assert marker["version"] == 1
     assert marker["seed"] == SEED and marker["n_per_class"] == N_PER_CLASS and marker["size"] == 224
     assert marker["recapture_fraction"] == 0.1
@@ -292,3 +292,49 @@ def test_global_colour_does_not_predict_the_class_but_morphology_does(dataset: P
     assert area == sorted(area), f"nucleus area not Benign < Early < Pre < Pro: {area}"
     darkness = [morphology[labels == ci, 1].mean() for ci in range(len(TALEQANI_CLASSES))]
     assert darkness[0] == min(darkness), f"Benign chromatin should be darkest: {darkness}"
+
+
+# --- crowded fields (the demo profile's) --------------------------------------------------------
+
+
+def _nuclei(a: np.ndarray) -> int:
+    """Dark purple blobs of a nucleus's size (platelets are far smaller)."""
+    rel = a / np.percentile(a, 97, axis=(0, 1))
+    g, b = rel[..., 1], rel[..., 2]
+    labels, n = ndimage.label(ndimage.binary_opening((g < 0.62) & (b - g > 0.3)))
+    return int((ndimage.sum_labels(np.ones_like(g), labels, np.arange(1, n + 1)) > 60).sum())
+
+
+def test_leukocytes_sets_the_cells_per_field() -> None:
+    """Benign cells are small enough that five always fit; the default draws one to three."""
+    for seed in range(6):
+        crowded = np.asarray(render_field("Benign", np.random.default_rng(seed), leukocytes=(5, 5)), np.float64)
+        default = np.asarray(render_field("Benign", np.random.default_rng(seed)), np.float64)
+        assert _nuclei(crowded) == 5
+        assert 1 <= _nuclei(default) <= 3
+
+
+def test_leukocytes_is_a_parameter_of_the_dataset(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    generate_dataset(root, n_per_class=2, seed=1, recapture_fraction=0)
+    assert _marker(root)["leukocytes"] is None
+    plain = _files(root)
+    generate_dataset(root, n_per_class=2, seed=1, recapture_fraction=0, leukocytes=(3, 6))  # rebuilt
+    assert _marker(root)["leukocytes"] == [3, 6]
+    crowded = _files(root)
+    assert all(crowded[k] != plain[k] for k in plain if k.endswith(".jpg"))
+    for bad in [(0, 2), (4, 3), (1.5, 3)]:
+        with pytest.raises(ValueError, match="leukocytes"):
+            generate_dataset(tmp_path / "bad", n_per_class=1, leukocytes=bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_dataset_of_the_moved_generator_is_rebuilt_not_reused(tmp_path: Path) -> None:
+    """Its platelets were drawn in another order: same parameters, other pixels."""
+    root = generate_dataset(tmp_path / "data", n_per_class=2, seed=1, recapture_fraction=0)
+    made = _files(root)
+    marker = _marker(root)
+    (root / SYNTHETIC_MARKER).write_text(json.dumps({**marker, "generator": "allstudy.data.synthetic"}))
+    (root / "Pro" / "synthetic-Pro-0000.jpg").write_bytes(b"stale")
+    generate_dataset(root, n_per_class=2, seed=1, recapture_fraction=0)
+    assert _files(root) == made

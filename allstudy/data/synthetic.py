@@ -45,7 +45,10 @@ from allstudy.data.classes import TALEQANI_CLASSES
 #: Name of the marker file that identifies a folder written by this generator.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 #: Written into the marker; a marker naming another generator is not ours.
-GENERATOR_NAME = "allstudy.data.synthetic"
+GENERATOR_NAME = "allstudy.synthetic"  # the marker's value since the first release (the module moved since)
+#: Written for a while after the module moved, by a version that drew the platelets in another order: ours to
+#: replace, never reused (its name differs from GENERATOR_NAME, so its parameters never match).
+_MOVED_GENERATOR_NAME = "allstudy.data.synthetic"
 #: Bump when the images for given arguments change; a cached dataset of another version is rebuilt.
 GENERATOR_VERSION = 1
 NOTE = "Synthetic fields made by allstudy; not patient data. Results on them say nothing about real leukemia."
@@ -328,7 +331,16 @@ class _Field:
     quality: int
 
 
-def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
+def _leukocyte_count(rng: np.random.Generator, leukocytes: tuple[int, int] | None) -> int:
+    """Lymphoid cells in one field: 1-3 (mostly one) by default, else uniform in the inclusive range."""
+    if leukocytes is None:
+        return 1 + int(rng.choice(3, p=_LEUKOCYTE_COUNT_P))
+    return int(rng.integers(leukocytes[0], leukocytes[1] + 1))
+
+
+def _render_canvas(
+    label: str, rng: np.random.Generator, size: int, leukocytes: tuple[int, int] | None = None
+) -> _Field:
     if label not in TALEQANI_CLASSES:
         raise ValueError(f"unknown class {label!r}; expected one of {', '.join(TALEQANI_CLASSES)}")
     if size < 64:
@@ -354,7 +366,7 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
     rbc, nuc, cyto, smudge = stains  # views: red cells, nuclei, cytoplasm, smudges
 
     # Leukocytes, inside the region that every crop of the canvas shows.
-    n_cells = 1 + int(rng.choice(3, p=_LEUKOCYTE_COUNT_P))
+    n_cells = _leukocyte_count(rng, leukocytes)
     cells: list[tuple[float, float, float]] = []
     for _ in range(n_cells):
         half, n_map, c_map = _leukocyte(label, rng, d_rbc, scale)
@@ -387,8 +399,9 @@ def _render_canvas(label: str, rng: np.random.Generator, size: int) -> _Field:
     for _ in range(int(rng.integers(0, 7))):
         y, x = _grid(3, rng)
         dot = _soft(np.hypot(x, y * rng.uniform(0.7, 1.0)) - rng.uniform(0.8, 1.8) * scale)
+        strength = rng.uniform(0.4, 0.8)  # drawn before the position: the order fixes every field's pixels
         py, px = rng.uniform(0, c, 2)
-        _paste(nuc, (dot * rng.uniform(0.4, 0.8)).astype(np.float32), py, px, pad)
+        _paste(nuc, (dot * strength).astype(np.float32), py, px, pad)
 
     # Red cells: sprites placed by random sequential adsorption, slight overlaps allowed.
     s_half, sprites = _rbc_sprites(rng, d_rbc, 10)
@@ -470,9 +483,11 @@ def _capture(
     return image
 
 
-def render_field(label: str, rng: np.random.Generator, size: int = 224) -> Image.Image:
+def render_field(
+    label: str, rng: np.random.Generator, size: int = 224, leukocytes: tuple[int, int] | None = None
+) -> Image.Image:
     """One synthetic RGB field (``size`` x ``size``) of class ``label``, drawn from ``rng``."""
-    field = _render_canvas(label, rng, size)
+    field = _render_canvas(label, rng, size, leukocytes)
     return _capture(field, field.offset, field.exposure, field.noise, rng, size)
 
 
@@ -513,6 +528,7 @@ def _write_class(
     size: int,
     recapture_fraction: float,
     tick: Callable[..., object],
+    leukocytes: tuple[int, int] | None = None,
 ) -> list[list[str]]:
     folder = root / label
     folder.mkdir(parents=True, exist_ok=True)
@@ -528,7 +544,7 @@ def _write_class(
     groups: list[list[str]] = []
     for j in range(n_first):
         rng = _rng(seed, class_index, j, _FIELD)
-        field = _render_canvas(label, rng, size)
+        field = _render_canvas(label, rng, size, leukocytes)
         _save_jpeg(
             _capture(field, field.offset, field.exposure, field.noise, rng, size), folder / name[j], field.quality
         )
@@ -548,7 +564,9 @@ def _write_class(
     return groups
 
 
-def _parameters(seed: int, n_per_class: int, size: int, recapture_fraction: float) -> dict:
+def _parameters(
+    seed: int, n_per_class: int, size: int, recapture_fraction: float, leukocytes: tuple[int, int] | None
+) -> dict:
     return {
         "synthetic": True,
         "generator": GENERATOR_NAME,
@@ -557,6 +575,7 @@ def _parameters(seed: int, n_per_class: int, size: int, recapture_fraction: floa
         "n_per_class": n_per_class,
         "size": size,
         "recapture_fraction": recapture_fraction,
+        "leukocytes": list(leukocytes) if leukocytes else None,  # None: 1-3 per field (a marker without the key)
         "classes": list(TALEQANI_CLASSES),
     }
 
@@ -567,7 +586,8 @@ def _read_marker(folder: Path) -> dict | None:
         data = json.loads((folder / SYNTHETIC_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if isinstance(data, dict) and data.get("synthetic") is True and data.get("generator") == GENERATOR_NAME:
+    ours = (GENERATOR_NAME, _MOVED_GENERATOR_NAME)
+    if isinstance(data, dict) and data.get("synthetic") is True and data.get("generator") in ours:
         return data
     return None
 
@@ -603,11 +623,14 @@ def generate_dataset(
     size: int = 224,
     recapture_fraction: float = 0.1,
     progress: bool = False,
+    leukocytes: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``out_dir/<class>/synthetic-<class>-NNNN.jpg`` for every class in TALEQANI_CLASSES and
     ``out_dir/SYNTHETIC.json``; return ``out_dir``.
 
-    ``n_per_class`` counts files, re-capture second copies included. A folder already holding a
+    ``n_per_class`` counts files, re-capture second copies included. ``leukocytes``: the inclusive range of
+    lymphoid cells per field (drawn uniformly), e.g. ``(4, 8)`` for fields as crowded with blasts as many real
+    ALL smears; None: one to three, mostly one. A folder already holding a
     dataset made with the same arguments is reused as is; one made with other arguments is rebuilt.
     A non-empty folder without the marker is never touched (ValueError). The dataset is written into
     ``<out_dir>.tmp-<pid>`` and renamed into place when complete.
@@ -621,7 +644,14 @@ def generate_dataset(
         raise ValueError(f"recapture_fraction must be between 0 and 1, not {recapture_fraction!r}")
     if int(size) != size or size < 64:
         raise ValueError(f"size must be an integer of at least 64 pixels, not {size!r}")
-    wanted = _parameters(int(seed), int(n_per_class), int(size), float(recapture_fraction))
+    if leukocytes is not None:
+        low, high = (int(v) for v in leukocytes)
+        if not 1 <= low <= high or (low, high) != tuple(leukocytes):
+            raise ValueError(
+                f"leukocytes must be a range (low, high) of whole numbers with 1 <= low <= high, not {leukocytes!r}"
+            )
+        leukocytes = (low, high)
+    wanted = _parameters(int(seed), int(n_per_class), int(size), float(recapture_fraction), leukocytes)
     requested = out_dir
     if out_dir.is_symlink():  # swap the folder the link points at, keep the link
         out_dir = out_dir.resolve()
@@ -657,7 +687,7 @@ def generate_dataset(
         try:
             for ci, label in enumerate(TALEQANI_CLASSES):
                 groups += _write_class(
-                    tmp, ci, label, int(n_per_class), int(seed), int(size), float(recapture_fraction), tick
+                    tmp, ci, label, int(n_per_class), int(seed), int(size), float(recapture_fraction), tick, leukocytes
                 )
         finally:
             if bar is not None:

@@ -66,6 +66,7 @@ def resolve_data(data: str | os.PathLike | None, out: str | os.PathLike, profile
         n_per_class=settings["synthetic_per_class"],
         seed=settings["seed"],
         progress=progress,
+        leukocytes=settings["synthetic_leukocytes"],
     ).resolve()
 
 
