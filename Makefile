@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,dev
 DATA ?=
-PROFILE ?= quick
+# The embedded synthetic default runs the `demo` profile (a few minutes); real data the `cpu` one.
+PROFILE ?= $(if $(DATA),cpu,demo)
 OUT ?= outputs
 # Notebooks executed at once, each in its own kernel: 2 keeps both cores of a 2-core machine busy.
 JOBS ?= 2
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-study: venv ## the whole study; DATA=/path/to/images PROFILE=cpu for real data
+study: venv ## the whole study; DATA=/path/to/images for real data (PROFILE=paper for a GPU)
 	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)" --jobs $(JOBS) \
 		$(if $(WEIGHTS_DIR),--weights-dir "$(WEIGHTS_DIR)")
 

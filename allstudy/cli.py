@@ -77,7 +77,13 @@ def _split(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from allstudy.data.synthetic import generate_dataset
 
-    out = generate_dataset(args.out, n_per_class=args.n_per_class, seed=args.seed, progress=not args.quiet)
+    out = generate_dataset(
+        args.out,
+        n_per_class=args.n_per_class,
+        seed=args.seed,
+        progress=not args.quiet,
+        leukocytes=tuple(args.leukocytes) if args.leukocytes else None,
+    )
     print(f"synthetic dataset in {out}")
     return 0
 
@@ -261,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", help="folder to write (created; must be empty or an earlier synthetic dataset)")
     synth.add_argument("--n-per-class", type=int, default=100)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--leukocytes",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="lymphoid cells per field, drawn from LOW..HIGH (the demo profile: 4 8); default one to three",
+    )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 

@@ -38,7 +38,7 @@ def main() -> None:
     from allstudy.models.convert import LiteRTModel, litert_available
     from allstudy.models.profiles import ARCHITECTURES, train_config
     from allstudy.models.registry import build_model, unfreeze_top
-    from allstudy.study.runner import prepare_study_data
+    from allstudy.study.study_data import prepare_study_data
     from allstudy.training.pipeline import load_images, make_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -72,6 +72,14 @@ def test_synth_and_split(tmp_path):
     assert "train" in result.stdout and "total" in result.stdout
 
 
+def test_synth_writes_the_demo_fields_and_refuses_a_bad_range(tmp_path):
+    result = allstudy("synth", str(tmp_path / "crowded"), "--n-per-class", "1", "--leukocytes", "4", "8", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "crowded" / "SYNTHETIC.json").read_text())["leukocytes"] == [4, 8]
+    bad = allstudy("synth", str(tmp_path / "bad"), "--n-per-class", "1", "--leukocytes", "5", "2", "--quiet")
+    assert bad.returncode == 2 and "leukocytes" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_version_and_help():
     assert allstudy("--version").stdout.startswith("allstudy ")
     assert "run" in allstudy("--help").stdout

@@ -128,3 +128,20 @@ def test_the_public_api_is_importable_from_the_package(name):
     import allstudy
 
     assert name in allstudy.__all__ and callable(getattr(allstudy, name))
+
+
+def test_the_data_notebooks_modules_start_no_tensorflow():
+    """01_explore and 02_preprocess import these; TensorFlow's start-up would cost each kernel seconds."""
+    import subprocess
+    import sys
+
+    modules = [
+        "allstudy.study.study_data",
+        "allstudy.data.explore",
+        "allstudy.data.preprocess",
+        "allstudy.data.segment",
+        "allstudy.data.split",
+        "allstudy.evaluation.segmentation",
+    ]
+    code = f"import sys, {', '.join(modules)}; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)

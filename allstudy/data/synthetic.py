@@ -19,6 +19,11 @@ red-cell density and colour, background brightness and tint, illumination gradie
 focus blur, sensor noise, exposure, JPEG quality, number of leukocytes) is drawn from the same
 distribution for every class, so global colour statistics do not give the class away.
 
+``leukocytes=(low, high)`` crowds each field with that many lymphoid cells, as many real ALL smears
+are (the ``demo`` profile's 4-8): the class then shows in every cell of the field, so a model learns
+it from a few hundred fields, and the amount of stain (more, larger cells) carries part of the class
+into the colour statistics too.
+
 A fraction of the fields are *re-captures*: a second crop of the same rendered slide region,
 shifted by 5-40 px, with another exposure, noise and JPEG quality. The pairs are listed in
 ``SYNTHETIC.json`` as ground truth for duplicate detection.

@@ -20,10 +20,9 @@ from allstudy.core.atomic import read_json, write_csv, write_json, write_text
 from allstudy.core.hashing import sha256_file
 from allstudy.core.parallel import run_chains
 from allstudy.core.provenance import code_version, package_versions
-from allstudy.data.prepare import PreparedData, prepare, with_image_level_split
+from allstudy.data.prepare import PreparedData, with_image_level_split
 from allstudy.data.preprocess import model_inputs
 from allstudy.data.split import SPLIT_PROTOCOLS
-from allstudy.data.synthetic import generate_dataset
 from allstudy.evaluation.compare import (
     comparison_table,
     data_provenance,
@@ -42,43 +41,13 @@ from allstudy.serving.runtime import write_serving
 from allstudy.study.console import StudyConsole
 from allstudy.study.notebooks import StepResult, execute_notebook
 from allstudy.study.report import render_report
+from allstudy.study.study_data import prepare_study_data, reference_segmentation
 from allstudy.training.fit import deterministic_ops, feature_rows, features_dir, train
 from allstudy.training.pipeline import load_images
 from allstudy.training.run_folder import RunParams, finished_runs
 
 #: The study's notebooks, in order; 03_train runs once per architecture of the profile.
 STEPS = ("01_explore", "02_preprocess", "03_train", "04_evaluate", "05_compare")
-
-
-def resolve_data(data: str | os.PathLike | None, out: str | os.PathLike, profile: str, progress: bool = True) -> Path:
-    """The dataset folder to study: ``data`` itself, or the synthetic default generated under ``out``."""
-    if data is not None:
-        path = Path(data)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"--data {path} is not a folder; pass a dataset folder with one folder per class "
-                "(see data/README.md), or leave --data out to use the synthetic default"
-            )
-        return path.resolve()
-    settings = get_profile(profile)
-    return generate_dataset(
-        Path(out) / "synthetic-data",
-        n_per_class=settings["synthetic_per_class"],
-        seed=settings["seed"],
-        progress=progress,
-        leukocytes=settings["synthetic_leukocytes"],
-    ).resolve()
-
-
-def prepare_study_data(
-    data: str | os.PathLike | None, out: str | os.PathLike, profile: str = "quick", progress: bool = True
-) -> PreparedData:
-    """Resolve the dataset and run the cached data step into ``out/data``."""
-    settings = get_profile(profile)
-    root = resolve_data(data, out, profile, progress)
-    return prepare(
-        root, Path(out) / "data", seed=settings["seed"], fractions=tuple(settings["fractions"]), progress=progress
-    )
 
 
 def train_architecture(
@@ -115,12 +84,6 @@ def train_architecture(
         progress=progress,
         weights_dir=weights_dir,
     )
-
-
-def reference_segmentation(root: Path) -> Path | None:
-    """The dataset's own segmented version beside it (``<root>-segmented``), when there is one."""
-    candidate = root.parent / f"{root.name}-segmented"
-    return candidate if candidate.is_dir() else None
 
 
 def summarise(
