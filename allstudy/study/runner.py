@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from allstudy.study.report import render_report
 from allstudy.study.study_data import prepare_study_data, reference_segmentation
 from allstudy.training.fit import deterministic_ops, feature_rows, features_dir, train
 from allstudy.training.pipeline import load_images
-from allstudy.training.run_folder import RunParams, finished_runs
+from allstudy.training.run_folder import RunFolder, RunParams, finished_runs
 
 #: The study's notebooks, in order; 03_train runs once per architecture of the profile.
 STEPS = ("01_explore", "02_preprocess", "03_train", "04_evaluate", "05_compare")
@@ -95,7 +96,7 @@ def summarise(
     seed: int = 0,
 ) -> dict:
     """Evaluate every run, choose the model (validation macro-F1), write summary.json, comparison.csv and
-    ``models/chosen/``; return the summary."""
+    ``models/chosen/`` (its guard and serving file: :func:`finish_chosen`); return the summary."""
     out = Path(out)
     candidates = evaluate_and_choose(out, runs, n_resamples, seed)
     found, evaluations, params, chosen = (candidates.runs, candidates.evaluations, candidates.params, candidates.chosen)
@@ -125,10 +126,16 @@ def summarise(
         info,
         {"rows": control_rows},
     )
-    model_folder = ModelFolder(out / "models" / "chosen")
-    fit_chosen_guard(model_folder, prepared, params[chosen], out / "cache")
-    write_chosen_serving(model_folder, prepared, params[chosen], out / "cache")
     return result
+
+
+def finish_chosen(out: str | os.PathLike, prepared: PreparedData, chosen: str) -> None:
+    """The out-of-distribution guard and serving file of ``models/chosen/``, the run ``chosen``'s model (each
+    reused while unchanged)."""
+    folder = ModelFolder(Path(out) / "models" / "chosen")
+    params = RunFolder(Path(out) / "runs" / chosen).raw_params()
+    fit_chosen_guard(folder, prepared, params, Path(out) / "cache")
+    write_chosen_serving(folder, prepared, params, Path(out) / "cache")
 
 
 #: Validation fields the serving file is checked on when the study writes it (allstudy export checks the test split).
@@ -215,8 +222,8 @@ def run(
     settings = get_profile(profile)
     architectures = architectures or settings["architectures"]
     n_variants = len(CONTROL_RUNS) + 1  # the chosen architecture on other inputs, and on the image-level split
-    # data, 01, 02, 03 and 04 per architecture, baselines, control runs, summary, 05, report
-    console.total = 3 + 2 * len(architectures) + len(BASELINES) + n_variants + 3
+    # data, 01, 02, 03 and 04 per architecture, baselines, control runs, summary, 05, guard and serving, report
+    console.total = 3 + 2 * len(architectures) + len(BASELINES) + n_variants + 4
     with console.step("data: scan, duplicates and overlaps, split"):
         prepared = prepare_study_data(data, out, profile, progress=not console.enabled)
     data_hash = prepared.info["data_hash"]
@@ -225,8 +232,11 @@ def run(
     training = {"strategy": strategy} if strategy else {}  # only when given: unchanged steps stay reused
     reference = reference_segmentation(prepared.root)
 
-    def step(name: str, parameters: dict, output_name: str | None = None) -> Callable[[], StepResult]:
-        notebook = functools.partial(
+    def step(
+        name: str, parameters: dict, output_name: str | None = None, then: Callable[[], object] | None = None
+    ) -> Callable[[], StepResult]:
+        """The notebook ``name`` as a step of the console (``then``: more work of the same step, after it)."""
+        execute = functools.partial(
             execute_notebook,
             name,
             parameters,
@@ -236,6 +246,13 @@ def run(
             output_name=output_name,
             progress=jobs == 1 and not console.enabled,
         )
+
+        def notebook() -> StepResult:
+            result = execute()
+            if then is not None:
+                then()
+            return result
+
         return functools.partial(console.run, output_name or name, notebook)
 
     evaluation = {"out_dir": str(out), "n_resamples": settings["bootstrap_resamples"], "seed": settings["seed"]}
@@ -286,6 +303,7 @@ def run(
         f"control-{chosen}-{suffix}": {"input_mode": mode, "tta_views": 1} for suffix, (mode, _) in CONTROL_RUNS.items()
     }
     variants[f"control-{chosen}-{IMAGE_SPLIT_RUN}"] = {"split": "image"}
+    n_resamples, seed = settings["bootstrap_resamples"], settings["seed"]
     for chain in run_chains(
         [
             [
@@ -293,6 +311,8 @@ def run(
                     "03_train",
                     {**base, "arch": chosen, "weights_dir": weights_dir, "run_name": name, **variant, **training},
                     f"03_train-{name}",
+                    # evaluated (and cached) here, beside the next control, rather than one by one in the summary
+                    then=functools.partial(evaluate_run, out / "runs" / name, n_resamples, seed),
                 )
             ]
             for name, variant in variants.items()
@@ -302,13 +322,24 @@ def run(
         results += chain
     controls += list(variants)
 
-    with console.step("summary, chosen model, its guard and serving file"):
-        summarise(out, prepared, architectures, controls, settings["bootstrap_resamples"], settings["seed"])
+    with console.step("summary and chosen model"):
+        summarise(out, prepared, architectures, controls, n_resamples, seed)
     summary_hash = sha256_file(out / "summary.json")
     compare = functools.partial(
         execute_notebook, "05_compare", {"out_dir": str(out)}, out, f"{data_hash}|{summary_hash}", force=force
     )
-    results.append(console.run("05_compare", compare))
+
+    def guard_and_serving() -> None:
+        with console.step("chosen model: its guard and serving file"):
+            finish_chosen(out, prepared, chosen)
+
+    # 05_compare reads summary.json only: the chosen model's guard and serving file are made beside it.
+    last: list[list[Callable[[], object]]] = [
+        [functools.partial(console.run, "05_compare", compare)],
+        [guard_and_serving],
+    ]
+    (compared,), _ = run_chains(last, jobs)
+    results.append(cast(StepResult, compared))
     with console.step("report"):
         write_text(
             out / "report.html",
