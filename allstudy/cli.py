@@ -25,6 +25,10 @@ from allstudy.study.console import LOG_NAME, StudyConsole
 # project's loaded 2-core machine), which `data scan` or `--help` must not pay.
 
 
+#: How ``data scan`` names the parts of a release with an official split.
+PART_NAMES = {"train": "training folds", "test": "preliminary test (labels from its CSV)"}
+
+
 def _scan(args: argparse.Namespace) -> int:
     from allstudy.data.prepare import scan
 
@@ -43,6 +47,10 @@ def _scan(args: argparse.Namespace) -> int:
     sizes = Counter(len(g) for g in report["near_duplicate_groups"])
     print(f"Scanned {report['images']} files in {report['root']} ({report['layout']}) in {report['seconds']} s")
     print("  usable per class: " + ", ".join(f"{k} {v}" for k, v in report["classes"].items()))
+    for part, classes in report["parts"].items():
+        print(f"    {PART_NAMES.get(part, part)}: " + ", ".join(f"{k} {v}" for k, v in classes.items()))
+    if report["unlabelled"]:
+        print(f"  unlabelled (scored by allstudy predict, never trained on): {len(report['unlabelled'])}")
     if report["subjects"]:
         print(
             f"  subjects: {len(report['subjects'])} ({', '.join(report['subjects'][:8])}"

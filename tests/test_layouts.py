@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,69 @@ def test_discover_accepts_a_string_and_is_sorted(tmp_path: Path):
     image_root, _, items = discover(str(root))
     assert image_root == root
     assert [item.relpath for item in items] == ["Benign/a.jpg", "Benign/b.jpg", "Early/m.jpg", "Pro/z.jpg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the C-NMC 2019 release as downloaded (Kaggle's and TCIA's layouts)
+
+RELEASE_TRAIN = [
+    "fold_0/all/UID_1_1_1_all.bmp",
+    "fold_0/hem/UID_H2_1_1_hem.bmp",
+    "fold_1/all/UID_3_1_1_all.bmp",
+    "fold_1/hem/UID_h4_2_1_hem.bmp",
+]
+LABELS_CSV = "Patient_ID,new_names,labels\nUID_5_1_1_all.bmp,1.bmp,1\nUID_H6_1_1_hem.bmp,2.bmp,0\n"
+
+
+def _release(root: Path, kind: str, csv_inside: bool = False, labels: str | None = LABELS_CSV) -> Path:
+    """A small C-NMC release in Kaggle's or TCIA's layout (with a labels CSV, a README and a notes file)."""
+    if kind == "kaggle":
+        top = root / "C-NMC_Leukemia"
+        train, prelim_parent, final = top / "training_data", top / "validation_data", top / "testing_data"
+    else:
+        top = root
+        train, prelim_parent, final = top / "C-NMC_training_data", top, top
+    _tree(train, RELEASE_TRAIN)
+    prelim = prelim_parent / "C-NMC_test_prelim_phase_data"
+    _tree(prelim, ["1.bmp", "2.bmp"])
+    _tree(final / "C-NMC_test_final_phase_data", ["1.bmp"])
+    if labels is not None:
+        (prelim if csv_inside else prelim_parent).joinpath("C-NMC_test_prelim_phase_data_labels.csv").write_text(labels)
+    (prelim_parent / "notes.txt").write_text("downloaded 2026\n")
+    return top
+
+
+@pytest.mark.parametrize("kind, csv_inside", [("kaggle", False), ("kaggle", True), ("tcia", False), ("tcia", True)])
+def test_release_parts_classes_and_subjects(tmp_path: Path, kind: str, csv_inside: bool):
+    top = _release(tmp_path / "download", kind, csv_inside)
+    for pointed in (tmp_path / "download", top):
+        image_root, layout, items = discover(pointed)
+        assert image_root == top and "c-nmc-2019 release" in layout and kind in layout
+        by_part = {
+            part: sorted((i.label, i.subject) for i in items if i.part == part) for part in {i.part for i in items}
+        }
+        assert by_part["train"] == [("all", "UID_1"), ("all", "UID_3"), ("hem", "UID_H2"), ("hem", "UID_H4")]
+        assert by_part["test"] == [("all", "UID_5"), ("hem", "UID_H6")]  # class and subject from the CSV
+        assert by_part["unlabelled"] == [("", None)]
+        assert not any(i.relpath.endswith((".csv", ".txt")) for i in items)  # skipped, not problems
+
+
+def test_the_training_folder_alone_is_the_plain_fold_layout(tmp_path: Path):
+    top = _release(tmp_path, "kaggle")
+    _, layout, items = discover(top / "training_data")
+    assert layout.startswith("c-nmc (") and {i.part for i in items} == {""} and len(items) == 4
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (None, "has no labels: expected C-NMC_test_prelim_phase_data_labels.csv"),
+        ("Patient_ID,labels\nUID_5_1_1_all.bmp,1\n", "lacks the column(s) new_names"),
+        ("Patient_ID,new_names,labels\nUID_5_1_1_all.bmp,1.bmp,yes\n", "line 2: labels is 'yes'"),
+    ],
+)
+def test_a_missing_or_malformed_labels_csv_names_the_file_and_the_columns(tmp_path: Path, labels, message):
+    _release(tmp_path, "kaggle", labels=labels)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        discover(tmp_path)
+    assert "Patient_ID, new_names, labels" in str(info.value)

@@ -113,3 +113,22 @@ def test_cnmc_sample_subjects(tmp_path):
     assert report["subjects"] == ["UID_1", "UID_H6"]
     table = read_manifest_csv(tmp_path / "manifest.csv")
     assert set(zip(table["class"], table["subject"], strict=True)) == {("all", "UID_1"), ("hem", "UID_H6")}
+
+
+CNMC_KAGGLE = SHARED / "cnmc-kaggle"
+
+
+@pytest.mark.skipif(not CNMC_KAGGLE.is_dir(), reason=f"C-NMC Kaggle replica not found at {CNMC_KAGGLE}")
+def test_cnmc_kaggle_replica_reads_as_downloaded(tmp_path):
+    """Two classes in the training folds, the 12 preliminary-test cells labelled by their CSV, the 2
+    final-phase cells unlabelled, the CSV no problem (data/README.md section 2b)."""
+    report = _scan(CNMC_KAGGLE, tmp_path)
+    assert report["images"] == 52 and report["problems"] == []
+    assert report["parts"] == {"train": {"all": 18, "hem": 20}, "test": {"all": 6, "hem": 6}}
+    assert report["classes"] == {"all": 24, "hem": 26}
+    assert len(report["unlabelled"]) == 2 and all("final_phase" in p for p in report["unlabelled"])
+    table = read_manifest_csv(tmp_path / "manifest.csv")
+    test = table[table["part"] == "test"]
+    assert test["subject"].nunique() == 6 and (test["subject"] != "").all()  # from the CSV's Patient_ID
+    train_subjects = set(table.loc[table["part"] == "train", "subject"])
+    assert not train_subjects & set(test["subject"])  # the parts are subject-disjoint, as released

@@ -37,6 +37,7 @@ from scipy.cluster.hierarchy import DisjointSet
 from tqdm import tqdm
 
 from allstudy.data.images import read_rgb
+from allstudy.data.manifest import usable_rows
 from allstudy.data.segment import corner_region
 
 
@@ -230,7 +231,7 @@ def find_links(
     scale, rotation, overlap, correlation`` (paths relative to ``root``; ``a < b``).
     """
     root = Path(root)
-    usable = table[table["problem"] == ""].sort_values("path").reset_index(drop=True)
+    usable = usable_rows(table).sort_values("path").reset_index(drop=True)
     paths = usable["path"].tolist()
     links: dict[tuple[int, int], dict] = {}
 

@@ -2,8 +2,9 @@
 
 Columns: ``path`` (relative to the image root, forward slashes), ``class``, ``subject`` (empty when
 unknown), ``width``, ``height``, ``mode``, ``sha256``, ``phash`` (16x16 difference hash, hex),
-``problem`` (empty for a usable image) and ``note`` (e.g. a mode conversion). A file with a problem
-stays in the manifest, so it is reported, and is left out of every split.
+``problem`` (empty for a usable image), ``note`` (e.g. a mode conversion) and ``part`` (empty, or the
+official part of a release: ``train``, ``test``, ``unlabelled``). A file with a problem stays in the
+manifest, so it is reported, and is left out of every split; so is an unlabelled file.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from tqdm import tqdm
 from allstudy.data.images import inspect_bytes
 from allstudy.data.layouts import Item, discover
 
-COLUMNS = ["path", "class", "subject", "width", "height", "mode", "sha256", "phash", "problem", "note"]
+COLUMNS = ["path", "class", "subject", "width", "height", "mode", "sha256", "phash", "problem", "note", "part"]
 #: Side of the difference hash (16 x 16 = 256 bits), as used in the data README's own check.
 HASH_SIZE = 16
 #: Bump when a column's meaning changes, so cached manifests are rebuilt.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,30 @@ class Manifest:
 
     @property
     def usable(self) -> pd.DataFrame:
-        """Rows of images that can be used (no problem)."""
-        return self.table[self.table["problem"] == ""]
+        """Rows of images that can be used (:func:`usable_rows`)."""
+        return usable_rows(self.table)
+
+    @property
+    def unlabelled(self) -> pd.DataFrame:
+        """Readable images without a class (a release's unlabelled test part): scored, never split."""
+        return self.table[(self.table["problem"] == "") & (self.table["part"] == "unlabelled")]
 
     def data_hash(self) -> str:
         """A hash of the dataset's content: every usable file's path, class and sha256."""
         return content_hash(self.table)
 
 
+def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a manifest table that the study uses: readable images with a class."""
+    keep = table["problem"] == ""
+    if "part" in table:  # tables made by hand (tests, older callers) may have no part column
+        keep &= table["part"] != "unlabelled"
+    return table[keep]
+
+
 def content_hash(table: pd.DataFrame) -> str:
     """sha256 over sorted ``path,class,sha256`` lines of the usable rows (the data's identity)."""
-    usable = table[table["problem"] == ""].sort_values("path")
+    usable = usable_rows(table).sort_values("path")
     lines = "\n".join(f"{p},{c},{s}" for p, c, s in zip(usable["path"], usable["class"], usable["sha256"], strict=True))
     return hashlib.sha256(lines.encode()).hexdigest()
 
@@ -66,6 +80,7 @@ def describe_file(root: Path, item: Item) -> dict:
         "phash": "",
         "problem": "",
         "note": "",
+        "part": item.part,
     }
     try:
         data = (root / item.relpath).read_bytes()

@@ -17,6 +17,7 @@ import pandas as pd
 from allstudy.core.atomic import read_json, write_csv, write_json
 from allstudy.core.version import __version__
 from allstudy.data.duplicates import DuplicateParams, find_links, groups_of, params_dict
+from allstudy.data.layouts import PARTS
 from allstudy.data.manifest import Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
 from allstudy.data.split import DEFAULT_FRACTIONS, image_level_split, leaked_fields, make_split, split_counts
 
@@ -52,6 +53,13 @@ class Scan:
             "notes": [{"path": p, "note": n} for p, n in zip(table["path"], table["note"], strict=True) if n],
             "data_hash": self.manifest.data_hash(),
             "seconds": round(self.seconds, 1),
+            # a release with an official split: usable images per part and class, and the unlabelled ones
+            "parts": {
+                str(part): {str(k): int(v) for k, v in rows["class"].value_counts().sort_index().items()}
+                for part, rows in sorted(usable.groupby("part"), key=lambda kv: PARTS.index(kv[0]) if kv[0] else -1)
+                if part
+            },
+            "unlabelled": self.manifest.unlabelled["path"].tolist(),
         }
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from allstudy.data.duplicates import group_ids
+from allstudy.data.manifest import usable_rows
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -58,7 +59,7 @@ def make_split(
     Returns a frame with columns ``path, class, subject, group, split`` sorted by path. Raises if a
     group would cross splits (it cannot by construction; the check guards future changes).
     """
-    usable = table[table["problem"] == ""].sort_values("path").reset_index(drop=True)
+    usable = usable_rows(table).sort_values("path").reset_index(drop=True)
     if usable.empty:
         raise ValueError("no usable image to split: every file has a problem (see the scan's problems)")
     groups = assign_groups(usable["path"].tolist(), usable["subject"].tolist(), links)
