@@ -25,6 +25,7 @@ from allstudy.data.duplicates import (
     _matching_grey,
     _thumbnail,
     _Verifier,
+    comparison_keys,
     phase_correlation_candidates,
 )
 from allstudy.data.manifest import build_manifest
@@ -53,15 +54,15 @@ def main() -> None:
     greys = [_matching_grey(manifest.root / p) for p in usable["path"]]
     thumbs = np.stack([_thumbnail(g, params) for g in greys])
     figures["thumbnails_s"] = time.perf_counter() - start
-    labels = usable["class"].to_numpy()
+    keys = comparison_keys(usable)
     start = time.perf_counter()
-    candidates = phase_correlation_candidates(thumbs, labels, params)
+    candidates = phase_correlation_candidates(thumbs, keys, params)
     figures["candidate_search_s"] = time.perf_counter() - start
     figures["candidates_s"] = figures["thumbnails_s"] + figures["candidate_search_s"]
     figures["candidates"] = len(candidates)
     # The same search with each field's whole row of pairs in one inverse FFT (no blocks), same thumbnails.
     start = time.perf_counter()
-    whole_rows = phase_correlation_candidates(thumbs, labels, params, block=n)
+    whole_rows = phase_correlation_candidates(thumbs, keys, params, block=n)
     figures["candidate_search_whole_rows_s"] = time.perf_counter() - start
     if whole_rows != candidates:
         raise SystemExit("blocked and whole-row candidate searches disagree")

@@ -288,7 +288,6 @@ def test_duplicate_params_are_sane():
     assert 0 < p.max_rotation_deg < 45
     assert 0 < p.min_overlap < 1
     assert 0.07 < p.min_correlation < 1  # above the documented at most 0.07 of unrelated pairs
-    assert p.cross_class_max_images > 0
 
 
 def test_duplicate_params_are_frozen_and_recorded():
@@ -324,11 +323,11 @@ def test_candidate_pairs_do_not_depend_on_the_block_size(scene: Scene):
     thumbs = np.stack(
         [duplicates._thumbnail(duplicates._matching_grey(scene.manifest.root / p), params) for p in usable["path"]]
     )
-    labels = usable["class"].to_numpy()
-    whole_rows = duplicates.phase_correlation_candidates(thumbs, labels, params, block=len(thumbs))
+    keys = duplicates.comparison_keys(usable)
+    whole_rows = duplicates.phase_correlation_candidates(thumbs, keys, params, block=len(thumbs))
     assert len(whole_rows) >= len(scene.recaptures)  # the re-captures at least are candidates
     for block in (1, 7, duplicates._BLOCK):
-        assert duplicates.phase_correlation_candidates(thumbs, labels, params, block=block) == whole_rows
+        assert duplicates.phase_correlation_candidates(thumbs, keys, params, block=block) == whole_rows
 
 
 def test_the_scan_masks_the_corner_it_always_masked():
@@ -338,3 +337,41 @@ def test_the_scan_masks_the_corner_it_always_masked():
     old[int(round(192 * 0.9)) :, int(round(256 * 0.78)) :] = False
     mask = duplicates._corner_mask((192, 256), DuplicateParams(corner_width=0.22, corner_height=0.1))
     assert ((mask > 0) == old).all()
+
+
+def _overlapping_crops(seed: int) -> tuple[Image.Image, Image.Image]:
+    """Two 224-px crops of one rendered region, 24 px apart: a re-capture of the same slide region."""
+    big = render_field("Pro", np.random.default_rng(seed), size=288)
+    return big.crop((0, 0, 224, 224)), big.crop((24, 16, 248, 240))
+
+
+def test_overlap_search_stays_within_a_subject_and_a_class(tmp_path: Path):
+    """Same subject: linked. Another subject or another class: never an overlap (a field cannot show another
+    patient's slide). An exact copy is a duplicate wherever it sits."""
+    first, second = _overlapping_crops(3)
+    cells = tmp_path / "cells"
+    for name, image in [
+        ("fold_0/all/UID_1_1_1_all.bmp", first),
+        ("fold_0/all/UID_1_2_1_all.bmp", second),  # the same subject: an overlap
+        ("fold_0/all/UID_2_1_1_all.bmp", second),  # another subject, same pixels as the line above
+    ]:
+        (cells / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(cells / name)
+    manifest = build_manifest(cells)
+    links = find_links(manifest.root, manifest.table)
+    kinds = {frozenset((a, b)): k for a, b, k in zip(links["a"], links["b"], links["kind"], strict=True)}
+    one, same, other = "fold_0/all/UID_1_1_1_all.bmp", "fold_0/all/UID_1_2_1_all.bmp", "fold_0/all/UID_2_1_1_all.bmp"
+    assert kinds[frozenset((one, same))] == "overlap"
+    assert frozenset((one, other)) not in kinds  # the overlap across subjects is not searched
+    assert kinds[frozenset((same, other))] == "exact"  # byte-identical files: found across subjects
+
+    fields = tmp_path / "fields"
+    for name, image in [("Pro/a.jpg", first), ("Pro/b.jpg", second), ("Pre/c.jpg", second)]:
+        (fields / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(fields / name, quality=90)
+    manifest = build_manifest(fields)
+    links = find_links(manifest.root, manifest.table)
+    kinds = {frozenset((a, b)): k for a, b, k in zip(links["a"], links["b"], links["kind"], strict=True)}
+    assert kinds[frozenset(("Pro/a.jpg", "Pro/b.jpg"))] == "overlap"
+    assert frozenset(("Pro/a.jpg", "Pre/c.jpg")) not in kinds
+    assert kinds[frozenset(("Pre/c.jpg", "Pro/b.jpg"))] == "exact"

@@ -127,6 +127,8 @@ def test_cnmc_kaggle_replica_reads_as_downloaded(tmp_path):
     assert report["parts"] == {"train": {"all": 18, "hem": 20}, "test": {"all": 6, "hem": 6}}
     assert report["classes"] == {"all": 24, "hem": 26}
     assert len(report["unlabelled"]) == 2 and all("final_phase" in p for p in report["unlabelled"])
+    # two centred cells of different subjects on black look alike: only one subject's files are compared
+    assert report["exact_duplicate_groups"] == [] and report["near_duplicate_groups"] == []
     table = read_manifest_csv(tmp_path / "manifest.csv")
     test = table[table["part"] == "test"]
     assert test["subject"].nunique() == 6 and (test["subject"] != "").all()  # from the CSV's Patient_ID

@@ -66,9 +66,6 @@ class DuplicateParams:
     #: band-passed pixels (unrelated pairs: at most 0.07; blurred re-captures: 0.2 and above).
     min_overlap: float = 0.10
     min_correlation: float = 0.15
-    #: Compare fields of different classes too (a cross-class overlap is a labelling problem).
-    #: Above this many images only pairs within a class are compared, to keep the cost near N^2/4.
-    cross_class_max_images: int = 5000
 
 
 def _corner_mask(shape: tuple[int, int], params: DuplicateParams) -> np.ndarray:
@@ -102,10 +99,18 @@ def _thumbnail(grey: np.ndarray, params: DuplicateParams) -> np.ndarray:
 _BLOCK = 256
 
 
+def comparison_keys(table: pd.DataFrame) -> np.ndarray:
+    """Which files may show the same slide region: those of one class and, where file names give it, one
+    subject. Each class of these datasets comes from its own patients, and a field cannot overlap another
+    patient's slide; two cells of different subjects centred on black merely look alike."""
+    return (table["class"].astype(str) + "|" + table["subject"].astype(str)).to_numpy()
+
+
 def phase_correlation_candidates(
-    thumbs: np.ndarray, labels: np.ndarray, params: DuplicateParams, progress: bool = False, block: int = _BLOCK
+    thumbs: np.ndarray, keys: np.ndarray, params: DuplicateParams, progress: bool = False, block: int = _BLOCK
 ) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, peak)`` with ``i < j`` whose phase-correlation peak exceeds the threshold.
+    """Pairs ``(i, j, peak)`` with ``i < j`` and the same key (:func:`comparison_keys`) whose phase-correlation
+    peak exceeds the threshold.
 
     ``block`` pairs go through each inverse FFT; the pairs found do not depend on it.
     """
@@ -113,15 +118,13 @@ def phase_correlation_candidates(
     spectra = scipy.fft.rfft2(thumbs.astype(np.float32), workers=-1)
     spectra /= np.abs(spectra) + 1e-3
     spectra = spectra.astype(np.complex64)
-    within_class_only = n > params.cross_class_max_images
     shape = (params.thumb, params.thumb)
     found: list[tuple[int, int, float]] = []
     for i in tqdm(range(n - 1), desc="comparing fields", unit="img", disable=not progress, mininterval=1):
         others = np.arange(i + 1, n)
-        if within_class_only:
-            others = others[labels[others] == labels[i]]
-            if len(others) == 0:
-                continue
+        others = others[keys[others] == keys[i]]
+        if len(others) == 0:
+            continue
         for start in range(0, len(others), block):
             chunk = others[start : start + block]
             surface = scipy.fft.irfft2(spectra[i][None] * np.conj(spectra[chunk]), s=shape, workers=-1)
@@ -241,12 +244,15 @@ def find_links(
             links[(members[0], other)] = {"kind": "exact"}
 
     if len(usable) >= 2:
+        # Byte-identical files are duplicates wherever they sit; a similar hash or an overlap only counts between
+        # files that may show one slide region (comparison_keys).
+        keys = comparison_keys(usable)
         bits = np.stack([_hash_bits(h) for h in usable["phash"]])
         ones = bits.sum(axis=1)
         structured = (ones >= params.hash_min_structure_bits) & (ones <= bits.shape[1] - params.hash_min_structure_bits)
         for i in np.nonzero(structured[:-1])[0]:
             distance = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
-            close = (distance <= params.hash_max_bits) & structured[i + 1 :]
+            close = (distance <= params.hash_max_bits) & structured[i + 1 :] & (keys[i + 1 :] == keys[i])
             for j in np.nonzero(close)[0]:
                 links.setdefault((int(i), int(i) + 1 + int(j)), {"kind": "hash"})
 
@@ -262,8 +268,7 @@ def find_links(
                 )
             )
         thumbs = np.stack([_thumbnail(g, params) for g in greys])
-        labels = usable["class"].to_numpy()
-        candidates = phase_correlation_candidates(thumbs, labels, params, progress=progress)
+        candidates = phase_correlation_candidates(thumbs, keys, params, progress=progress)
         verifier = _Verifier(greys, params)
         for i, j, peak in tqdm(candidates, desc="verifying candidates", unit="pair", disable=not progress):
             if (i, j) in links:
