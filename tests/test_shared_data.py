@@ -134,3 +134,15 @@ def test_cnmc_kaggle_replica_reads_as_downloaded(tmp_path):
     assert test["subject"].nunique() == 6 and (test["subject"] != "").all()  # from the CSV's Patient_ID
     train_subjects = set(table.loc[table["part"] == "train", "subject"])
     assert not train_subjects & set(test["subject"])  # the parts are subject-disjoint, as released
+
+
+@pytest.mark.skipif(not CNMC_KAGGLE.is_dir(), reason=f"C-NMC Kaggle replica not found at {CNMC_KAGGLE}")
+def test_cnmc_kaggle_replica_split_is_the_official_one(tmp_path):
+    from allstudy.data.prepare import prepare
+
+    prepared = prepare(CNMC_KAGGLE, tmp_path / "data")
+    split, table = prepared.split, prepared.manifest
+    test_subjects = set(table.loc[table["part"] == "test", "subject"])
+    assert len(test_subjects) == 6 and set(split.loc[split["split"] == "test", "subject"]) == test_subjects
+    assert prepared.info["split_kind"] == "official" and "preliminary-test" in prepared.info["split_kind_means"]
+    assert len(split) == 50 and set(split["split"]) == {"train", "val", "test"}  # the 2 unlabelled left out

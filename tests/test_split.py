@@ -13,6 +13,7 @@ from allstudy.data.split import (
     leaked_fields,
     make_split,
     split_counts,
+    split_kind,
 )
 
 
@@ -120,3 +121,38 @@ def test_the_image_level_split_lets_overlapping_fields_cross_and_counts_them():
         assert leaked[name] == sum(groups[p] in chain_in_training for p in part["path"]) > 0
     with pytest.raises(ValueError, match="no group"):
         leaked_fields(leaky, groups.iloc[:10])
+
+
+def _release_table(train_subjects: int = 20, test_subjects: int = 6, cells: int = 3) -> pd.DataFrame:
+    """A C-NMC-like release: training-fold subjects, preliminary-test subjects, and unlabelled cells."""
+    rows = []
+    for part, n in (("train", train_subjects), ("test", test_subjects)):
+        for s in range(n):
+            label = "all" if s % 2 else "hem"
+            for c in range(cells):
+                path = f"{part}/{label}/UID_{part}{s}_{c}.bmp"
+                rows.append({"path": path, "class": label, "subject": f"UID_{part}{s}", "problem": "", "part": part})
+    rows.append({"path": "final/1.bmp", "class": "", "subject": "", "problem": "", "part": "unlabelled"})
+    return pd.DataFrame(rows)
+
+
+def test_a_release_keeps_its_official_test_set_and_splits_its_training_folds_by_subject():
+    table = _release_table()
+    split = make_split(table, _links([]), seed=3)
+    assert split_kind(table) == "official"
+    test = split[split["split"] == "test"]
+    assert set(test["subject"]) == {f"UID_test{s}" for s in range(6)} and len(test) == 18
+    assert "final/1.bmp" not in set(split["path"])  # unlabelled: never split
+    val = split[split["split"] == "val"]
+    assert set(val["class"]) == {"all", "hem"} and 0.10 < len(val) / (len(split) - len(test)) < 0.25
+    check_split(split)  # no subject in two splits
+    assert split.equals(make_split(table, _links([]), seed=3))
+    assert not split.equals(make_split(table, _links([]), seed=4))
+    assert split_kind(table[table["part"] != "test"]) == "grouped"
+
+
+def test_an_official_split_names_what_it_lacks():
+    with pytest.raises(ValueError, match="only 2 independent groups in the training folds"):
+        make_split(_release_table(train_subjects=4), _links([]))
+    with pytest.raises(ValueError, match="no validation split"):
+        make_split(_release_table(), _links([]), fractions=(0.85, 0.0, 0.15))

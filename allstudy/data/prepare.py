@@ -19,7 +19,15 @@ from allstudy.core.version import __version__
 from allstudy.data.duplicates import DuplicateParams, find_links, groups_of, params_dict
 from allstudy.data.layouts import PARTS
 from allstudy.data.manifest import Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
-from allstudy.data.split import DEFAULT_FRACTIONS, image_level_split, leaked_fields, make_split, split_counts
+from allstudy.data.split import (
+    DEFAULT_FRACTIONS,
+    SPLIT_KINDS,
+    image_level_split,
+    leaked_fields,
+    make_split,
+    split_counts,
+    split_kind,
+)
 
 #: Bump when the cached files' meaning changes, so that old caches are rebuilt.
 CACHE_VERSION = 1
@@ -142,6 +150,8 @@ def prepare(
             "code_version": __version__,
             "synthetic": (Path(root) / "SYNTHETIC.json").exists(),
             "split_counts": split_counts(split).to_dict(),
+            "split_kind": split_kind(table),
+            "split_kind_means": SPLIT_KINDS[split_kind(table)],
         }
         write_json(info_path, info)
     return PreparedData(image_root, table, links, split, info)

@@ -4,6 +4,10 @@ Groups are the connected components of duplicate/overlap links (see :mod:`allstu
 merged with subjects when the file names give them (C-NMC). The split is made by scikit-learn's
 ``StratifiedGroupKFold`` over ``k`` folds, where ``k`` makes every fraction a whole number of folds
 (70/15/15 -> 20 folds: 14 train, 3 val, 3 test); the seed fixes it.
+
+A release with an official test set (the C-NMC 2019 preliminary-test subjects, part ``test`` of the
+manifest) keeps it as the test split, as the challenge did; train and validation come from its training
+folds, grouped and stratified the same way.
 """
 
 from __future__ import annotations
@@ -51,10 +55,24 @@ def _folds_for(fractions: tuple[float, float, float]) -> list[int]:
     return [int(r * total) for r in ratios]
 
 
+#: What each kind of split is, for data.json and the report.
+SPLIT_KINDS = {
+    "grouped": "stratified by class; no duplicate or overlap group, and no subject, in two splits",
+    "official": "the release's own test set (the C-NMC 2019 preliminary-test subjects, disjoint from the "
+    "training folds, as in the challenge); train and validation from the training folds, split by subject",
+}
+
+
+def split_kind(table: pd.DataFrame) -> str:
+    """``official`` when the usable rows hold a release's test part, else ``grouped`` (:data:`SPLIT_KINDS`)."""
+    usable = usable_rows(table)
+    return "official" if "part" in usable and (usable["part"] == "test").any() else "grouped"
+
+
 def make_split(
     table: pd.DataFrame, links: pd.DataFrame, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 ) -> pd.DataFrame:
-    """Split the usable rows of a manifest table into train/val/test.
+    """Split the usable rows of a manifest table into train/val/test (:func:`split_kind` says how).
 
     Returns a frame with columns ``path, class, subject, group, split`` sorted by path. Raises if a
     group would cross splits (it cannot by construction; the check guards future changes).
@@ -63,6 +81,8 @@ def make_split(
     if usable.empty:
         raise ValueError("no usable image to split: every file has a problem (see the scan's problems)")
     groups = assign_groups(usable["path"].tolist(), usable["subject"].tolist(), links)
+    if split_kind(usable) == "official":
+        return _official_split(usable, groups, seed, fractions)
     folds_per_split = _folds_for(fractions)
     n_folds = sum(folds_per_split)
     groups_per_class = pd.Series(groups).groupby(usable["class"].to_numpy()).nunique()
@@ -87,6 +107,44 @@ def make_split(
             "subject": usable["subject"],
             "group": groups,
             "split": split_of_fold[fold],
+        }
+    )
+    check_split(result)
+    return result
+
+
+def _official_split(
+    usable: pd.DataFrame, groups: list[str], seed: int, fractions: tuple[float, float, float]
+) -> pd.DataFrame:
+    """The release's test part as the test split; its training part into train and validation by group, with
+    validation about ``val / (train + val)`` of it (one fold of ``round((train + val) / val)``)."""
+    _folds_for(fractions)  # the same checks of the fractions
+    train_share, val_share = fractions[0], fractions[1]
+    if val_share <= 0:
+        raise ValueError(f"split fractions {list(fractions)} give no validation split; the study chooses on it")
+    n_folds = max(2, round((train_share + val_share) / val_share))
+    split = np.where(usable["part"].to_numpy() == "test", "test", "train").astype(object)
+    training = np.nonzero(split == "train")[0]
+    train_groups = pd.Series(np.asarray(groups, dtype=object)[training])
+    per_class = train_groups.groupby(usable["class"].to_numpy()[training]).nunique()
+    if per_class.min() < n_folds:
+        label = per_class.idxmin()
+        raise ValueError(
+            f"class {label!r} has only {per_class.min()} independent groups in the training folds, fewer than the "
+            f"{n_folds} folds that a validation share of {val_share / (train_share + val_share):.0%} needs; add "
+            "images or use a larger validation fraction (e.g. --fractions 0.6 0.2 0.2)"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    val_fold = int(np.random.default_rng(seed).integers(n_folds))
+    _, val_index = list(splitter.split(training, usable["class"].to_numpy()[training], train_groups))[val_fold]
+    split[training[val_index]] = "val"
+    result = pd.DataFrame(
+        {
+            "path": usable["path"],
+            "class": usable["class"],
+            "subject": usable["subject"],
+            "group": groups,
+            "split": split.astype(str),
         }
     )
     check_split(result)
