@@ -14,8 +14,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "Early": "Early Pre-B ALL",
     "Pre": "Pre-B ALL",
     "Pro": "Pro-B ALL",
-    "all": "ALL (leukemic blast)",
-    "hem": "Normal (hematogone)",
+    "all": "ALL blast",
+    "hem": "normal B cell",
 }
 
 #: Classes that are not malignant; every other class is a malignant B-ALL class.
