@@ -12,7 +12,7 @@ from PIL import Image
 
 from allstudy.core.atomic import write_csv, write_json
 from allstudy.data.prepare import prepare
-from allstudy.evaluation.compare import choose, comparison_table, evaluate_run, run_summary, summary
+from allstudy.evaluation.compare import choose, comparison_table, dataset_of, evaluate_run, run_summary, summary
 from allstudy.evaluation.controls import colour_features, control_findings, control_table, corner_features, run_baseline
 from allstudy.serving.modelcard import model_card, model_json
 from allstudy.training.run_folder import finished_runs
@@ -112,6 +112,32 @@ def test_summary_has_the_keys_others_rely_on(runs):
     table = comparison_table(result)
     assert table.set_index("run").loc["lenet", "published_accuracy"].startswith("95.8%")
     assert table["chosen"].sum() == 1
+    assert table.set_index("run").loc["vgg16", "published_accuracy"] == "34.4% Pak Heart J 2023 (Taleqani 4-class)"
+
+
+def test_the_comparison_shows_the_published_figures_of_the_studys_own_dataset():
+    assert dataset_of({"all": 10, "hem": 12}) == "C-NMC 2019 binary"
+    assert dataset_of(["Benign", "Early", "Pre", "Pro"]) == "Taleqani 4-class" == dataset_of([])
+    run = {
+        "arch": "vgg16",
+        "weights": "imagenet",
+        "input_size": 224,
+        "test": {
+            "accuracy": 0.9,
+            "accuracy_ci": [0.8, 0.95],
+            "macro_f1": 0.9,
+            "malignant_sensitivity": 0.9,
+            "malignant_specificity": 0.9,
+            "ece": 0.05,
+        },
+        "decision": {"malignant_called_benign": 0, "referral_rate": 0.1, "answered_accuracy": 0.95},
+        "train_seconds": 1.0,
+        "params": 10,
+    }
+    data = {"classes": {"all": 10, "hem": 12}, "split_kind_means": "official: the test set is ..."}
+    row = comparison_table({"data": data, "runs": {"vgg16": run}, "chosen": "vgg16"}).iloc[0]
+    assert row["published_accuracy"] == "92.8% transfer-learning study (C-NMC 2019 binary)"
+    assert row["dataset"] == "C-NMC 2019 binary" and row["split"].startswith("official")
 
 
 def test_model_json_and_card_carry_the_figures_and_caveats(runs):

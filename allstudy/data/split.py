@@ -57,9 +57,9 @@ def _folds_for(fractions: tuple[float, float, float]) -> list[int]:
 
 #: What each kind of split is, for data.json and the report.
 SPLIT_KINDS = {
-    "grouped": "stratified by class; no duplicate or overlap group, and no subject, in two splits",
-    "official": "the release's own test set (the C-NMC 2019 preliminary-test subjects, disjoint from the "
-    "training folds, as in the challenge); train and validation from the training folds, split by subject",
+    "grouped": "grouped: no duplicate or overlapping field crosses splits",
+    "official": "official: the test set is the release's preliminary-test subjects (disjoint from the training "
+    "folds, as in the C-NMC 2019 challenge); train and validation from the training folds, split by subject",
 }
 
 

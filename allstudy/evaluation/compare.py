@@ -16,6 +16,8 @@ import pandas as pd
 
 from allstudy.core.atomic import read_json, write_json
 from allstudy.core.hashing import sha256_file
+from allstudy.data.classes import CNMC_CLASSES
+from allstudy.data.split import SPLIT_KINDS
 from allstudy.evaluation.metrics import CI_METRICS, Evaluation, evaluate, inference_cost
 from allstudy.models.layers import load_model
 from allstudy.training.pipeline import load_images
@@ -207,12 +209,24 @@ def summary(
     return result
 
 
-def comparison_table(summary_: dict, dataset: str = "Taleqani 4-class") -> pd.DataFrame:
-    """Our runs (test accuracy with its 95 % CI) beside the papers' published figures."""
+def dataset_of(classes: list[str] | dict[str, Any]) -> str:
+    """The source study whose data these classes are: ``C-NMC 2019 binary`` (all/hem) or ``Taleqani 4-class``."""
+    return "C-NMC 2019 binary" if classes and set(classes) <= set(CNMC_CLASSES) else "Taleqani 4-class"
+
+
+def comparison_table(summary_: dict, dataset: str | None = None) -> pd.DataFrame:
+    """Our runs (test accuracy with its 95 % CI) beside the published figures of the same dataset (by default
+    the one the summary's classes are from)."""
+    dataset = dataset or dataset_of(summary_.get("data", {}).get("classes") or [])
+    split = summary_.get("data", {}).get("split_kind_means") or SPLIT_KINDS["grouped"]
     rows = []
     for name, run in summary_["runs"].items():
         test = run["test"]
-        published = {p["source"] + f" ({p['dataset']})": p["accuracy"] for p in PUBLISHED if p["arch"] == run["arch"]}
+        published = {
+            p["source"] + f" ({p['dataset']})": p["accuracy"]
+            for p in PUBLISHED
+            if p["arch"] == run["arch"] and p["dataset"] == dataset
+        }
         rows.append(
             {
                 "run": name,
@@ -234,7 +248,7 @@ def comparison_table(summary_: dict, dataset: str = "Taleqani 4-class") -> pd.Da
                 "chosen": name == summary_["chosen"],
                 "published_accuracy": "; ".join(f"{v:.1%} {k}" for k, v in published.items()) or "",
                 "dataset": dataset,
-                "split": "grouped: no duplicate or overlapping field crosses splits",
+                "split": split,
             }
         )
     return pd.DataFrame(rows)
@@ -356,6 +370,9 @@ def data_provenance(info: dict) -> dict:
         "seed": info.get("split", {}).get("seed"),
         "fractions": info.get("split", {}).get("fractions"),
         "split_counts": info.get("split_counts"),
+        "split_kind": info.get("split_kind"),
+        "split_kind_means": info.get("split_kind_means"),
+        "unlabelled": len(report.get("unlabelled", [])),
         "code_version": info.get("code_version"),
     }
 
@@ -399,16 +416,18 @@ def plot_accuracy(summary_: dict, controls: bool = True):
             (row["control"], row["accuracy"], row["accuracy_ci"], None)
             for row in summary_.get("controls", {}).get("rows", [])[1:]
         ]
+    dataset = dataset_of(summary_.get("data", {}).get("classes") or [])
+    published = [p for p in PUBLISHED if p["dataset"] == dataset]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(entries) + 1.2))
     for i, (name, value, ci, arch) in enumerate(entries):
         colour = "tab:green" if name == summary_["chosen"] else ("tab:blue" if arch else "tab:grey")
         ax.errorbar(value, i, xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", color=colour, capsize=3)
-        for paper in PUBLISHED:
-            if arch and paper["arch"] == arch and paper["dataset"].startswith("Taleqani"):
+        for paper in published:
+            if arch and paper["arch"] == arch:
                 ax.plot(paper["accuracy"], i, "x", color="tab:red")
     ax.set_yticks(range(len(entries)), [e[0] for e in entries])
     ax.invert_yaxis()
-    ax.set(xlabel="test accuracy (95 % CI); red x: published (image-level split)", xlim=(0, 1.01))
+    ax.set(xlabel=f"test accuracy (95 % CI); red x: published ({published[0]['split']})", xlim=(0, 1.01))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     plt.close(fig)
