@@ -39,3 +39,15 @@ def test_unknown_profile_or_architecture_is_a_clear_error():
 def test_overrides_replace_the_profile_value_and_none_keeps_it():
     assert train_config("demo", "lenet", epochs=3).epochs == 3
     assert train_config("demo", "lenet", epochs=None).epochs == get_profile("demo")["train"]["lenet"]["epochs"]
+
+
+def test_the_cnmc_profile_has_the_papers_settings_and_the_cpu_ones_for_the_offline_backbones():
+    cnmc = get_profile("cnmc")
+    assert cnmc["architectures"][:3] == ["mobilenet", "vgg16", "resnet50"]
+    for arch in ("mobilenet", "vgg16", "resnet50"):
+        config = train_config("cnmc", arch)
+        assert (config.weights, config.input_size, config.batch_size) == ("imagenet", 224, 32)
+        assert (config.optimizer, config.learning_rate, config.momentum, config.head_epochs) == ("sgd", 1e-4, 0.9, 100)
+    assert train_config("cnmc", "mobilenet").alpha == 1.0
+    for arch in ("mobilenetv2", "efficientnet"):
+        assert train_config("cnmc", arch) == train_config("cpu", arch)

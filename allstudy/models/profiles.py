@@ -16,6 +16,9 @@
 * ``paper``: the source studies' own settings, for a GPU or Colab: LeNet 150 px / 40 epochs /
   batch 32; VGG16 224 px / 10 epochs / batch 128; transfer models 224 px, SGD lr 1e-4 momentum 0.9,
   batch 32, 100 epochs.
+* ``cnmc``: the C-NMC 2019 study's architectures with its settings (MobileNet alpha 1.0, VGG16 and
+  ResNet50 on ImageNet weights, as ``paper``'s transfer models), and MobileNetV2 and EfficientNet-Lite0
+  with the ``cpu`` settings.
 """
 
 from __future__ import annotations
@@ -167,6 +170,16 @@ _PAPER = {
     "efficientnet": dict(_PAPER_TRANSFER),
 }
 
+# The C-NMC 2019 study's own settings (MobileNet alpha 1.0, VGG16 and ResNet50 on ImageNet weights, SGD lr 1e-4,
+# momentum 0.9, batch 32, 224 px, 100 epochs), beside the cpu settings of the backbones that load offline.
+_CNMC = {
+    "mobilenet": {**_PAPER_TRANSFER, "alpha": 1.0},
+    "vgg16": dict(_PAPER_TRANSFER),
+    "resnet50": dict(_PAPER_TRANSFER),
+    "mobilenetv2": dict(_TRANSFER_CPU),
+    "efficientnet": dict(_TRANSFER_CPU),
+}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "seed": 0,
@@ -216,6 +229,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "architectures": ARCHITECTURES,
         "train": _PAPER,
     },
+}
+
+
+PROFILES["cnmc"] = {
+    **PROFILES["paper"],
+    "synthetic_per_class": 150,
+    "architectures": list(_CNMC),
+    "train": _CNMC,
 }
 
 
