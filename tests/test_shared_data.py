@@ -8,6 +8,7 @@ classes and no giant group; and the C-NMC sample's subjects.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -146,3 +147,26 @@ def test_cnmc_kaggle_replica_split_is_the_official_one(tmp_path):
     assert len(test_subjects) == 6 and set(split.loc[split["split"] == "test", "subject"]) == test_subjects
     assert prepared.info["split_kind"] == "official" and "preliminary-test" in prepared.info["split_kind_means"]
     assert len(split) == 50 and set(split["split"]) == {"train", "val", "test"}  # the 2 unlabelled left out
+
+
+@pytest.mark.skipif(not CNMC_KAGGLE.is_dir(), reason=f"C-NMC Kaggle replica not found at {CNMC_KAGGLE}")
+def test_cnmc_replica_in_tcias_layout_reads_the_same(tmp_path):
+    """TCIA's copy of the release, built from the replica: the three parts at the top, the CSV inside."""
+    from allstudy.data.prepare import prepare
+
+    kaggle = CNMC_KAGGLE / "C-NMC_Leukemia"
+    tcia = tmp_path / "download"
+    for source, target in [
+        (kaggle / "training_data", tcia / "C-NMC_training_data"),
+        (kaggle / "validation_data" / "C-NMC_test_prelim_phase_data", tcia / "C-NMC_test_prelim_phase_data"),
+        (kaggle / "testing_data" / "C-NMC_test_final_phase_data", tcia / "C-NMC_test_final_phase_data"),
+    ]:
+        shutil.copytree(source, target)
+    labels = "C-NMC_test_prelim_phase_data_labels.csv"
+    shutil.copy(kaggle / "validation_data" / labels, tcia / "C-NMC_test_prelim_phase_data" / labels)
+    report = _scan(tmp_path, tmp_path / "scan")
+    assert "tcia" in report["layout"] and report["problems"] == []
+    assert report["parts"] == {"train": {"all": 18, "hem": 20}, "test": {"all": 6, "hem": 6}}
+    assert len(report["unlabelled"]) == 2 and report["near_duplicate_groups"] == []
+    prepared = prepare(tmp_path, tmp_path / "data")
+    assert prepared.info["split_kind"] == "official" and (prepared.split["split"] == "test").sum() == 12
