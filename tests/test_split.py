@@ -152,7 +152,7 @@ def test_a_release_keeps_its_official_test_set_and_splits_its_training_folds_by_
 
 
 def test_an_official_split_names_what_it_lacks():
-    with pytest.raises(ValueError, match="only 2 independent groups in the training folds"):
+    with pytest.raises(ValueError, match="only 2 independent groups, fewer than the 6 folds .* of the training folds"):
         make_split(_release_table(train_subjects=4), _links([]))
     with pytest.raises(ValueError, match="no validation split"):
         make_split(_release_table(), _links([]), fractions=(0.85, 0.0, 0.15))

@@ -85,14 +85,13 @@ def make_split(
         return _official_split(usable, groups, seed, fractions)
     folds_per_split = _folds_for(fractions)
     n_folds = sum(folds_per_split)
-    groups_per_class = pd.Series(groups).groupby(usable["class"].to_numpy()).nunique()
-    if groups_per_class.min() < n_folds:
-        label = groups_per_class.idxmin()
-        raise ValueError(
-            f"class {label!r} has only {groups_per_class.min()} independent groups, fewer than the "
-            f"{n_folds} folds that fractions {list(fractions)} need; add images or use coarser "
-            "fractions (e.g. --fractions 0.6 0.2 0.2, 5 folds)"
-        )
+    _check_groups(
+        groups,
+        usable["class"].to_numpy(),
+        n_folds,
+        f"the {n_folds} folds that fractions {list(fractions)} need; add images or use coarser "
+        "fractions (e.g. --fractions 0.6 0.2 0.2, 5 folds)",
+    )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(usable), dtype=int)
     for k, (_, test_index) in enumerate(splitter.split(usable, usable["class"], groups)):
@@ -100,13 +99,27 @@ def make_split(
     # Fold order comes out sorted by size; map folds to splits in a seeded random order.
     order = np.random.default_rng(seed).permutation(n_folds)
     split_of_fold = np.repeat(np.array(SPLITS), folds_per_split)[np.argsort(order)]
+    return _split_frame(usable, groups, split_of_fold[fold])
+
+
+def _check_groups(groups: list[str] | pd.Series, classes: np.ndarray, n_folds: int, needs: str) -> None:
+    """A clear error when a class has fewer independent groups than folds (``needs``: what and the remedy)."""
+    per_class = pd.Series(list(groups)).groupby(classes).nunique()
+    if per_class.min() < n_folds:
+        raise ValueError(
+            f"class {per_class.idxmin()!r} has only {per_class.min()} independent groups, fewer than {needs}"
+        )
+
+
+def _split_frame(usable: pd.DataFrame, groups: list[str], split: np.ndarray) -> pd.DataFrame:
+    """The split table (``path, class, subject, group, split``), checked."""
     result = pd.DataFrame(
         {
             "path": usable["path"],
             "class": usable["class"],
             "subject": usable["subject"],
             "group": groups,
-            "split": split_of_fold[fold],
+            "split": split,
         }
     )
     check_split(result)
@@ -126,29 +139,18 @@ def _official_split(
     split = np.where(usable["part"].to_numpy() == "test", "test", "train").astype(object)
     training = np.nonzero(split == "train")[0]
     train_groups = pd.Series(np.asarray(groups, dtype=object)[training])
-    per_class = train_groups.groupby(usable["class"].to_numpy()[training]).nunique()
-    if per_class.min() < n_folds:
-        label = per_class.idxmin()
-        raise ValueError(
-            f"class {label!r} has only {per_class.min()} independent groups in the training folds, fewer than the "
-            f"{n_folds} folds that a validation share of {val_share / (train_share + val_share):.0%} needs; add "
-            "images or use a larger validation fraction (e.g. --fractions 0.6 0.2 0.2)"
-        )
+    _check_groups(
+        train_groups,
+        usable["class"].to_numpy()[training],
+        n_folds,
+        f"the {n_folds} folds that a validation share of {val_share / (train_share + val_share):.0%} of the "
+        "training folds needs; add images or use a larger validation fraction (e.g. --fractions 0.6 0.2 0.2)",
+    )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     val_fold = int(np.random.default_rng(seed).integers(n_folds))
     _, val_index = list(splitter.split(training, usable["class"].to_numpy()[training], train_groups))[val_fold]
     split[training[val_index]] = "val"
-    result = pd.DataFrame(
-        {
-            "path": usable["path"],
-            "class": usable["class"],
-            "subject": usable["subject"],
-            "group": groups,
-            "split": split.astype(str),
-        }
-    )
-    check_split(result)
-    return result
+    return _split_frame(usable, groups, split.astype(str))
 
 
 def check_split(split: pd.DataFrame) -> None:
