@@ -21,7 +21,6 @@ from allstudy.data.layouts import PARTS
 from allstudy.data.manifest import Manifest, build_manifest, content_hash, fingerprint, read_manifest_csv
 from allstudy.data.split import (
     DEFAULT_FRACTIONS,
-    SPLIT_KINDS,
     image_level_split,
     leaked_fields,
     make_split,
@@ -150,8 +149,7 @@ def prepare(
             "code_version": __version__,
             "synthetic": (Path(root) / "SYNTHETIC.json").exists(),
             "split_counts": split_counts(split).to_dict(),
-            "split_kind": split_kind(table),
-            "split_kind_means": SPLIT_KINDS[split_kind(table)],
+            "split_kind": split_kind(table),  # what it means: allstudy.data.split.SPLIT_KINDS
         }
         write_json(info_path, info)
     return PreparedData(image_root, table, links, split, info)

@@ -218,7 +218,7 @@ def comparison_table(summary_: dict, dataset: str | None = None) -> pd.DataFrame
     """Our runs (test accuracy with its 95 % CI) beside the published figures of the same dataset (by default
     the one the summary's classes are from)."""
     dataset = dataset or dataset_of(summary_.get("data", {}).get("classes") or [])
-    split = summary_.get("data", {}).get("split_kind_means") or SPLIT_KINDS["grouped"]
+    split = SPLIT_KINDS[summary_.get("data", {}).get("split_kind") or "grouped"]
     rows = []
     for name, run in summary_["runs"].items():
         test = run["test"]
@@ -371,7 +371,6 @@ def data_provenance(info: dict) -> dict:
         "fractions": info.get("split", {}).get("fractions"),
         "split_counts": info.get("split_counts"),
         "split_kind": info.get("split_kind"),
-        "split_kind_means": info.get("split_kind_means"),
         "unlabelled": len(report.get("unlabelled", [])),
         "code_version": info.get("code_version"),
     }
