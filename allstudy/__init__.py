@@ -22,6 +22,7 @@ _API = {
     "scan": ("allstudy.data.prepare", "scan"),
     "prepare_data": ("allstudy.data.prepare", "prepare"),
     "generate_dataset": ("allstudy.data.synthetic", "generate_dataset"),
+    "generate_cnmc_dataset": ("allstudy.data.synthetic_cnmc", "generate_cnmc_dataset"),
     "build_model": ("allstudy.models.registry", "build_model"),
     "load_model": ("allstudy.models.layers", "load_model"),
     "train_config": ("allstudy.models.profiles", "train_config"),
@@ -43,6 +44,7 @@ __all__ = [
     "build_model",
     "evaluate_run",
     "export_model",
+    "generate_cnmc_dataset",
     "generate_dataset",
     "launch",
     "load_model",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time each name is imp
     from allstudy.data.prepare import prepare as prepare_data
     from allstudy.data.prepare import scan
     from allstudy.data.synthetic import generate_dataset
+    from allstudy.data.synthetic_cnmc import generate_cnmc_dataset
     from allstudy.evaluation.compare import evaluate_run
     from allstudy.evaluation.decision import DecisionPolicy
     from allstudy.models.layers import load_model

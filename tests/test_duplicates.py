@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from allstudy.data.duplicates import DuplicateParams, find_links, group_ids, gro
 from allstudy.data.manifest import Manifest, build_manifest
 from allstudy.data.segment import corner_region
 from allstudy.data.synthetic import SYNTHETIC_MARKER, generate_dataset, render_field
+from allstudy.data.synthetic_cnmc import generate_cnmc_dataset
 
 N_PER_CLASS = 24
 SEED = 3
@@ -375,3 +377,24 @@ def test_overlap_search_stays_within_a_subject_and_a_class(tmp_path: Path):
     assert kinds[frozenset(("Pro/a.jpg", "Pro/b.jpg"))] == "overlap"
     assert frozenset(("Pro/a.jpg", "Pre/c.jpg")) not in kinds
     assert kinds[frozenset(("Pre/c.jpg", "Pro/b.jpg"))] == "exact"
+
+
+def test_cut_out_cells_link_only_when_they_are_one_cell(tmp_path: Path):
+    """Cells on black are compared on their interiors: a re-encoded or shifted copy of a cell is found, distinct
+    round cells of one subject (alike in outline, hash and band-pass) are not."""
+    release = generate_cnmc_dataset(tmp_path / "c", n_per_class=24, subjects=4, test_subjects=1, n_unlabelled=0)
+    folder = release / "C-NMC_Leukemia" / "training_data" / "fold_0" / "all"
+    original = sorted(folder.iterdir())[0]
+    rgb = np.asarray(Image.open(original).convert("RGB"))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=85)
+    Image.open(buffer).convert("RGB").save(folder / "UID_1_90_1_all.bmp")  # re-encoded
+    shifted = np.zeros_like(rgb)
+    shifted[12:, 7:] = rgb[:-12, :-7]
+    Image.fromarray(shifted).save(folder / "UID_1_91_1_all.bmp")  # the same cell, cut out 12 px lower
+    manifest = build_manifest(release)
+    links = find_links(manifest.root, manifest.table)
+    linked = {frozenset((a.split("/")[-1], b.split("/")[-1])) for a, b in zip(links["a"], links["b"], strict=True)}
+    assert frozenset((original.name, "UID_1_90_1_all.bmp")) in linked
+    assert frozenset((original.name, "UID_1_91_1_all.bmp")) in linked
+    assert len(linked) == 3  # the three copies of one cell, nothing else

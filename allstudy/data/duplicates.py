@@ -16,6 +16,11 @@ Three kinds of evidence link two files:
      has enough inliers, is close to a pure shift, the fields overlap enough, and the band-passed
      grey levels of the overlap correlate.
 
+A single cell cut out on black (C-NMC) is compared on its interior alone: its outline against the black
+dominates any hash or band-pass of the image, so two distinct round cells of one subject would otherwise
+look like one re-saved or shifted image. For such images a hash link needs the same verification, and the
+overlap is a fraction of the smaller cell, not of the image.
+
 Groups are the connected components of all links. Thresholds are in :class:`DuplicateParams`;
 ``tests/test_shared_data.py`` validates them on the real data (the README's named pairs found, no
 group across classes, no giant group) and the synthetic re-captures give a ground truth.
@@ -66,6 +71,11 @@ class DuplicateParams:
     #: band-passed pixels (unrelated pairs: at most 0.07; blurred re-captures: 0.2 and above).
     min_overlap: float = 0.10
     min_correlation: float = 0.15
+    #: A cell cut out on black: at least this fraction of its pixels at most ``cutout_black`` (grey level);
+    #: compared on its interior, ``cutout_erosion`` px (of the 256-px matching image) inside the outline.
+    cutout_min_background: float = 0.2
+    cutout_black: int = 8
+    cutout_erosion: int = 10
 
 
 def _corner_mask(shape: tuple[int, int], params: DuplicateParams) -> np.ndarray:
@@ -82,6 +92,17 @@ def _matching_grey(path: Path) -> np.ndarray:
     if scale < 1:
         image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)))
     return np.asarray(image)
+
+
+def _cell_interior(grey: np.ndarray, params: DuplicateParams) -> np.ndarray | None:
+    """For a cell cut out on black, a uint8 mask (255 = use) of its interior away from the outline; None for a
+    field (not cut out)."""
+    foreground = grey > params.cutout_black
+    if 1.0 - foreground.mean() < params.cutout_min_background:
+        return None
+    size = 2 * params.cutout_erosion + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    return cv2.erode(foreground.astype(np.uint8) * 255, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _thumbnail(grey: np.ndarray, params: DuplicateParams) -> np.ndarray:
@@ -141,7 +162,11 @@ class _Verifier:
         self.greys, self.params = greys, params
         self.orb = cv2.ORB.create(nfeatures=1000, edgeThreshold=15, patchSize=15, fastThreshold=8)
         self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-        self.masks = [_corner_mask(g.shape, params) for g in greys]
+        self.interiors = [_cell_interior(g, params) for g in greys]
+        self.masks = [
+            _corner_mask(g.shape, params) if inner is None else inner
+            for g, inner in zip(greys, self.interiors, strict=True)
+        ]
         self.keypoints: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def _features(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -194,7 +219,9 @@ class _Verifier:
         warped = cv2.warpAffine(self._bandpass(j), transform, (width, height))
         valid = cv2.warpAffine(self.masks[j], transform, (width, height), flags=cv2.INTER_NEAREST) > 0
         valid &= self.masks[i] > 0
-        overlap = float(valid.mean())
+        cutout = self.interiors[i] is not None or self.interiors[j] is not None
+        smaller = min(np.count_nonzero(self.masks[i]), np.count_nonzero(self.masks[j])) if cutout else valid.size
+        overlap = float(valid.sum() / max(smaller, 1))
         evidence["overlap"] = overlap
         if overlap >= 0.02:
             evidence["correlation"] = _correlation(self._bandpass(i)[valid], warped[valid])
@@ -244,18 +271,6 @@ def find_links(
             links[(members[0], other)] = {"kind": "exact"}
 
     if len(usable) >= 2:
-        # Byte-identical files are duplicates wherever they sit; a similar hash or an overlap only counts between
-        # files that may show one slide region (comparison_keys).
-        keys = comparison_keys(usable)
-        bits = np.stack([_hash_bits(h) for h in usable["phash"]])
-        ones = bits.sum(axis=1)
-        structured = (ones >= params.hash_min_structure_bits) & (ones <= bits.shape[1] - params.hash_min_structure_bits)
-        for i in np.nonzero(structured[:-1])[0]:
-            distance = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
-            close = (distance <= params.hash_max_bits) & structured[i + 1 :] & (keys[i + 1 :] == keys[i])
-            for j in np.nonzero(close)[0]:
-                links.setdefault((int(i), int(i) + 1 + int(j)), {"kind": "hash"})
-
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             greys = list(
@@ -267,9 +282,25 @@ def find_links(
                     disable=not progress,
                 )
             )
+        verifier = _Verifier(greys, params)
+        cutout = np.array([inner is not None for inner in verifier.interiors])
+
+        # Byte-identical files are duplicates wherever they sit; a similar hash or an overlap only counts between
+        # files that may show one slide region (comparison_keys), and between cut-out cells only when verified.
+        keys = comparison_keys(usable)
+        bits = np.stack([_hash_bits(h) for h in usable["phash"]])
+        ones = bits.sum(axis=1)
+        structured = (ones >= params.hash_min_structure_bits) & (ones <= bits.shape[1] - params.hash_min_structure_bits)
+        for i in np.nonzero(structured[:-1])[0]:
+            distance = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
+            close = (distance <= params.hash_max_bits) & structured[i + 1 :] & (keys[i + 1 :] == keys[i])
+            for j in int(i) + 1 + np.nonzero(close)[0]:
+                pair = (int(i), int(j))
+                if pair not in links and (not (cutout[i] or cutout[j]) or verifier.verify(*pair)["verified"]):
+                    links[pair] = {"kind": "hash"}
+
         thumbs = np.stack([_thumbnail(g, params) for g in greys])
         candidates = phase_correlation_candidates(thumbs, keys, params, progress=progress)
-        verifier = _Verifier(greys, params)
         for i, j, peak in tqdm(candidates, desc="verifying candidates", unit="pair", disable=not progress):
             if (i, j) in links:
                 links[(i, j)]["peak"] = peak

@@ -49,11 +49,10 @@ from allstudy.data.classes import TALEQANI_CLASSES
 
 #: Name of the marker file that identifies a folder written by this generator.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
-#: Written into the marker; a marker naming another generator is not ours.
+#: Written into the marker; a folder whose marker names any ``allstudy.*`` generator is ours to replace (such as
+#: ``allstudy.data.synthetic``, written for a while after the module moved by a version that drew the platelets in
+#: another order: its name differs from this one, so it is rebuilt, never reused).
 GENERATOR_NAME = "allstudy.synthetic"  # the marker's value since the first release (the module moved since)
-#: Written for a while after the module moved, by a version that drew the platelets in another order: ours to
-#: replace, never reused (its name differs from GENERATOR_NAME, so its parameters never match).
-_MOVED_GENERATOR_NAME = "allstudy.data.synthetic"
 #: Bump when the images for given arguments change; a cached dataset of another version is rebuilt.
 GENERATOR_VERSION = 1
 NOTE = "Synthetic fields made by allstudy; not patient data. Results on them say nothing about real leukemia."
@@ -586,13 +585,13 @@ def _parameters(
 
 
 def _read_marker(folder: Path) -> dict | None:
-    """The marker of ``folder`` when it is one of ours, else None."""
+    """The marker of ``folder`` when an allstudy generator wrote it, else None."""
     try:
         data = json.loads((folder / SYNTHETIC_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ours = (GENERATOR_NAME, _MOVED_GENERATOR_NAME)
-    if isinstance(data, dict) and data.get("synthetic") is True and data.get("generator") in ours:
+    generator = data.get("generator") if isinstance(data, dict) else None
+    if data.get("synthetic") is True and isinstance(generator, str) and generator.startswith("allstudy."):
         return data
     return None
 
@@ -621,42 +620,30 @@ def _remove_abandoned_builds(out_dir: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def generate_dataset(
-    out_dir: str | os.PathLike,
-    n_per_class: int = 100,
-    seed: int = 0,
-    size: int = 224,
-    recapture_fraction: float = 0.1,
-    progress: bool = False,
-    leukocytes: tuple[int, int] | None = None,
-) -> Path:
-    """Write ``out_dir/<class>/synthetic-<class>-NNNN.jpg`` for every class in TALEQANI_CLASSES and
-    ``out_dir/SYNTHETIC.json``; return ``out_dir``.
+def check_positive(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int when it is a whole number of at least ``minimum``; else a ValueError naming it."""
+    if not isinstance(value, (int, float, np.integer)) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    return int(value)
 
-    ``n_per_class`` counts files, re-capture second copies included. ``leukocytes``: the inclusive range of
-    lymphoid cells per field (drawn uniformly), e.g. ``(4, 8)`` for fields as crowded with blasts as many real
-    ALL smears; None: one to three, mostly one. A folder already holding a
-    dataset made with the same arguments is reused as is; one made with other arguments is rebuilt.
-    A non-empty folder without the marker is never touched (ValueError). The dataset is written into
-    ``<out_dir>.tmp-<pid>`` and renamed into place when complete.
+
+def build_dataset(
+    out_dir: str | os.PathLike,
+    wanted: dict,
+    write: Callable[[Path, Callable[..., object]], dict],
+    total: int,
+    progress: bool = False,
+    unit: str = "synthetic fields",
+) -> Path:
+    """Write a synthetic dataset into ``out_dir`` at once, or reuse the one there; return ``out_dir``.
+
+    ``wanted``: the generator's name and arguments, written into ``SYNTHETIC.json``; a folder whose marker
+    holds the same values is reused as is, one of another allstudy generator or other arguments is rebuilt.
+    A non-empty folder without the marker is never touched (ValueError). ``write(folder, tick)`` writes the
+    files into ``<out_dir>.tmp-<pid>``, calls ``tick()`` once per file (``total`` in all) and returns more
+    of the marker; the folder is renamed into place when complete.
     """
     out_dir = Path(out_dir)
-    if int(n_per_class) != n_per_class or n_per_class < 1:
-        raise ValueError(f"n_per_class must be a positive integer, not {n_per_class!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-    if not 0.0 <= recapture_fraction <= 1.0:
-        raise ValueError(f"recapture_fraction must be between 0 and 1, not {recapture_fraction!r}")
-    if int(size) != size or size < 64:
-        raise ValueError(f"size must be an integer of at least 64 pixels, not {size!r}")
-    if leukocytes is not None:
-        low, high = (int(v) for v in leukocytes)
-        if not 1 <= low <= high or (low, high) != tuple(leukocytes):
-            raise ValueError(
-                f"leukocytes must be a range (low, high) of whole numbers with 1 <= low <= high, not {leukocytes!r}"
-            )
-        leukocytes = (low, high)
-    wanted = _parameters(int(seed), int(n_per_class), int(size), float(recapture_fraction), leukocytes)
     requested = out_dir
     if out_dir.is_symlink():  # swap the folder the link points at, keep the link
         out_dir = out_dir.resolve()
@@ -670,7 +657,7 @@ def generate_dataset(
         marker = _read_marker(out_dir)
         if marker is None:
             raise ValueError(
-                f"{out_dir} is not empty and holds no {SYNTHETIC_MARKER} of {GENERATOR_NAME}; "
+                f"{out_dir} is not empty and holds no {SYNTHETIC_MARKER} of {wanted['generator']}; "
                 f"refusing to overwrite it: choose an empty folder instead"
             )
         return _same_parameters(marker, wanted)
@@ -686,18 +673,14 @@ def generate_dataset(
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=n_per_class * len(TALEQANI_CLASSES), desc="synthetic fields", unit="img")
+            bar = tqdm(total=total, desc=unit, unit="img")
         tick = bar.update if bar is not None else (lambda *_: None)
-        groups: list[list[str]] = []
         try:
-            for ci, label in enumerate(TALEQANI_CLASSES):
-                groups += _write_class(
-                    tmp, ci, label, int(n_per_class), int(seed), int(size), float(recapture_fraction), tick, leukocytes
-                )
+            extra = write(tmp, tick)
         finally:
             if bar is not None:
                 bar.close()
-        write_json(tmp / SYNTHETIC_MARKER, {**wanted, "recapture_groups": groups, "note": NOTE})
+        write_json(tmp / SYNTHETIC_MARKER, {**wanted, **extra})
 
         if check_target():  # another process finished the same dataset meanwhile
             shutil.rmtree(tmp)
@@ -713,3 +696,46 @@ def generate_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return requested
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_per_class: int = 100,
+    seed: int = 0,
+    size: int = 224,
+    recapture_fraction: float = 0.1,
+    progress: bool = False,
+    leukocytes: tuple[int, int] | None = None,
+) -> Path:
+    """Write ``out_dir/<class>/synthetic-<class>-NNNN.jpg`` for every class in TALEQANI_CLASSES and
+    ``out_dir/SYNTHETIC.json``; return ``out_dir``.
+
+    ``n_per_class`` counts files, re-capture second copies included. ``leukocytes``: the inclusive range of
+    lymphoid cells per field (drawn uniformly), e.g. ``(4, 8)`` for fields as crowded with blasts as many real
+    ALL smears; None: one to three, mostly one. A folder already holding a
+    dataset made with the same arguments is reused as is; one made with other arguments is rebuilt
+    (:func:`build_dataset`).
+    """
+    n_per_class = check_positive("n_per_class", n_per_class)
+    seed = check_positive("seed", seed, 0)
+    if not 0.0 <= recapture_fraction <= 1.0:
+        raise ValueError(f"recapture_fraction must be between 0 and 1, not {recapture_fraction!r}")
+    size = check_positive("size (pixels)", size, 64)
+    if leukocytes is not None:
+        low, high = (int(v) for v in leukocytes)
+        if not 1 <= low <= high or (low, high) != tuple(leukocytes):
+            raise ValueError(
+                f"leukocytes must be a range (low, high) of whole numbers with 1 <= low <= high, not {leukocytes!r}"
+            )
+        leukocytes = (low, high)
+    wanted = _parameters(seed, n_per_class, size, float(recapture_fraction), leukocytes)
+
+    def write(folder: Path, tick: Callable[..., object]) -> dict:
+        groups: list[list[str]] = []
+        for ci, label in enumerate(TALEQANI_CLASSES):
+            groups += _write_class(
+                folder, ci, label, n_per_class, seed, size, float(recapture_fraction), tick, leukocytes
+            )
+        return {"recapture_groups": groups, "note": NOTE}
+
+    return build_dataset(out_dir, wanted, write, n_per_class * len(TALEQANI_CLASSES), progress)

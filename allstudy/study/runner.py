@@ -56,6 +56,7 @@ def train_architecture(
     out: str | os.PathLike,
     profile: str,
     arch: str,
+    dataset: str = "taleqani",
     weights_dir: str | os.PathLike | None = None,
     progress: bool = True,
     run_name: str | None = None,
@@ -64,6 +65,7 @@ def train_architecture(
 ):
     """Train one architecture of the profile on the study's data into ``out/runs/<run_name or arch>/``.
 
+    With no ``data``, the synthetic default of ``dataset`` (:data:`allstudy.study.study_data.SYNTHETIC_DATASETS`).
     A finished run with the same parameters and data is reused as it is. ``split="image"`` trains on the
     published studies' image-level split instead (:func:`allstudy.data.prepare.with_image_level_split`; default
     run name ``<arch>-image-split``), to measure what their protocol's leak is worth.
@@ -71,7 +73,7 @@ def train_architecture(
     if split not in SPLIT_PROTOCOLS:
         raise ValueError(f"split must be 'grouped' (the study's) or 'image' (the published protocol), not {split!r}")
     deterministic_ops()
-    prepared = prepare_study_data(data, out, profile, progress=False)
+    prepared = prepare_study_data(data, out, profile, progress=False, dataset=dataset)
     config = train_config(profile, arch, **overrides)
     if split == "image":
         settings = get_profile(profile)
@@ -198,6 +200,7 @@ def run(
     data: str | os.PathLike | None = None,
     profile: str = "quick",
     out: str | os.PathLike = "outputs",
+    dataset: str = "taleqani",
     force: bool = False,
     weights_dir: str | os.PathLike | None = None,
     architectures: list[str] | None = None,
@@ -207,9 +210,10 @@ def run(
 ) -> list[StepResult]:
     """Run the whole study (01 to 05, controls, report); return the executed steps.
 
-    With no ``data``, the embedded synthetic default. Writes ``out/report.html``, ``out/summary.json``,
-    ``out/comparison.csv`` and ``out/models/chosen/``. ``strategy`` (mirrored, multiworker, tpu) is
-    the training notebooks' ``tf.distribute`` strategy; None: TensorFlow's default (one device).
+    With no ``data``, the synthetic default of ``dataset`` (``taleqani`` or ``cnmc``). Writes
+    ``out/report.html``, ``out/summary.json``, ``out/comparison.csv`` and ``out/models/chosen/``. ``strategy``
+    (mirrored, multiworker, tpu) is the training notebooks' ``tf.distribute`` strategy; None: TensorFlow's default
+    (one device).
     ``jobs`` notebooks execute at once (each architecture trains then evaluates in one chain; the
     controls run side by side); every result is the same whatever ``jobs`` is. ``console``: what the
     terminal shows (the command line's: one line per step, the rest in a log file).
@@ -225,7 +229,7 @@ def run(
     # data, 01, 02, 03 and 04 per architecture, baselines, control runs, summary, 05, guard and serving, report
     console.total = 3 + 2 * len(architectures) + len(BASELINES) + n_variants + 4
     with console.step("data: scan, duplicates and overlaps, split"):
-        prepared = prepare_study_data(data, out, profile, progress=not console.enabled)
+        prepared = prepare_study_data(data, out, profile, progress=not console.enabled, dataset=dataset)
     data_hash = prepared.info["data_hash"]
     weights_dir = str(Path(weights_dir).resolve()) if weights_dir else None
     base = {"data_dir": str(prepared.root), "out_dir": str(out), "profile": profile}
