@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,dev
 DATA ?=
+# Without DATA, the synthetic default: taleqani (4-class fields) or cnmc (C-NMC-like single cells, ALL vs normal).
+DATASET ?= taleqani
 # The embedded synthetic default runs the `demo` profile (a few minutes); real data the `cpu` one.
 PROFILE ?= $(if $(DATA),cpu,demo)
 OUT ?= outputs
@@ -22,8 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-study: venv ## the whole study; DATA=/path/to/images for real data (PROFILE=paper for a GPU)
-	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)") --profile $(PROFILE) --out "$(OUT)" --jobs $(JOBS) \
+study: venv ## the whole study; DATA=/path/to/images for real data (PROFILE=paper for a GPU), DATASET=cnmc
+	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)",--dataset $(DATASET)) --profile $(PROFILE) --out "$(OUT)" --jobs $(JOBS) \
 		$(if $(WEIGHTS_DIR),--weights-dir "$(WEIGHTS_DIR)")
 
 # Debian's Chromium for the real-browser checks (Playwright drives it; its own download needs the internet).

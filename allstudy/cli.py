@@ -20,6 +20,7 @@ from allstudy.models.profiles import ARCHITECTURES, PROFILES, STRATEGIES
 from allstudy.models.views import DIHEDRAL_VIEWS
 from allstudy.serving import EXPORT_FORMATS
 from allstudy.study.console import LOG_NAME, StudyConsole
+from allstudy.study.study_data import SYNTHETIC_DATASETS
 
 # Each command imports what it needs when it runs: TensorFlow alone takes seconds to import (15 s on this
 # project's loaded 2-core machine), which `data scan` or `--help` must not pay.
@@ -83,15 +84,22 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from allstudy.data.synthetic import generate_dataset
+    if args.dataset == "cnmc":
+        if args.leukocytes:
+            raise SystemExit("allstudy synth: --leukocytes is for the Taleqani fields; a C-NMC image holds one cell")
+        from allstudy.data.synthetic_cnmc import generate_cnmc_dataset
 
-    out = generate_dataset(
-        args.out,
-        n_per_class=args.n_per_class,
-        seed=args.seed,
-        progress=not args.quiet,
-        leukocytes=tuple(args.leukocytes) if args.leukocytes else None,
-    )
+        out = generate_cnmc_dataset(args.out, n_per_class=args.n_per_class, seed=args.seed, progress=not args.quiet)
+    else:
+        from allstudy.data.synthetic import generate_dataset
+
+        out = generate_dataset(
+            args.out,
+            n_per_class=args.n_per_class,
+            seed=args.seed,
+            progress=not args.quiet,
+            leukocytes=tuple(args.leukocytes) if args.leukocytes else None,
+        )
     print(f"synthetic dataset in {out}")
     return 0
 
@@ -104,6 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         args.out,
         args.profile,
         args.arch,
+        dataset=args.dataset,
         weights_dir=args.weights_dir,
         weights=args.weights,
         epochs=args.epochs,
@@ -136,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
             args.data,
             profile=args.profile,
             out=args.out,
+            dataset=args.dataset,
             force=args.force,
             weights_dir=args.weights_dir,
             architectures=args.arch,
@@ -156,14 +166,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _chosen_line(out: Path) -> str:
-    """The chosen model in one line, from summary.json: test accuracy, malignant fields called benign, referrals."""
+    """The chosen model in one line, from summary.json: test accuracy, malignant images called benign, referrals."""
+    from allstudy.data.datasets import dataset_facts
+
     summary = read_json(out / "summary.json")
     run = summary["runs"][summary["chosen"]]
     decision = run["decision"]
+    many = dataset_facts(summary["data"]["classes"]).images
     return (
         f"Chosen model (validation macro-F1): {summary['chosen']}, test accuracy {run['test']['accuracy']:.1%}; "
         f"under the decision policy {decision['malignant_called_benign']} of {decision['n_malignant']} malignant "
-        f"test fields called benign, {decision['referred']} referred for review; in {out / 'models' / 'chosen'}"
+        f"test {many} called benign, {decision['referred']} referred for review; in {out / 'models' / 'chosen'}"
     )
 
 
@@ -271,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--quiet", action="store_true", help="no progress bars")
     split.set_defaults(func=_split)
 
-    synth = commands.add_parser("synth", help="write the synthetic blood-smear dataset")
+    dataset_help = "the synthetic default: " + "; ".join(f"{k}: {v}" for k, v in SYNTHETIC_DATASETS.items())
+    synth = commands.add_parser("synth", help="write a synthetic dataset (blood-smear fields or C-NMC-like cells)")
     synth.add_argument("out", help="folder to write (created; must be empty or an earlier synthetic dataset)")
+    synth.add_argument("--dataset", choices=list(SYNTHETIC_DATASETS), default="taleqani", help=dataset_help)
     synth.add_argument("--n-per-class", type=int, default=100)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
@@ -292,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one architecture (resumes an interrupted run)")
     train.add_argument("--arch", required=True, help=", ".join(ARCHITECTURES))
     train.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
+    train.add_argument("--dataset", choices=list(SYNTHETIC_DATASETS), default="taleqani", help=dataset_help)
     train.add_argument("--profile", default="quick", choices=list(PROFILES))
     train.add_argument(
         "--out", default="outputs", help="output folder; the run goes to OUT/runs/ARCH (default: %(default)s)"
@@ -322,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the whole study (notebooks via papermill)")
     run.add_argument("--data", help="dataset folder; omit for the embedded synthetic default")
+    run.add_argument("--dataset", choices=list(SYNTHETIC_DATASETS), default="taleqani", help=dataset_help)
     run.add_argument("--profile", default="quick", choices=list(PROFILES))
     run.add_argument("--out", default="outputs", help="output folder (default: %(default)s)")
     run.add_argument("--weights-dir", help=weights_help)

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from allstudy.core.atomic import write_csv, write_json
+from allstudy.data.datasets import dataset_facts, split_statement
 from allstudy.data.prepare import prepare
-from allstudy.evaluation.compare import choose, comparison_table, dataset_of, evaluate_run, run_summary, summary
+from allstudy.evaluation.compare import choose, comparison_table, evaluate_run, run_summary, summary
 from allstudy.evaluation.controls import colour_features, control_findings, control_table, corner_features, run_baseline
 from allstudy.serving.modelcard import model_card, model_json
 from allstudy.training.run_folder import finished_runs
@@ -116,8 +117,8 @@ def test_summary_has_the_keys_others_rely_on(runs):
 
 
 def test_the_comparison_shows_the_published_figures_of_the_studys_own_dataset():
-    assert dataset_of({"all": 10, "hem": 12}) == "C-NMC 2019 binary"
-    assert dataset_of(["Benign", "Early", "Pre", "Pro"]) == "Taleqani 4-class" == dataset_of([])
+    assert dataset_facts({"all": 10, "hem": 12}).name == "C-NMC 2019 binary"
+    assert dataset_facts(["Benign", "Early", "Pre", "Pro"]).name == "Taleqani 4-class" == dataset_facts([]).name
     run = {
         "arch": "vgg16",
         "weights": "imagenet",
@@ -138,6 +139,13 @@ def test_the_comparison_shows_the_published_figures_of_the_studys_own_dataset():
     row = comparison_table({"data": data, "runs": {"vgg16": run}, "chosen": "vgg16"}).iloc[0]
     assert row["published_accuracy"] == "92.8% transfer-learning study (C-NMC 2019 binary)"
     assert row["dataset"] == "C-NMC 2019 binary" and row["split"].startswith("official")
+
+
+def test_the_report_says_which_split_and_why():
+    official = split_statement(["all", "hem"], "official")
+    assert "preliminary-test subjects" in official and "weighted F1" in official
+    assert "by subject" in split_statement(["all", "hem"], "grouped")  # a bare fold_* folder
+    assert "image-level" in split_statement(["Benign", "Early", "Pre", "Pro"], "grouped")
 
 
 def test_model_json_and_card_carry_the_figures_and_caveats(runs):

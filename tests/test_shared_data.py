@@ -149,13 +149,10 @@ def test_cnmc_kaggle_replica_split_is_the_official_one(tmp_path):
     assert len(split) == 50 and set(split["split"]) == {"train", "val", "test"}  # the 2 unlabelled left out
 
 
-@pytest.mark.skipif(not CNMC_KAGGLE.is_dir(), reason=f"C-NMC Kaggle replica not found at {CNMC_KAGGLE}")
-def test_cnmc_replica_in_tcias_layout_reads_the_same(tmp_path):
+def _tcia_release(folder: Path) -> Path:
     """TCIA's copy of the release, built from the replica: the three parts at the top, the CSV inside."""
-    from allstudy.data.prepare import prepare
-
     kaggle = CNMC_KAGGLE / "C-NMC_Leukemia"
-    tcia = tmp_path / "download"
+    tcia = folder / "download"
     for source, target in [
         (kaggle / "training_data", tcia / "C-NMC_training_data"),
         (kaggle / "validation_data" / "C-NMC_test_prelim_phase_data", tcia / "C-NMC_test_prelim_phase_data"),
@@ -164,9 +161,87 @@ def test_cnmc_replica_in_tcias_layout_reads_the_same(tmp_path):
         shutil.copytree(source, target)
     labels = "C-NMC_test_prelim_phase_data_labels.csv"
     shutil.copy(kaggle / "validation_data" / labels, tcia / "C-NMC_test_prelim_phase_data" / labels)
-    report = _scan(tmp_path, tmp_path / "scan")
+    return folder
+
+
+@pytest.mark.skipif(not CNMC_KAGGLE.is_dir(), reason=f"C-NMC Kaggle replica not found at {CNMC_KAGGLE}")
+def test_cnmc_replica_in_tcias_layout_reads_the_same(tmp_path):
+    from allstudy.data.prepare import prepare
+
+    root = _tcia_release(tmp_path)
+    report = _scan(root, tmp_path / "scan")
     assert "tcia" in report["layout"] and report["problems"] == []
     assert report["parts"] == {"train": {"all": 18, "hem": 20}, "test": {"all": 6, "hem": 6}}
     assert len(report["unlabelled"]) == 2 and report["near_duplicate_groups"] == []
-    prepared = prepare(tmp_path, tmp_path / "data")
+    prepared = prepare(root, tmp_path / "data")
     assert prepared.info["split_kind"] == "official" and (prepared.split["split"] == "test").sum() == 12
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+@pytest.mark.skipif(not CNMC_KAGGLE.is_dir(), reason=f"C-NMC Kaggle replica not found at {CNMC_KAGGLE}")
+def test_the_study_runs_end_to_end_on_the_c_nmc_release_as_downloaded(tmp_path):
+    """`allstudy run` on TCIA's layout of the real cells (quick profile, MobileNet: counts too small for accuracy,
+    the point is every step on the real format): the official split, a report in the C-NMC study's terms, a
+    binary chosen model that scores the unlabelled final-phase cells."""
+    from allstudy.study.runner import run
+
+    weights = SHARED.parent / "weights"
+    out = tmp_path / "out"
+    run(
+        _tcia_release(tmp_path),
+        "quick",
+        out,
+        architectures=["mobilenet"],
+        jobs=2,
+        weights_dir=weights if weights.is_dir() else None,
+    )
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["split_kind"] == "official" and set(summary["data"]["classes"]) == {"all", "hem"}
+    split = pd.read_csv(out / "data" / "splits.csv", keep_default_na=False)
+    test_subjects = {"UID_13", "UID_24", "UID_25", "UID_H3", "UID_H4", "UID_H5"}  # from the labels CSV
+    assert set(split.loc[split["split"] == "test", "subject"]) == test_subjects
+    assert not test_subjects & set(split.loc[split["split"] != "test", "subject"])
+    chosen = summary["runs"][summary["chosen"]]
+    assert {"weighted_f1", "malignant_sensitivity", "malignant_specificity"} <= set(chosen["test"])
+
+    report = (out / "report.html").read_text(encoding="utf-8")
+    for text in ("C-NMC 2019 binary", "The official split", "91.4%", "weighted_f1", "malignant test cells"):
+        assert text in report, text
+    model = out / "models" / "chosen"
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["classes"] == ["all", "hem"] and meta["dataset"] == "C-NMC 2019 binary"
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "ALL blast" in card and "weighted F1" in card and "70 test cells" in card and " fields" not in card
+
+    final = tmp_path / "download" / "C-NMC_test_final_phase_data"
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "allstudy",
+            "predict",
+            str(final),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "final.csv"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert scored.returncode == 0, scored.stderr
+    predictions = pd.read_csv(tmp_path / "final.csv", keep_default_na=False)
+    assert len(predictions) == 2 and {"p_all", "p_hem", "verdict"} <= set(predictions.columns)
+
+    from allstudy.serving.app import build_app, make_examples, model_panel
+    from allstudy.serving.predictor import Predictor
+
+    panel = model_panel(Predictor(model).info)
+    assert "held-out cells" in panel and "weighted F1" in panel and "ALL blast (malignant)" in panel
+    build_app(model)  # the app builds on the binary model
+    examples = make_examples(tmp_path / "examples", classes=meta["classes"])
+    assert [label for _, label in examples] == ["synthetic ALL blast", "synthetic normal B cell"]

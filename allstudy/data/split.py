@@ -57,7 +57,7 @@ def _folds_for(fractions: tuple[float, float, float]) -> list[int]:
 
 #: What each kind of split is, for data.json and the report.
 SPLIT_KINDS = {
-    "grouped": "grouped: no duplicate or overlapping field crosses splits",
+    "grouped": "grouped: no duplicate, overlapping field or (where the file names give it) subject crosses splits",
     "official": "official: the test set is the release's preliminary-test subjects (disjoint from the training "
     "folds, as in the C-NMC 2019 challenge); train and validation from the training folds, split by subject",
 }

@@ -6,7 +6,8 @@ test phases of other subjects. This generator writes the same release, in the la
 download, from the cell model of :mod:`allstudy.data.synthetic`:
 
 * ``all`` (ALL blast): the Early, Pre or Pro morphology, one per ALL subject (a patient's blasts
-  share a phenotype);
+  share a phenotype); as in C-NMC, a cell's label is its subject's diagnosis, and 5-25 % of an ALL
+  subject's cells (drawn per subject) look normal: the label noise that keeps the task from being trivial;
 * ``hem`` (normal B-lymphoid cell): the hematogone (Benign) morphology.
 
 Staining, background, magnification, focus and noise are drawn once per subject, from the same
@@ -62,6 +63,7 @@ class _Subject:
     label: str
     name: str  # UID_<n> or UID_H<n>
     morphology: str
+    normal_looking: float  # the fraction of its cells drawn with the normal (Benign) morphology
     nucleus: np.ndarray
     cytoplasm: np.ndarray
     background: np.ndarray
@@ -81,6 +83,7 @@ def _subject(label: str, number: int, seed: int, class_index: int) -> _Subject:
         label=label,
         name=f"UID_{'H' if label == 'hem' else ''}{number}",
         morphology="Benign" if label == "hem" else _BLASTS[int(rng.integers(len(_BLASTS)))],
+        normal_looking=0.0 if label == "hem" else float(rng.uniform(0.05, 0.25)),
         nucleus=_mix(_NUCLEUS_OD, rng.random(), rng.uniform(0.85, 1.15)).astype(np.float32),
         cytoplasm=_mix(_CYTOPLASM_OD, rng.random(), rng.uniform(0.85, 1.15)).astype(np.float32),
         background=(background / background.max() * rng.uniform(0.86, 0.99)).astype(np.float32),
@@ -92,11 +95,12 @@ def _subject(label: str, number: int, seed: int, class_index: int) -> _Subject:
 
 def render_cell(subject: _Subject, rng: np.random.Generator, size: int = 224) -> Image.Image:
     """One segmented cell of ``subject``, centred (a few pixels off) on black, ``size`` x ``size`` RGB."""
-    ratio = _MORPHOLOGY[subject.morphology].diameter[0] / _MORPHOLOGY["Benign"].diameter[0]
+    morphology = "Benign" if rng.random() < subject.normal_looking else subject.morphology
+    ratio = _MORPHOLOGY[morphology].diameter[0] / _MORPHOLOGY["Benign"].diameter[0]
     diameter = _CELL_SIDE * size * subject.magnification * ratio**_SIZE_EXPONENT
-    d_rbc = diameter / _MORPHOLOGY[subject.morphology].diameter[0]  # the red cell the cell model scales by
+    d_rbc = diameter / _MORPHOLOGY[morphology].diameter[0]  # the red cell the cell model scales by
     scale = d_rbc / _REF_RED_CELL
-    half, nucleus, cytoplasm = _leukocyte(subject.morphology, rng, d_rbc, scale)
+    half, nucleus, cytoplasm = _leukocyte(morphology, rng, d_rbc, scale)
     side = max(size, 2 * half + 1) + 8
     stains = np.zeros((2, side, side), np.float32)
     y0 = side // 2 - half + int(rng.integers(-3, 4))

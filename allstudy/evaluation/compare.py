@@ -16,7 +16,7 @@ import pandas as pd
 
 from allstudy.core.atomic import read_json, write_json
 from allstudy.core.hashing import sha256_file
-from allstudy.data.classes import CNMC_CLASSES
+from allstudy.data.datasets import dataset_facts
 from allstudy.data.split import SPLIT_KINDS
 from allstudy.evaluation.metrics import CI_METRICS, Evaluation, evaluate, inference_cost
 from allstudy.models.layers import load_model
@@ -51,27 +51,27 @@ PUBLISHED: list[dict[str, Any]] = [
         "arch": "mobilenet",
         "accuracy": 0.914,
         "source": "transfer-learning study",
-        "split": "70 test images",
+        "split": "image-level, 70 test cells (subjects mixed)",
     },
     {
         "dataset": "C-NMC 2019 binary",
         "arch": "vgg16",
         "accuracy": 0.928,
         "source": "transfer-learning study",
-        "split": "70 test images",
+        "split": "image-level, 70 test cells (subjects mixed)",
     },
     {
         "dataset": "C-NMC 2019 binary",
         "arch": "resnet50",
         "accuracy": 0.514,
         "source": "transfer-learning study",
-        "split": "70 test images",
+        "split": "image-level, 70 test cells (subjects mixed)",
     },
 ]
 
 
 #: Changes whenever evaluation.json gains or changes content, so that cached evaluations are redone.
-EVALUATION_FORMAT = 3
+EVALUATION_FORMAT = 4
 
 
 def decision_summary(evaluation: Evaluation) -> dict:
@@ -209,15 +209,10 @@ def summary(
     return result
 
 
-def dataset_of(classes: list[str] | dict[str, Any]) -> str:
-    """The source study whose data these classes are: ``C-NMC 2019 binary`` (all/hem) or ``Taleqani 4-class``."""
-    return "C-NMC 2019 binary" if classes and set(classes) <= set(CNMC_CLASSES) else "Taleqani 4-class"
-
-
 def comparison_table(summary_: dict, dataset: str | None = None) -> pd.DataFrame:
     """Our runs (test accuracy with its 95 % CI) beside the published figures of the same dataset (by default
     the one the summary's classes are from)."""
-    dataset = dataset or dataset_of(summary_.get("data", {}).get("classes") or [])
+    dataset = dataset or dataset_facts(summary_.get("data", {}).get("classes") or []).name
     split = SPLIT_KINDS[summary_.get("data", {}).get("split_kind") or "grouped"]
     rows = []
     for name, run in summary_["runs"].items():
@@ -237,6 +232,7 @@ def comparison_table(summary_: dict, dataset: str | None = None) -> pd.DataFrame
                 "accuracy_ci_low": test["accuracy_ci"][0],
                 "accuracy_ci_high": test["accuracy_ci"][1],
                 "macro_f1": test["macro_f1"],
+                "weighted_f1": test.get("weighted_f1"),
                 "malignant_sensitivity": test["malignant_sensitivity"],
                 "malignant_specificity": test["malignant_specificity"],
                 "ece": test["ece"],
@@ -281,12 +277,13 @@ def metrics_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
 def decision_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
     """What the decision policy did on one split: each count with its rate and 95 % interval."""
     part = evaluation["decision"][split]
+    many = dataset_facts(part["referred_per_class"]).images
     entries = [
-        ("malignant fields called benign", part["malignant_called_benign"]),
-        ("benign fields called malignant", part["benign_called_malignant"]),
-        ("fields referred", part["referred"]),
+        (f"malignant {many} called benign", part["malignant_called_benign"]),
+        (f"benign {many} called malignant", part["benign_called_malignant"]),
+        (f"{many} referred", part["referred"]),
         *((f"  referred, true {c}", r) for c, r in part["referred_per_class"].items()),
-        ("answered fields correct", part["answered_accuracy"]),
+        (f"answered {many} correct", part["answered_accuracy"]),
     ]
     rows = [
         {
@@ -302,7 +299,7 @@ def decision_table(evaluation: dict, split: str = "test") -> pd.DataFrame:
     ci = part["answered_macro_f1_ci"] or [None, None]
     rows.append(
         {
-            "": "macro-F1 of the answered fields",
+            "": f"macro-F1 of the answered {many}",
             "count": None,
             "of": None,
             "rate": part["answered_macro_f1"],
@@ -415,7 +412,7 @@ def plot_accuracy(summary_: dict, controls: bool = True):
             (row["control"], row["accuracy"], row["accuracy_ci"], None)
             for row in summary_.get("controls", {}).get("rows", [])[1:]
         ]
-    dataset = dataset_of(summary_.get("data", {}).get("classes") or [])
+    dataset = dataset_facts(summary_.get("data", {}).get("classes") or []).name
     published = [p for p in PUBLISHED if p["dataset"] == dataset]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(entries) + 1.2))
     for i, (name, value, ci, arch) in enumerate(entries):

@@ -21,7 +21,8 @@ out}, and the verdict follows from it: {Benign} â†’ ``benign``; subtypes only â†
 
 The guarantee holds on average over calibration draws when the validation fields and a new field
 are exchangeable: unseen fields of the patients, sessions and lab the model was trained on. It
-says nothing about new patients, other labs, stains or microscopes (:data:`ASSUMPTION`). A level
+says nothing about other labs, stains or microscopes, nor about new patients unless the split held
+patients apart (:data:`ASSUMPTION`). A level
 ``alpha`` needs at least ``1/alpha - 1`` calibration fields of the category (199 malignant fields
 for 0.005): with fewer, nothing can be ruled out at that level and every such field is referred.
 
@@ -49,9 +50,9 @@ DEFAULT_ALPHA_SUBTYPE = 0.05
 ALPHA_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 #: What the guarantee assumes, stated wherever the guarantee is.
 ASSUMPTION = (
-    "the guarantee assumes the new field is exchangeable with the validation fields: an unseen field "
-    "of the patients, sessions and lab the model was trained on; it does not cover new patients, "
-    "other labs, stains or microscopes"
+    "the guarantee assumes a new image is exchangeable with the validation images: of the lab, stain and "
+    "microscope the model was trained on, and of its training patients unless the split held patients apart "
+    "(as C-NMC's subject split does); it does not cover other labs, stains or microscopes"
 )
 VERDICTS = ("benign", "malignant", "uncertain")
 FORMAT = 1

@@ -33,6 +33,7 @@ CI_METRICS: tuple[str, ...] = (
     "accuracy",
     "balanced_accuracy",
     "macro_f1",
+    "weighted_f1",
     "malignant_sensitivity",
     "malignant_specificity",
     "roc_auc_macro",
@@ -146,7 +147,8 @@ def _macro(values: dict[str, float | None]) -> float | None:
 def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """Every metric of one split, as plain JSON-serialisable numbers (None where undefined).
 
-    Keys: accuracy, balanced_accuracy, macro_f1 (over all classes), per_class {class: precision,
+    Keys: accuracy, balanced_accuracy, macro_f1 (over all classes), weighted_f1 (each class's F1 weighted by its
+    support: the C-NMC 2019 challenge's ranking metric), per_class {class: precision,
     recall, f1, support}, confusion and confusion_normalised (rows = true class), roc_auc and
     average_precision {class: one-vs-rest} with their macro means over the classes present,
     malignant_sensitivity and malignant_specificity (malignant = any B-ALL class, predicted
@@ -168,6 +170,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": float(balanced),
         "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(skm.f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
         "per_class": {
             c: {
                 "precision": float(precision[i]),
@@ -226,6 +229,7 @@ def _ci_statistics(classes: list[str], n_bins: int = 15) -> Callable[[np.ndarray
                     tp.sum() / n,
                     (tp[present] / support[present]).mean() if present.any() else np.nan,
                     f1.mean(),
+                    (f1 * support).sum() / n,
                     confusion[malignant][:, malignant].sum() / true_m if true_m else np.nan,
                     confusion[~malignant][:, ~malignant].sum() / true_b if true_b else np.nan,
                     auc[auc_defined].mean() if auc_defined.any() else np.nan,

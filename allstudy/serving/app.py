@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,10 +37,12 @@ import numpy as np
 
 from allstudy.core.atomic import write_csv
 from allstudy.data.classes import TALEQANI_CLASSES, display_name
+from allstudy.data.datasets import CNMC, dataset_facts
 from allstudy.data.images import read_rgb
 from allstudy.data.preprocess import to_input
 from allstudy.data.segment import leukocyte_mask
 from allstudy.data.synthetic import render_field
+from allstudy.data.synthetic_cnmc import example_cells
 from allstudy.evaluation.segmentation import plot_segmentation
 from allstudy.serving.predictor import Prediction, Predictor, prediction_row, predictions_frame
 
@@ -186,11 +189,14 @@ def model_panel(info: dict) -> str:
     classes = ", ".join(
         f"{info['display_names'][c]}{' (malignant)' if info['malignant'][c] else ''}" for c in info["classes"]
     )
+    many = dataset_facts(info["classes"]).images
+    one = many.removesuffix("s")
     rows = [
         (label, _pct(test.get(name)), ci(name))
         for name, label in (
             ("accuracy", "accuracy"),
             ("macro_f1", "macro F1"),
+            ("weighted_f1", "weighted F1"),
             ("malignant_sensitivity", "malignant sensitivity"),
             ("malignant_specificity", "malignant specificity"),
         )
@@ -203,19 +209,19 @@ def model_panel(info: dict) -> str:
             "",
             "## Model",
             f"- Architecture `{info.get('arch')}` (run `{info.get('run')}`), weights: {info.get('weights')}; input "
-            f"{info['input_size']}×{info['input_size']} RGB, {info['input_mode']} fields; prediction averages "
+            f"{info['input_size']}×{info['input_size']} RGB, {info['input_mode']} {many}; prediction averages "
             f"{info.get('tta_views', 1)} dihedral view(s).",
             f"- Classes: {classes}.",
             f"- Calibration: temperature {info['temperature']:.3f} (fitted on the validation split).",
             f"- Decision: *benign* only when leukemia is ruled out at the {_pct(1 - policy.get('alpha', 0))} level "
             f"(calibrated probability of leukemia below {policy.get('rule_out', 0):.4f}); "
-            f"*malignant* when a benign field is ruled out at the {_pct(1 - policy.get('alpha_benign', 0))} level; "
+            f"*malignant* when a benign {one} is ruled out at the {_pct(1 - policy.get('alpha_benign', 0))} level; "
             "otherwise *uncertain: refer for "
-            f"expert review*. Fitted on {policy.get('calibration', {}).get('n', '?')} validation fields; "
+            f"expert review*. Fitted on {policy.get('calibration', {}).get('n', '?')} validation {many}; "
             f"{_escape(str(policy.get('assumption', '')))}."
             + (
-                f" On test: {_count(decided['malignant_called_benign'])} malignant fields called benign, "
-                f"{_count(decided['referred'])} fields referred."
+                f" On test: {_count(decided['malignant_called_benign'])} malignant {many} called benign, "
+                f"{_count(decided['referred'])} {many} referred."
                 if decided
                 else ""
             ),
@@ -224,7 +230,7 @@ def model_panel(info: dict) -> str:
             "Keras model.",
             f"- Model file saved {date}; folder `{info['model_dir']}`.",
             "",
-            f"## Test metrics ({test.get('n', '?')} held-out fields)",
+            f"## Test metrics ({test.get('n', '?')} held-out {many})",
             "| metric | value | 95 % CI |",
             "|---|---|---|",
             *(f"| {label} | {value} | {bounds} |" for label, value, bounds in rows),
@@ -235,9 +241,9 @@ def model_panel(info: dict) -> str:
                 f"| {label} | {_count(decided[key]) if key != 'answered_accuracy' else _pct(decided[key]['rate'])} | "
                 f"{_pct(decided[key]['ci'][0])} – {_pct(decided[key]['ci'][1])} |"
                 for key, label in (
-                    ("malignant_called_benign", "malignant fields called benign"),
-                    ("referred", "fields referred"),
-                    ("answered_accuracy", "accuracy of the answered fields"),
+                    ("malignant_called_benign", f"malignant {many} called benign"),
+                    ("referred", f"{many} referred"),
+                    ("answered_accuracy", f"accuracy of the answered {many}"),
                 )
                 if decided and decided[key]["n"]
             ),
@@ -256,11 +262,20 @@ def model_panel(info: dict) -> str:
 # ----------------------------------------------------------------------------- pictures
 
 
-def make_examples(folder: str | os.PathLike, seed: int = 0) -> list[tuple[Path, str]]:
-    """One synthetic field per class of the generator, written to ``folder``: (path, label) pairs."""
+def make_examples(
+    folder: str | os.PathLike, seed: int = 0, classes: Sequence[str] = TALEQANI_CLASSES
+) -> list[tuple[Path, str]]:
+    """One synthetic image per class, written to ``folder``: (path, label) pairs. Fields of the Taleqani
+    generator, or for a model of the C-NMC classes, cells of its generator."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     examples = []
+    if dataset_facts(classes) is CNMC:
+        for label, image in example_cells(seed):
+            path = folder / f"synthetic-{label}.png"
+            image.save(path)
+            examples.append((path, f"synthetic {display_name(label)}"))
+        return examples
     for i, label in enumerate(TALEQANI_CLASSES):
         path = folder / f"synthetic-{label}.jpg"
         render_field(label, np.random.default_rng([seed, i]), 224).save(path, quality=92)
@@ -373,7 +388,7 @@ def _model_app(predictor: Predictor) -> gr.Blocks:
     info = predictor.info
     examples_dir = Path(tempfile.mkdtemp(prefix="allstudy-app-"))
     atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
-    examples = make_examples(examples_dir / "examples")
+    examples = make_examples(examples_dir / "examples", classes=predictor.classes)
 
     def analyse(path):
         """The UI's answer: field, probabilities, verdict, Grad-CAM, segmentation, JSON."""

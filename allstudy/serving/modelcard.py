@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 from allstudy.data.classes import display_name, is_malignant
+from allstudy.data.datasets import dataset_facts
+from allstudy.data.split import SPLIT_KINDS
 from allstudy.evaluation.metrics import Evaluation, plot_tradeoff
 from allstudy.serving.model_folder import ModelFolder
 from allstudy.training.run_folder import RunFolder, RunParams
@@ -26,6 +28,7 @@ def model_json(run: str, params: dict, evaluation: Evaluation, data_info: dict) 
         "arch": view.arch,
         "weights": view.weights,
         "classes": view.classes,
+        "dataset": dataset_facts(view.classes).name,
         "display_names": {c: display_name(c) for c in view.classes},
         "malignant": {c: is_malignant(c) for c in view.classes},
         "input_size": view.input_size,
@@ -44,6 +47,8 @@ def model_json(run: str, params: dict, evaluation: Evaluation, data_info: dict) 
                     "balanced_accuracy",
                     "macro_f1",
                     "macro_f1_ci",
+                    "weighted_f1",
+                    "weighted_f1_ci",
                     "malignant_sensitivity",
                     "malignant_sensitivity_ci",
                     "malignant_specificity",
@@ -70,13 +75,14 @@ def model_json(run: str, params: dict, evaluation: Evaluation, data_info: dict) 
         },
         "provenance": {
             "data_hash": params["data_hash"],
-            "data": {k: data_info.get(k) for k in ("root", "images", "classes", "seed", "fractions")},
+            "data": {k: data_info.get(k) for k in ("root", "images", "classes", "seed", "fractions", "split_kind")},
             "code_version": params["code_version"],
             "packages": params["packages"],
             "weights_sha256": params.get("weights_sha256"),
             "trained_seconds": params.get("train_seconds"),
         },
-        "intended_use": "research and teaching on blood-smear image classification; not a diagnostic device",
+        "intended_use": f"research and teaching on classifying {dataset_facts(view.classes).content}; "
+        "not a diagnostic device",
     }
 
 
@@ -87,18 +93,35 @@ def _pct(value, ci=None) -> str:
     return text + (f" (95 % CI {ci[0]:.1%}–{ci[1]:.1%})" if ci else "")
 
 
+def _published_caveat(facts_name: str) -> str:
+    if facts_name == "C-NMC 2019 binary":
+        return (
+            "- The published 91.4 / 92.8 / 51.4 % (MobileNet / VGG16 / ResNet50) come from 70 test cells of an "
+            "image-level split that mixes subjects; the challenge ranked by weighted F1 on its test subjects. Compare "
+            "these figures with the challenge's, not with the 70 cells."
+        )
+    return (
+        "- The published 99.5–99.9 % on this dataset come from image-level splits that leak overlapping fields; do "
+        "not compare them directly with these figures."
+    )
+
+
 def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None = None) -> str:
     """MODEL_CARD.md for the chosen model, with Mitchell et al.'s sections."""
     test = meta["metrics"]["test"]
+    facts = dataset_facts(meta["classes"])
+    one, many = facts.image, facts.images
     classes = ", ".join(f"{c} = {display_name(c)}" for c in meta["classes"])
     policy, decided = meta["decision"], meta["metrics"]["decision"]
+    benign = ", ".join(display_name(c) for c in meta["classes"] if not meta["malignant"][c])
+    split = SPLIT_KINDS[data_info.get("split_kind") or "grouped"]
     lines = [
         f"# Model card: {meta['arch']} ({meta['run']})",
         "",
         "## Model details",
         f"- Architecture `{meta['arch']}` from the allstudy registry, weights: {meta['weights']}; input "
-        f"{meta['input_size']}×{meta['input_size']} RGB ({meta['input_mode']} fields), preprocessing inside the model; "
-        f"prediction averages {meta['tta_views']} dihedral view(s) of the field.",
+        f"{meta['input_size']}×{meta['input_size']} RGB ({meta['input_mode']} {many}), preprocessing inside the model; "
+        f"prediction averages {meta['tta_views']} dihedral view(s) of the {one}.",
         f"- {params['params']:,} parameters; trained by allstudy {meta['provenance']['code_version']['version']} "
         f"(source `{meta['provenance']['code_version']['source_sha256']}`), Keras "
         f"{meta['provenance']['packages'].get('keras')}, "
@@ -107,55 +130,49 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
         f"- Calibration: temperature {meta['temperature']:.3f}, fitted on the validation split.",
         "",
         "## Intended use",
-        "- Research and teaching: a reproducible reference for classifying peripheral-blood-smear fields of B-lineage "
-        f"ALL into {classes}.",
+        f"- Research and teaching: a reproducible reference for classifying {facts.content} into {classes}.",
         "- **Not a diagnostic device.** It has not been validated clinically; a hematologist's review of the smear "
         "(and flow cytometry) decides.",
-        "- Out of scope: single-cell crops, other stains, magnifications, microscopes or labs than the training "
-        "fields; bone-marrow aspirates; any non-B-lineage leukemia; any decision about a patient.",
+        f"- Out of scope: {facts.out_of_scope}; bone-marrow aspirates; any non-B-lineage leukemia; any decision "
+        "about a patient.",
         "",
         "## Factors",
-        "- The classes of the training data come from different patients and acquisition sessions, so stain colour, "
-        "illumination and the burned-in scale bar differ by class. A model can score by recognising the session, "
-        "not the disease; the report's validity controls measure how much.",
+        f"- {facts.shortcut}",
         "- Performance on other labs' staining and cameras is unknown.",
         "",
         "## Metrics",
-        f"On the held-out test split ({test['n']} fields):",
+        f"On the held-out test split ({test['n']} {many}):",
         f"- accuracy {_pct(test['accuracy'], test['accuracy_ci'])}; "
-        f"macro-F1 {_pct(test['macro_f1'], test['macro_f1_ci'])};"
-        f" balanced accuracy {_pct(test['balanced_accuracy'])};",
-        f"- malignant (any B-ALL subtype) vs benign: sensitivity "
+        f"macro-F1 {_pct(test['macro_f1'], test['macro_f1_ci'])}; "
+        f"weighted F1 {_pct(test.get('weighted_f1'), test.get('weighted_f1_ci'))}; "
+        f"balanced accuracy {_pct(test['balanced_accuracy'])};",
+        f"- malignant vs benign ({benign}): sensitivity "
         f"{_pct(test['malignant_sensitivity'], test['malignant_sensitivity_ci'])}, specificity "
         f"{_pct(test['malignant_specificity'], test['malignant_specificity_ci'])};",
         f"- expected calibration error {meta['metrics']['ece_before']:.3f} before and "
         f"{meta['metrics']['ece_after']:.3f} after temperature scaling.",
-        *decision_lines(policy, decided, meta["metrics"]["tradeoff"]),
-        "- Intervals: 95 % percentile bootstrap over test fields (1000 resamples). Fields from the same patient are "
-        "not independent, so the intervals are optimistic.",
+        *decision_lines(policy, decided, meta["metrics"]["tradeoff"], many),
+        f"- Intervals: 95 % percentile bootstrap over test {many} (1000 resamples). {many.capitalize()} from the same "
+        "patient are not independent, so the intervals are optimistic.",
         "",
         "## Evaluation data",
-        f"- A grouped, stratified, seeded split of `{Path(str(data_info.get('root', ''))).name}` "
-        f"({data_info.get('images')} images; data hash `{meta['provenance']['data_hash'][:16]}…`): every group of "
-        "byte-identical, re-encoded or overlapping fields (re-captures of the same slide region) stays inside one "
-        "split.",
-        "- The split is image-level, not patient-level: the dataset publishes no patient IDs. Fields of one patient "
-        "can sit on both sides, so the figures are an upper bound for new patients.",
+        f"- The {split} split of `{Path(str(data_info.get('root', ''))).name}` "
+        f"({data_info.get('images')} images; data hash `{meta['provenance']['data_hash'][:16]}…`); seeded and "
+        f"stratified; every group of byte-identical, re-encoded or overlapping {many} stays inside one split.",
+        f"- {facts.split_caveat}",
         "",
         "## Training data",
         "- The same dataset's training split; validation chose the epoch, the temperature, the decision policy and the "
         "model (best validation macro-F1); the test split chose nothing.",
         "",
         "## Ethical considerations",
-        "- A confident wrong answer could delay care or alarm a family; the model refers a field it cannot rule out "
-        "and must never "
-        "replace a hematologist. Images uploaded to the demo stay on the machine that runs it.",
-        "- The training images come from one hospital (Taleqani, Tehran) and may not represent other populations.",
+        f"- A confident wrong answer could delay care or alarm a family; the model refers a {one} it cannot rule out "
+        "and must never replace a hematologist. Images uploaded to the demo stay on the machine that runs it.",
+        f"- The training images come from {facts.source} and may not represent other populations.",
         "",
         "## Caveats and recommendations",
-        "- Validate on your own lab's fields, patient-grouped, before any use; recalibrate the temperature there.",
-        "- The published 99.5–99.9 % on this dataset come from image-level splits that leak overlapping fields; do "
-        "not compare them directly with these figures.",
+        f"- Validate on your own lab's {many}, patient-grouped, before any use; recalibrate the temperature there.",
+        _published_caveat(facts.name),
     ]
     if controls:
         lines += ["", "## Validity controls (test accuracy)"]
@@ -167,30 +184,33 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
 
 def _count(entry: dict) -> str:
     if not entry["n"]:
-        return "n/a (no such field)"
+        return "n/a (none in the test split)"
     return f"{entry['count']} of {entry['n']} ({_pct(entry['rate'], entry['ci'])})"
 
 
-def decision_lines(policy: dict, decided: dict, tradeoff: list[dict]) -> list[str]:
-    """The model card's account of the decision policy: what it is, its guarantee, its test figures."""
+def decision_lines(policy: dict, decided: dict, tradeoff: list[dict], many: str = "fields") -> list[str]:
+    """The model card's account of the decision policy: what it is, its guarantee, its test figures (``many``:
+    what the images are, ``fields`` or ``cells``)."""
+    one = many.removesuffix("s")
     calibration = policy["calibration"]
     level = f"{100 * (1 - policy['alpha']):.4g} %"
     referred = ", ".join(f"{c} {_count(r)}" for c, r in decided["referred_per_class"].items())
+    subtypes = len(decided["referred_per_class"]) > 2  # more than one malignant class: it names the subtypes
     lines = [
         f"- Decision ({policy['method']}; `allstudy.evaluation.decision`): *benign* only when leukemia is ruled "
-        f"out at the {level} level (at most {policy['alpha']:.2%} of malignant fields called benign: "
+        f"out at the {level} level (at most {policy['alpha']:.2%} of malignant {many} called benign: "
         f"calibrated probability of any malignant class below {policy['rule_out']:.4f}); "
-        "*malignant* when a benign field is ruled out (at most "
-        f"{policy['alpha_benign']:.0%} of benign fields called malignant: above {policy['benign_limit']:.4f}), naming "
-        f"the subtypes it cannot tell apart (level {policy['alpha_subtype']:.0%}); otherwise *uncertain: refer for "
-        f"expert review*. Fitted on the {calibration['split']} split: {calibration['n']} fields, "
-        f"{calibration['n_malignant']} malignant (level {policy['alpha']:g} needs at least "
-        f"{calibration['fields_needed']['alpha']}; with fewer, nothing is ruled out and every benign-looking field "
+        f"*malignant* when a benign {one} is ruled out (at most "
+        f"{policy['alpha_benign']:.0%} of benign {many} called malignant: above {policy['benign_limit']:.4f})"
+        + (f", naming the subtypes it cannot tell apart (level {policy['alpha_subtype']:.0%})" if subtypes else "")
+        + f"; otherwise *uncertain: refer for expert review*. Fitted on the {calibration['split']} split: "
+        f"{calibration['n']} {many}, {calibration['n_malignant']} malignant (level {policy['alpha']:g} needs at least "
+        f"{calibration['fields_needed']['alpha']}; with fewer, nothing is ruled out and every benign-looking {one} "
         "is referred).",
         f"- The guarantee's assumption: {policy['assumption']}.",
-        f"- On test: malignant fields called benign {_count(decided['malignant_called_benign'])}; benign fields called "
+        f"- On test: malignant {many} called benign {_count(decided['malignant_called_benign'])}; benign {many} called "
         f"malignant {_count(decided['benign_called_malignant'])}; referred {_count(decided['referred'])} "
-        f"(per true class: {referred}); accuracy of the answered fields {_count(decided['answered_accuracy'])}, "
+        f"(per true class: {referred}); accuracy of the answered {many} {_count(decided['answered_accuracy'])}, "
         f"macro-F1 {_pct(decided['answered_macro_f1'], decided['answered_macro_f1_ci'])}. Intervals of counts: "
         "exact (Clopper-Pearson).",
         "- Trade-off (each level fitted on validation; `tradeoff.png`):",
