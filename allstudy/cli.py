@@ -86,7 +86,7 @@ def _split(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     if args.dataset == "cnmc":
         if args.leukocytes:
-            raise SystemExit("allstudy synth: --leukocytes is for the Taleqani fields; a C-NMC image holds one cell")
+            raise ValueError("--leukocytes is for the Taleqani fields; a C-NMC image holds one cell")
         from allstudy.data.synthetic_cnmc import generate_cnmc_dataset
 
         out = generate_cnmc_dataset(args.out, n_per_class=args.n_per_class, seed=args.seed, progress=not args.quiet)

@@ -80,6 +80,17 @@ def test_synth_writes_the_demo_fields_and_refuses_a_bad_range(tmp_path):
     assert bad.returncode == 2 and "leukocytes" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_synth_writes_the_c_nmc_like_release(tmp_path):
+    result = allstudy("synth", str(tmp_path / "cells"), "--dataset", "cnmc", "--n-per-class", "12", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "cells" / "SYNTHETIC.json").read_text())["generator"] == "allstudy.synthetic_cnmc"
+    assert (
+        tmp_path / "cells" / "C-NMC_Leukemia" / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv"
+    ).is_file()
+    bad = allstudy("synth", str(tmp_path / "bad"), "--dataset", "cnmc", "--leukocytes", "4", "8", "--quiet")
+    assert bad.returncode == 2 and "one cell" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_version_and_help():
     assert allstudy("--version").stdout.startswith("allstudy ")
     assert "run" in allstudy("--help").stdout

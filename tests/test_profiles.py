@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from allstudy.models.profiles import ARCHITECTURES, PROFILES, TrainConfig, get_profile, train_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", list(PROFILES))
@@ -51,3 +57,22 @@ def test_the_cnmc_profile_has_the_papers_settings_and_the_cpu_ones_for_the_offli
     assert train_config("cnmc", "mobilenet").alpha == 1.0
     for arch in ("mobilenetv2", "efficientnet"):
         assert train_config("cnmc", arch) == train_config("cpu", arch)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+@pytest.mark.parametrize(
+    ("variables", "expected", "absent"),
+    [
+        ([], "--dataset taleqani --profile demo", "--data "),
+        (["DATASET=cnmc"], "--dataset cnmc --profile demo", "--data "),
+        (["DATA=/d/C-NMC_Leukemia", "PROFILE=cnmc"], '--data "/d/C-NMC_Leukemia" --profile cnmc', "--dataset"),
+        (["DATA=/d/images"], '--data "/d/images" --profile cpu', "--dataset"),
+    ],
+)
+def test_make_study_passes_the_dataset_and_profile(variables, expected, absent):
+    """`make study` without DATA runs a synthetic default (DATASET), with DATA the folder (the cpu profile)."""
+    result = subprocess.run(
+        ["make", "-n", "study", *variables], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    command = " ".join(line for line in result.stdout.splitlines() if "allstudy run" in line)
+    assert expected in command and absent not in command

@@ -172,6 +172,8 @@ def run_summary(evaluation: Evaluation, params: dict) -> dict:
             "accuracy_ci": test["accuracy_ci"],
             "macro_f1": test["macro_f1"],
             "macro_f1_ci": test["macro_f1_ci"],
+            "weighted_f1": test["weighted_f1"],
+            "weighted_f1_ci": test["weighted_f1_ci"],
             "balanced_accuracy": test["balanced_accuracy"],
             "malignant_sensitivity": test["malignant_sensitivity"],
             "malignant_sensitivity_ci": test["malignant_sensitivity_ci"],

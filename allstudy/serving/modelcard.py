@@ -55,6 +55,7 @@ def model_json(run: str, params: dict, evaluation: Evaluation, data_info: dict) 
                     "malignant_specificity_ci",
                 )
             },
+            "bootstrap": evaluation.get("bootstrap", {}),
             "ece_before": evaluation["ece_before"],
             "ece_after": evaluation["ece_after"],
             "decision": {
@@ -115,6 +116,8 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
     policy, decided = meta["decision"], meta["metrics"]["decision"]
     benign = ", ".join(display_name(c) for c in meta["classes"] if not meta["malignant"][c])
     split = SPLIT_KINDS[data_info.get("split_kind") or "grouped"]
+    packages = meta["provenance"]["packages"]
+    resamples = meta["metrics"].get("bootstrap", {}).get("n_resamples", "?")
     lines = [
         f"# Model card: {meta['arch']} ({meta['run']})",
         "",
@@ -125,7 +128,7 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
         f"- {params['params']:,} parameters; trained by allstudy {meta['provenance']['code_version']['version']} "
         f"(source `{meta['provenance']['code_version']['source_sha256']}`), Keras "
         f"{meta['provenance']['packages'].get('keras')}, "
-        f"TensorFlow {meta['provenance']['packages'].get('tensorflow')}.",
+        f"TensorFlow {packages.get('tensorflow') or packages.get('tensorflow-cpu')}.",
         f"- Settings: {', '.join(f'{k}={v}' for k, v in params['config'].items())}.",
         f"- Calibration: temperature {meta['temperature']:.3f}, fitted on the validation split.",
         "",
@@ -152,13 +155,13 @@ def model_card(meta: dict, params: dict, data_info: dict, controls: dict | None 
         f"- expected calibration error {meta['metrics']['ece_before']:.3f} before and "
         f"{meta['metrics']['ece_after']:.3f} after temperature scaling.",
         *decision_lines(policy, decided, meta["metrics"]["tradeoff"], many),
-        f"- Intervals: 95 % percentile bootstrap over test {many} (1000 resamples). {many.capitalize()} from the same "
-        "patient are not independent, so the intervals are optimistic.",
+        f"- Intervals: 95 % percentile bootstrap over test {many} ({resamples} resamples). {many.capitalize()} from "
+        "the same patient are not independent, so the intervals are optimistic.",
         "",
         "## Evaluation data",
-        f"- The {split} split of `{Path(str(data_info.get('root', ''))).name}` "
-        f"({data_info.get('images')} images; data hash `{meta['provenance']['data_hash'][:16]}…`); seeded and "
-        f"stratified; every group of byte-identical, re-encoded or overlapping {many} stays inside one split.",
+        f"- `{Path(str(data_info.get('root', ''))).name}` ({data_info.get('images')} images; data hash "
+        f"`{meta['provenance']['data_hash'][:16]}…`), split {split}; seeded and stratified; every group of "
+        f"byte-identical, re-encoded or overlapping {many} stays inside one split.",
         f"- {facts.split_caveat}",
         "",
         "## Training data",
