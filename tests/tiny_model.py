@@ -50,6 +50,8 @@ def model_meta(classes: list[str], refer_all: bool, tta_views: int = 8) -> dict:
         "balanced_accuracy": 0.5,
         "macro_f1": 0.5,
         "macro_f1_ci": [0.4, 0.6],
+        "weighted_f1": 0.5,
+        "weighted_f1_ci": [0.4, 0.6],
         "malignant_sensitivity": 0.9,
         "malignant_sensitivity_ci": [0.8, 1.0],
         "malignant_specificity": 0.7,
