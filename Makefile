@@ -24,18 +24,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-study: venv ## the whole study; DATA=/path/to/images for real data (PROFILE=paper for a GPU), DATASET=cnmc
+study: venv browser ## the whole study; DATA=/path/to/images for real data (PROFILE=paper for a GPU), DATASET=cnmc
 	$(PY) -m allstudy run $(if $(DATA),--data "$(DATA)",--dataset $(DATASET)) --profile $(PROFILE) --out "$(OUT)" --jobs $(JOBS) \
 		$(if $(WEIGHTS_DIR),--weights-dir "$(WEIGHTS_DIR)")
 
-# Debian's Chromium for the real-browser checks (Playwright drives it; its own download needs the internet).
-# Best effort: without root or apt the browser tests are skipped and say why.
-browser: ## the headless browser the report and app tests use
+# Debian's Chromium: it prints report.pdf, and Playwright drives it in the real-browser checks (Playwright's own
+# download needs the internet). Best effort: without root or apt the study writes the HTML report alone and the
+# browser tests are skipped, each saying why.
+browser: ## the headless browser that prints report.pdf and runs the browser tests
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		{ apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
 		  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; } && \
 		echo "installed chromium"; } || \
-		echo "no /usr/bin/chromium: the browser tests will be skipped (apt-get install chromium)"
+		echo "no /usr/bin/chromium: no report.pdf, and the browser tests will be skipped (apt-get install chromium)"
 
 lint: venv ## ruff (lint and format) and mypy, as configured in pyproject.toml
 	$(VENV)/bin/ruff check .

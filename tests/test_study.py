@@ -91,9 +91,9 @@ def test_exploration_reports_the_synthetic_default(study):
 def test_the_report_shows_every_architecture_and_section(study):
     out, _ = study
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64") > 20  # figures inline
+    assert html.count("data:image/png;base64") + html.count("data:image/jpeg;base64") > 20  # figures inline
     for arch in ARCHS:
-        assert arch in html, arch
+        assert f'<details class="allstudy-arch" id="arch-{arch}">' in html, arch  # one closed section each
     for text in (
         "Explore the dataset",
         "region-based segmentation",
@@ -103,9 +103,58 @@ def test_the_report_shows_every_architecture_and_section(study):
         "Our runs beside the published figures",
         "95.8%",
         "Model card",
+        "Reporting checklist",
     ):
         assert text in html, text
     assert "prepare_study_data(" not in html  # code hidden
+
+
+def test_the_report_opens_on_its_findings_and_every_link_resolves(study):
+    from allstudy.study.checklist import anchors
+    from allstudy.study.report import anchors_of, links_of
+
+    out, _ = study
+    html = (out / "report.html").read_text(encoding="utf-8")
+    summary = json.loads((out / "summary.json").read_text())
+    body = html[html.index("<main>") :]
+    sections = ("summary", "contents", "data", "comparison", "architectures", "checklist")
+    order = [body.index(f'id="{a}"') for a in sections]
+    assert order == sorted(order)
+    first = body[: body.index('id="contents"')]  # the summary: every figure as summary.json holds it
+    for name, entry in summary["runs"].items():
+        test, decision = entry["test"], entry["decision"]
+        ci = test["accuracy_ci"]
+        assert f"{test['accuracy']:.1%} ({ci[0]:.1%}–{ci[1]:.1%})" in first, name
+        assert f"{decision['malignant_called_benign']} of {decision['n_malignant']}" in first, name
+        assert f"{test['ece']:.3f}" in first and f"{test['brier']:.3f}" in first, name
+    assert links_of(html) <= anchors_of(html) and anchors() <= anchors_of(html)
+
+
+def test_the_error_gallery_holds_every_test_error_of_the_chosen_model(study):
+    out, _ = study
+    chosen = json.loads((out / "summary.json").read_text())["chosen"]
+    predictions = pd.read_csv(out / "runs" / chosen / "predictions.csv", keep_default_na=False)
+    test = predictions[predictions["split"] == "test"]
+    wrong = int((test["label"] != test["class"]).sum())  # temperature scaling keeps the most probable class
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"{wrong} test error(s) among {len(test)}" in html
+
+
+@pytest.mark.browser
+def test_the_report_prints_to_a_pdf_that_opens_on_the_summary(study):
+    from pypdf import PdfReader
+
+    from allstudy.testing.browser import unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    out, _ = study
+    reader = PdfReader(out / "report.pdf")
+    first = reader.pages[0].extract_text()
+    assert "Summary" in first and "Question" in first and "Chosen model" in first
+    assert len(reader.pages) > 5 and reader.outline  # every section printed, with a document outline
+    assert (out / "report-first-screen.png").stat().st_size > 20_000
 
 
 @pytest.mark.browser

@@ -144,3 +144,67 @@ def duplicate_summary(manifest: pd.DataFrame, links: pd.DataFrame) -> dict:
         "in_groups": sum(s * n for s, n in sizes.items()),
         "cross_class": [g for g in groups if len({label[p] for p in g}) > 1],
     }
+
+
+def flow_counts(manifest: pd.DataFrame, links: pd.DataFrame, split: pd.DataFrame) -> dict:
+    """The numbers of the data-flow diagram: files found, left out, grouped, and per split and class."""
+    problems = int((manifest["problem"] != "").sum())
+    unlabelled = int(((manifest["problem"] == "") & (manifest.get("part", "") == "unlabelled")).sum())
+    groups = groups_of(links)
+    subjects = int(split.loc[split["subject"] != "", "subject"].nunique()) if "subject" in split else 0
+    return {
+        "files": int(len(manifest)),
+        "problems": problems,
+        "unlabelled": unlabelled,
+        "usable": int(len(split)),
+        "duplicate_groups": len(groups),
+        "in_duplicate_groups": sum(len(g) for g in groups),
+        "subjects": subjects,
+        "independent_groups": int(split["group"].nunique()),
+        "splits": {
+            name: {str(c): int(n) for c, n in rows["class"].value_counts().sort_index().items()}
+            for name, rows in split.groupby("split")
+        },
+    }
+
+
+def plot_data_flow(manifest: pd.DataFrame, links: pd.DataFrame, split: pd.DataFrame) -> plt.Figure:
+    """The flow of the data as a diagram: files found, problems left out, duplicate/overlap groups, and the
+    train/validation/test images per class (the counts of :func:`flow_counts`)."""
+    counts = flow_counts(manifest, links, split)
+    fig, ax = plt.subplots(figsize=(9.0, 5.2))
+    ax.set_xlim(0, 3)
+    ax.set_ylim(0, 4)
+    ax.axis("off")
+    box = {"boxstyle": "round,pad=0.5", "facecolor": "#f3f6fb", "edgecolor": "#4a6fa5"}
+    out_box = {**box, "facecolor": "#fbf1f1", "edgecolor": "#a54a4a"}
+
+    def node(x: float, y: float, text: str, style: dict = box) -> None:
+        ax.text(x, y, text, ha="center", va="center", fontsize=9, bbox=style)
+
+    def arrow(start: tuple[float, float], end: tuple[float, float]) -> None:
+        ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "#555555"})
+
+    node(1.5, 3.6, f"{counts['files']} files found")
+    left_out = [f"{counts['problems']} with a problem (unreadable, not an image, ...)"]
+    if counts["unlabelled"]:
+        left_out.append(f"{counts['unlabelled']} unlabelled (scored, never split)")
+    node(2.45, 2.85, "left out:\n" + "\n".join(left_out), out_box)
+    grouped = (
+        f"{counts['usable']} usable images\n{counts['in_duplicate_groups']} of them in {counts['duplicate_groups']} "
+        f"duplicate / overlap groups"
+        + (f"\n{counts['subjects']} subjects, each kept in one split" if counts["subjects"] else "")
+        + f"\n{counts['independent_groups']} independent groups to split"
+    )
+    node(1.2, 2.3, grouped)
+    arrow((1.5, 3.4), (1.25, 2.75))
+    arrow((1.6, 3.4), (2.2, 3.15))
+    names = {"train": "training", "val": "validation", "test": "test"}
+    for x, name in zip((0.45, 1.5, 2.55), names, strict=True):
+        per_class = counts["splits"].get(name, {})
+        lines = [f"{display_name(c)}: {n}" for c, n in per_class.items()]
+        node(x, 0.75, f"{names[name]}: {sum(per_class.values())}\n" + "\n".join(lines))
+        arrow((1.2, 1.75), (x, 1.3))
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -71,7 +71,7 @@ PUBLISHED: list[dict[str, Any]] = [
 
 
 #: Changes whenever evaluation.json gains or changes content, so that cached evaluations are redone.
-EVALUATION_FORMAT = 4
+EVALUATION_FORMAT = 5
 
 
 def decision_summary(evaluation: Evaluation) -> dict:
@@ -182,6 +182,8 @@ def run_summary(evaluation: Evaluation, params: dict) -> dict:
             "ece": calibrated["ece"],
             "ece_ci": calibrated["ece_ci"],
             "ece_uncalibrated": test["ece"],
+            "brier": calibrated["brier"],
+            "brier_ci": calibrated["brier_ci"],
         },
         "val": {"accuracy": evaluation["val"]["accuracy"], "macro_f1": evaluation["val"]["macro_f1"]},
         "temperature": evaluation["temperature"],
@@ -238,6 +240,7 @@ def comparison_table(summary_: dict, dataset: str | None = None) -> pd.DataFrame
                 "malignant_sensitivity": test["malignant_sensitivity"],
                 "malignant_specificity": test["malignant_specificity"],
                 "ece": test["ece"],
+                "brier": test.get("brier"),
                 "malignant_called_benign": run["decision"]["malignant_called_benign"],
                 "referral_rate": run["decision"]["referral_rate"],
                 "answered_accuracy": run["decision"]["answered_accuracy"],

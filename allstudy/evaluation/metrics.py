@@ -38,6 +38,7 @@ CI_METRICS: tuple[str, ...] = (
     "malignant_specificity",
     "roc_auc_macro",
     "ece",
+    "brier",
 )
 
 _EPS = 1e-12
@@ -152,7 +153,8 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     recall, f1, support}, confusion and confusion_normalised (rows = true class), roc_auc and
     average_precision {class: one-vs-rest} with their macro means over the classes present,
     malignant_sensitivity and malignant_specificity (malignant = any B-ALL class, predicted
-    malignant = the argmax class is malignant), ece (top-label, 15 bins) and n.
+    malignant = the argmax class is malignant), ece (top-label, 15 bins), brier (the multi-class Brier score:
+    the mean over images of the squared distance between the probabilities and the one-hot truth, 0 to 2) and n.
     """
     y, proba = np.asarray(y, dtype=np.intp), np.asarray(proba, dtype=np.float64)
     labels = np.arange(len(classes))
@@ -160,6 +162,9 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     with warnings.catch_warnings():  # classes predicted but absent from y: sklearn warns, the metric is still right
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         balanced = skm.balanced_accuracy_score(y, pred)
+    with warnings.catch_warnings():  # rows of saved float32 probabilities sum to 1 only within rounding
+        warnings.filterwarnings("ignore", message="The y_prob values do not sum to one")
+        brier = float(skm.brier_score_loss(y, proba, labels=labels, scale_by_half=False))
     precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     malignant = _malignant_mask(classes)
     true_m, pred_m = malignant[y], malignant[pred]
@@ -193,6 +198,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
             skm.recall_score(true_m, pred_m, labels=[False, True], pos_label=False, zero_division=np.nan)
         ),
         "ece": expected_calibration_error(y, proba),
+        "brier": brier,
     }
 
 
@@ -234,6 +240,7 @@ def _ci_statistics(classes: list[str], n_bins: int = 15) -> Callable[[np.ndarray
                     confusion[~malignant][:, ~malignant].sum() / true_b if true_b else np.nan,
                     auc[auc_defined].mean() if auc_defined.any() else np.nan,
                     expected_calibration_error(y, proba, n_bins),
+                    ((proba - (y[:, None] == np.arange(k))) ** 2).sum(axis=1).mean(),
                 ]
             )
 

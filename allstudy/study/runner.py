@@ -41,7 +41,8 @@ from allstudy.serving.ood import OODGuard, fit_guard
 from allstudy.serving.runtime import write_serving
 from allstudy.study.console import StudyConsole
 from allstudy.study.notebooks import StepResult, execute_notebook
-from allstudy.study.report import render_report
+from allstudy.study.pdf import chromium, first_screen, print_pdf
+from allstudy.study.report import build_report
 from allstudy.study.study_data import prepare_study_data, reference_segmentation
 from allstudy.training.fit import deterministic_ops, feature_rows, features_dir, train
 from allstudy.training.pipeline import load_images
@@ -227,7 +228,8 @@ def run(
     architectures = architectures or settings["architectures"]
     n_variants = len(CONTROL_RUNS) + 1  # the chosen architecture on other inputs, and on the image-level split
     # data, 01, 02, 03 and 04 per architecture, baselines, control runs, summary, 05, guard and serving, report
-    console.total = 3 + 2 * len(architectures) + len(BASELINES) + n_variants + 4
+    # and report.pdf with the report's first screen, where Chromium can print them
+    console.total = 3 + 2 * len(architectures) + len(BASELINES) + n_variants + 4 + (chromium() is not None)
     with console.step("data: scan, duplicates and overlaps, split"):
         prepared = prepare_study_data(data, out, profile, progress=not console.enabled, dataset=dataset)
     data_hash = prepared.info["data_hash"]
@@ -345,11 +347,13 @@ def run(
     (compared,), _ = run_chains(last, jobs)
     results.append(cast(StepResult, compared))
     with console.step("report"):
-        write_text(
-            out / "report.html",
-            render_report(
-                [r.notebook for r in results if not r.name.startswith("03_train-control")], title="allstudy report"
-            ),
-        )
+        notebooks = {r.name: r.notebook for r in results if not r.name.startswith("03_train-control")}
+        write_text(out / "report.html", build_report(notebooks, read_json(out / "summary.json")))
+    if chromium() is None:
+        print("report.pdf not made: no headless Chromium (`make browser`, or set ALLSTUDY_CHROMIUM)")
+    else:
+        with console.step("report.pdf and its first screen"):
+            print_pdf(out / "report.html", out / "report.pdf")
+            first_screen(out / "report.html", out / "report-first-screen.png")
     print(f"study complete in {time.perf_counter() - started:.0f} s: {out / 'report.html'}")
     return results

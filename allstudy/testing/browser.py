@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from allstudy.core.atomic import atomic_path
+from allstudy.study.pdf import CHROMIUM
 from allstudy.testing.servers import free_port, local_server
 
-#: Where Debian puts Chromium; ``$ALLSTUDY_CHROMIUM`` overrides it.
-CHROMIUM = os.environ.get("ALLSTUDY_CHROMIUM", "/usr/bin/chromium")
 #: How the checks launch it (headless; no sandbox, which needs user namespaces containers often lack).
 LAUNCH_ARGS = ["--no-sandbox"]
 WIDTH, HEIGHT = 1280, 900  # the viewport
