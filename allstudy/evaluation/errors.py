@@ -13,7 +13,9 @@ import pandas as pd
 from allstudy.data.classes import is_malignant
 from allstudy.evaluation.compare import evaluate_run, split_images
 from allstudy.evaluation.decision import DecisionPolicy
+from allstudy.evaluation.gradcam import gradcam_for, overlay
 from allstudy.evaluation.metrics import apply_temperature, labels_of, probabilities
+from allstudy.models.layers import load_model, single_view
 
 #: Images per row of the gallery (each with its Grad-CAM beside it).
 COLUMNS = 3
@@ -51,9 +53,6 @@ def error_gallery(
     """Every test error of ``run`` (up to ``max_errors``, worst first) as a figure: each image, its Grad-CAM
     overlay of the predicted class, and a caption with the truth, the prediction, the calibrated probabilities
     and the verdict. None when the run made no error. ``model``: the run's Keras model (loaded when None)."""
-    from allstudy.evaluation.gradcam import gradcam_for, overlay
-    from allstudy.models.layers import load_model, single_view
-
     table, images = test_errors(out, run)
     if table.empty:
         return None
