@@ -93,7 +93,7 @@ def _subject(label: str, number: int, seed: int, class_index: int) -> _Subject:
     )
 
 
-def render_cell(subject: _Subject, rng: np.random.Generator, size: int = 224) -> Image.Image:
+def _render_cell(subject: _Subject, rng: np.random.Generator, size: int = 224) -> Image.Image:
     """One segmented cell of ``subject``, centred (a few pixels off) on black, ``size`` x ``size`` RGB."""
     morphology = "Benign" if rng.random() < subject.normal_looking else subject.morphology
     ratio = _MORPHOLOGY[morphology].diameter[0] / _MORPHOLOGY["Benign"].diameter[0]
@@ -111,8 +111,7 @@ def render_cell(subject: _Subject, rng: np.random.Generator, size: int = 224) ->
     stains = stains[:, top : top + size, top : top + size]
     od = stains[0, ..., None] * subject.nucleus + stains[1, ..., None] * subject.cytoplasm
     light = ndimage.gaussian_filter(np.exp(-od) * subject.background, (subject.blur, subject.blur, 0))
-    cell = np.clip((stains.sum(axis=0) > 1e-3).astype(np.float32), 0.0, 1.0)
-    cell = ndimage.binary_fill_holes(ndimage.binary_opening(cell > 0, iterations=1)).astype(np.float32)
+    cell = ndimage.binary_fill_holes(ndimage.binary_opening(stains.sum(axis=0) > 1e-3)).astype(np.float32)
     pixels = light * np.float32(255.0) + rng.standard_normal(light.shape, dtype=np.float32) * np.float32(subject.noise)
     return Image.fromarray(np.clip(np.rint(pixels * cell[..., None]), 0, 255).astype(np.uint8), "RGB")
 
@@ -133,7 +132,7 @@ def _subject_cells(
         image += 1
         for cell in range(1, min(int(rng.integers(1, 4)), n - len(cells)) + 1):
             name = f"{subject.name}_{image}_{cell}_{subject.label}.bmp"
-            cells.append((name, render_cell(subject, rng, size)))
+            cells.append((name, _render_cell(subject, rng, size)))
     return cells
 
 
@@ -184,7 +183,7 @@ def _write_release(
         ci = (new - 1) % len(CNMC_CLASSES)
         number = subjects + 1 + (new - 1) // len(CNMC_CLASSES)
         subject = _subject(CNMC_CLASSES[ci], number, seed, ci)
-        render_cell(subject, _rng(seed, _CELL, ci, number), size).save(final / f"{new}.bmp")
+        _render_cell(subject, _rng(seed, _CELL, ci, number), size).save(final / f"{new}.bmp")
         tick()
     return {"subjects_by_part": listing, "note": NOTE}
 
@@ -246,5 +245,5 @@ def example_cells(seed: int = 0, size: int = 224) -> list[tuple[str, Image.Image
     for ci, label in enumerate(CNMC_CLASSES):
         number = 10_000 + seed  # a subject no default dataset holds
         subject = _subject(label, number, seed, ci)
-        examples.append((label, render_cell(subject, _rng(seed, _CELL, ci, number), size)))
+        examples.append((label, _render_cell(subject, _rng(seed, _CELL, ci, number), size)))
     return examples
