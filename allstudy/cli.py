@@ -233,7 +233,7 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for row in report["variants"]:
         print(
-            f"{out / row['file']}: {row['file_bytes'] / 1e6:.2f} MB; on {row['n_images']} test fields argmax "
+            f"{out / row['file']}: {row['file_bytes'] / 1e6:.2f} MB; on {row['n_images']} test images argmax "
             f"agreement {row['argmax_agreement']:.4f}, max |dp| {row['max_abs_diff']:.2e}, accuracy "
             f"{row['test_accuracy']:.2%} (Keras {row['keras_test_accuracy']:.2%}, {row['accuracy_change_pp']:+.2f} pp)"
         )

@@ -318,11 +318,11 @@ def export_model(
 
     from tqdm import tqdm
 
-    _log(f"test split: {len(paths)} fields from {split.splits_csv} (images in {split.root})", quiet)
+    _log(f"test split: {len(paths)} images from {split.splits_csv} (images in {split.root})", quiet)
     inputs = np.stack(
         [
             predictor.model_input(split.root / p)
-            for p in tqdm(paths, desc="reading test fields", unit="img", disable=quiet)
+            for p in tqdm(paths, desc="reading test images", unit="img", disable=quiet)
         ]
     ).astype(np.float32)
     t0 = time.perf_counter()
