@@ -77,19 +77,20 @@ def _compact(png: bytes) -> tuple[str, bytes]:
     """One figure at screen resolution: (mime type, bytes), JPEG when that is much smaller."""
     with Image.open(io.BytesIO(png)) as opened:
         image: Image.Image = opened.copy()
-    resized = image.width > MAX_FIGURE_WIDTH
-    if resized:
+    if image.width > MAX_FIGURE_WIDTH:
         height = round(image.height * MAX_FIGURE_WIDTH / image.width)
         image = image.resize((MAX_FIGURE_WIDTH, height), Image.Resampling.LANCZOS)
+        resized = io.BytesIO()
+        image.save(resized, format="PNG")
+        png = resized.getvalue()
     rgba = image.convert("RGBA")
     flat = Image.new("RGB", rgba.size, "white")  # JPEG has no transparency: figures sit on white
     flat.paste(rgba, mask=rgba.getchannel("A"))
-    as_png, as_jpeg = io.BytesIO(), io.BytesIO()
-    image.save(as_png, format="PNG", optimize=True)
-    flat.save(as_jpeg, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-    if as_jpeg.tell() <= JPEG_IF_BELOW * as_png.tell():
-        return "image/jpeg", as_jpeg.getvalue()
-    return "image/png", as_png.getvalue() if resized else min(as_png.getvalue(), png, key=len)
+    jpeg = io.BytesIO()
+    flat.save(jpeg, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    if jpeg.tell() <= JPEG_IF_BELOW * len(png):
+        return "image/jpeg", jpeg.getvalue()
+    return "image/png", png
 
 
 def compact_images(node: nbformat.NotebookNode) -> nbformat.NotebookNode:
