@@ -1,7 +1,7 @@
 """The report's size and build time, from a finished study's output folder.
 
-Builds the report again from the study's executed notebooks and summary.json (as the runner does, without
-writing over it), and reports its bytes by part (the page's styles, PNG and JPEG figures, the rest), the
+Builds the report again from the study's rendered notebook pages and summary.json (as the runner does,
+without writing over it), and reports its bytes by part (the page's styles, PNG and JPEG figures, the rest), the
 build time, and for comparison the bytes of the executed notebooks' figures before they are brought to screen
 resolution. Exits 1 when the page is larger than ``--max-mb``.
 
@@ -55,7 +55,7 @@ def main() -> None:
     summary = read_json(out / "summary.json")
     notebooks = notebooks_of(out, summary)
     started = time.perf_counter()
-    page = build_report(notebooks, summary).encode("utf-8")
+    page = build_report({n: path.with_suffix(".html") for n, path in notebooks.items()}, summary).encode("utf-8")
     seconds = time.perf_counter() - started
     text = page.decode("utf-8")
     figures = {"png": 0, "jpeg": 0}

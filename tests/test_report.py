@@ -20,7 +20,14 @@ from PIL import Image  # noqa: E402
 
 from allstudy.study import checklist  # noqa: E402
 from allstudy.study.findings import SECTION_LINKS, headline_table, key_findings, summary_html  # noqa: E402
-from allstudy.study.report import MAX_FIGURE_WIDTH, anchors_of, build_report, compact_images, links_of  # noqa: E402
+from allstudy.study.report import (  # noqa: E402
+    MAX_FIGURE_WIDTH,
+    anchors_of,
+    build_report,
+    compact_images,
+    links_of,
+    render_html,
+)
 
 
 def _png(figure) -> str:
@@ -123,7 +130,8 @@ def test_every_checklist_item_is_answered_or_says_why_not():
     assert links_of(page) == checklist.anchors() and page.count("<tr>") == len(checklist.ITEMS) + 1
 
 
-def _notebook(path: Path, heading: str) -> Path:
+def _page(path: Path, heading: str) -> Path:
+    """An executed-looking notebook written to ``path`` and its rendered page (returned), as a step leaves them."""
     node = nbformat.v4.new_notebook()
     node.cells = [
         nbformat.v4.new_markdown_cell(f"# {heading}\n\n## Accuracy and loss per epoch"),
@@ -133,13 +141,15 @@ def _notebook(path: Path, heading: str) -> Path:
         ),
     ]
     nbformat.write(node, path)
-    return path
+    page = path.with_suffix(".html")
+    page.write_text(render_html(path), encoding="utf-8")
+    return page
 
 
 def test_the_page_opens_on_the_summary_with_one_closed_section_per_architecture(tmp_path):
     names = ["01_explore", "02_preprocess", "03_train-lenet", "04_evaluate-lenet", "03_train-vgg16", "05_compare"]
-    notebooks = {n: _notebook(tmp_path / f"{n}.ipynb", n) for n in names}
-    page = build_report(notebooks, SUMMARY)
+    pages = {n: _page(tmp_path / f"{n}.ipynb", n) for n in names}
+    page = build_report(pages, SUMMARY)
     body = page[page.index("<main>") :]
     order = [body.index(f'id="{anchor}"') for anchor in ("summary", "contents", "data", "comparison", "architectures")]
     assert order == sorted(order) and body.index('id="checklist"') > order[-1]

@@ -108,7 +108,9 @@ def compact_images(node: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return node
 
 
-def _export(notebook: str | os.PathLike) -> str:
+def render_html(notebook: str | os.PathLike) -> str:
+    """An executed notebook as a self-contained HTML page: code, parameters and progress logs hidden, figures
+    inline at screen resolution."""
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     node = nbformat.read(str(notebook), as_version=4)
     node.cells = [
@@ -118,11 +120,6 @@ def _export(notebook: str | os.PathLike) -> str:
     ]
     body, _ = exporter.from_notebook_node(compact_images(node))
     return body
-
-
-def render_html(notebook: str | os.PathLike) -> str:
-    """An executed notebook as a self-contained HTML page: code hidden, figures inline at screen resolution."""
-    return _export(notebook)
 
 
 def _head_and_cells(page: str) -> tuple[str, str]:
@@ -148,15 +145,16 @@ def _arch_line(name: str, run: dict) -> str:
     )
 
 
-def build_report(notebooks: dict[str, Path], summary: dict, title: str = "allstudy report") -> str:
-    """The report page from the executed notebooks (by step name: ``01_explore``, ``02_preprocess``,
-    ``03_train-<arch>``, ``04_evaluate-<arch>``, ``05_compare``) and summary.json."""
-    pages = {name: _export(path) for name, path in notebooks.items()}
+def build_report(pages: dict[str, Path], summary: dict, title: str = "allstudy report") -> str:
+    """The report page from the executed notebooks' pages (:func:`render_html`, written beside each executed
+    notebook; by step name: ``01_explore``, ``02_preprocess``, ``03_train-<arch>``, ``04_evaluate-<arch>``,
+    ``05_compare``) and summary.json. The pages are taken apart, not rendered again."""
     if not pages:
         raise ValueError("no executed notebook to report")
-    head, _ = _head_and_cells(next(iter(pages.values())))
+    texts = {name: Path(path).read_text(encoding="utf-8") for name, path in pages.items()}
+    head, _ = _head_and_cells(next(iter(texts.values())))
     head = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", head, flags=re.DOTALL)
-    cells = {name: _head_and_cells(page)[1] for name, page in pages.items()}
+    cells = {name: _head_and_cells(text)[1] for name, text in texts.items()}
 
     parts: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     data = "".join(cells[n] for n in ("01_explore", "02_preprocess") if n in cells)

@@ -347,8 +347,8 @@ def run(
     (compared,), _ = run_chains(last, jobs)
     results.append(cast(StepResult, compared))
     with console.step("report"):
-        notebooks = {r.name: r.notebook for r in results if not r.name.startswith("03_train-control")}
-        write_text(out / "report.html", build_report(notebooks, read_json(out / "summary.json")))
+        pages = {r.name: r.html for r in results if not r.name.startswith("03_train-control")}
+        write_text(out / "report.html", build_report(pages, read_json(out / "summary.json")))
     if chromium() is None:
         print("report.pdf not made: no headless Chromium (`make browser`, or set ALLSTUDY_CHROMIUM)")
     else:
