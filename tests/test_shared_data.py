@@ -213,7 +213,8 @@ def test_the_study_runs_end_to_end_on_the_c_nmc_release_as_downloaded(tmp_path):
     meta = json.loads((model / "model.json").read_text())
     assert meta["classes"] == ["all", "hem"] and meta["dataset"] == "C-NMC 2019 binary"
     card = (model / "MODEL_CARD.md").read_text()
-    assert "ALL blast" in card and "weighted F1" in card and "70 test cells" in card and " fields" not in card
+    assert "ALL blast" in card and "weighted F1" in card and "70 test cells" in card
+    assert "malignant cells called benign" in card and "fields called" not in card
 
     final = tmp_path / "download" / "C-NMC_test_final_phase_data"
     scored = subprocess.run(
