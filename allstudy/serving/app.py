@@ -189,8 +189,8 @@ def model_panel(info: dict) -> str:
     classes = ", ".join(
         f"{info['display_names'][c]}{' (malignant)' if info['malignant'][c] else ''}" for c in info["classes"]
     )
-    many = dataset_facts(info["classes"]).images
-    one = many.removesuffix("s")
+    facts = dataset_facts(info["classes"])
+    many, one = facts.images, facts.image
     rows = [
         (label, _pct(test.get(name)), ci(name))
         for name, label in (
