@@ -48,12 +48,18 @@ def test_errors(out: str | os.PathLike, run: str) -> tuple[pd.DataFrame, np.ndar
 
 
 def error_gallery(
-    out: str | os.PathLike, run: str, model=None, max_errors: int = 150, columns: int = COLUMNS
+    out: str | os.PathLike,
+    run: str,
+    found: tuple[pd.DataFrame, np.ndarray] | None = None,
+    model=None,
+    max_errors: int = 150,
+    columns: int = COLUMNS,
 ) -> plt.Figure | None:
     """Every test error of ``run`` (up to ``max_errors``, worst first) as a figure: each image, its Grad-CAM
     overlay of the predicted class, and a caption with the truth, the prediction, the calibrated probabilities
-    and the verdict. None when the run made no error. ``model``: the run's Keras model (loaded when None)."""
-    table, images = test_errors(out, run)
+    and the verdict. None when the run made no error. ``found``: what :func:`test_errors` returned, when the
+    caller has it already; ``model``: the run's Keras model (loaded when None)."""
+    table, images = found if found is not None else test_errors(out, run)
     if table.empty:
         return None
     table, images = table.head(max_errors), images[:max_errors]
