@@ -145,7 +145,7 @@ def test_the_report_says_which_split_and_why():
     official = split_statement(["all", "hem"], "official")
     assert "preliminary-test subjects" in official and "weighted F1" in official
     assert "by subject" in split_statement(["all", "hem"], "grouped")  # a bare fold_* folder
-    assert "image-level" in split_statement(["Benign", "Early", "Pre", "Pro"], "grouped")
+    assert "not by patient" in split_statement(["Benign", "Early", "Pre", "Pro"], "grouped")
 
 
 def test_model_json_and_card_carry_the_figures_and_caveats(runs):

@@ -37,8 +37,8 @@ TALEQANI = DatasetFacts(
     shortcut="The classes of the training data come from different patients and acquisition sessions, so stain "
     "colour, illumination and the burned-in scale bar differ by class. A model can score by recognising the "
     "session, not the disease; the report's validity controls measure how much.",
-    split_caveat="The split is image-level, not patient-level: the dataset publishes no patient IDs. Fields of one "
-    "patient can sit on both sides, so the figures are an upper bound for new patients.",
+    split_caveat="The split is by field (overlapping fields kept together), not by patient: the dataset publishes "
+    "no patient IDs. Fields of one patient can sit on both sides, so the figures are an upper bound for new patients.",
 )
 
 CNMC = DatasetFacts(
@@ -80,6 +80,6 @@ def split_statement(classes: Iterable[str], split_kind: str) -> str:
         )
     return (
         f"**A grouped split** ({SPLIT_KINDS['grouped']}). The Taleqani dataset does not publish patient IDs, so "
-        "the split is **image-level**: grouped by duplicate and overlapping fields, but fields of one patient can "
-        "still sit in training and in test. Figures here are an upper bound for new patients."
+        "the split is **by field, not by patient**: grouped by duplicate and overlapping fields, but fields of one "
+        "patient can still sit in training and in test. Figures here are an upper bound for new patients."
     )

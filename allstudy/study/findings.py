@@ -64,7 +64,7 @@ def headline_table(summary: dict) -> pd.DataFrame:
                 "referred": _pct(decision["referral_rate"]),
                 "ECE": f"{test['ece']:.3f}",
                 "Brier": f"{test['brier']:.3f}" if test.get("brier") is not None else "n/a",
-                "published": _published(run["arch"], dataset) or "none",
+                "published": _published(run["arch"], dataset) or "—",
             }
         )
     return pd.DataFrame(rows)

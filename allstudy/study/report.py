@@ -37,7 +37,7 @@ main { max-width: 1200px; margin: 0 auto; }
 .allstudy-summary table.headline th, .allstudy-summary table.headline td,
 table.checklist th, table.checklist td { border: 1px solid #ccd; padding: 2px 6px; text-align: left; }
 table.checklist { font-size: 12px; border-collapse: collapse; }
-nav#contents ol { columns: 2; }
+nav#contents ul { columns: 2; list-style: none; padding-left: 0; }
 details.allstudy-arch { border: 1px solid #ccd; border-radius: 4px; margin: 0.5em 0; padding: 0 0.8em; }
 details.allstudy-arch > summary { cursor: pointer; padding: 0.5em 0; font-weight: 600; }
 section > h1.allstudy-part { border-bottom: 2px solid #4a6fa5; margin-top: 1.6em; }
@@ -45,6 +45,7 @@ p.provenance { font-size: 11px; color: #555; }
 @media print {
   section > h1.allstudy-part { break-before: page; }
   details.allstudy-arch { break-inside: auto; }
+  h1, h2, h3, h4 { break-after: avoid; }
 }
 </style>
 """
@@ -191,7 +192,7 @@ def build_report(pages: dict[str, Path], summary: dict, title: str = "allstudy r
     body = (
         f"<header><h1>{html.escape(title)}</h1></header>"
         + summary_html(summary)
-        + f'<nav id="contents"><h2>Contents</h2><ol>{contents}</ol></nav>'
+        + f'<nav id="contents"><h2>Contents</h2><ul class="allstudy-contents">{contents}</ul></nav>'
         + "".join(
             f'<section id="{anchor}"><h1 class="allstudy-part">{html.escape(heading)}</h1>{content}</section>'
             for anchor, heading, content in parts
