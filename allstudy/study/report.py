@@ -192,7 +192,7 @@ def build_report(pages: dict[str, Path], summary: dict, title: str = "allstudy r
     body = (
         f"<header><h1>{html.escape(title)}</h1></header>"
         + summary_html(summary)
-        + f'<nav id="contents"><h2>Contents</h2><ul class="allstudy-contents">{contents}</ul></nav>'
+        + f'<nav id="contents"><h2>Contents</h2><ul>{contents}</ul></nav>'
         + "".join(
             f'<section id="{anchor}"><h1 class="allstudy-part">{html.escape(heading)}</h1>{content}</section>'
             for anchor, heading, content in parts
