@@ -3,7 +3,8 @@
 Builds the report again from the study's rendered notebook pages and summary.json (as the runner does,
 without writing over it), and reports its bytes by part (the page's styles, PNG and JPEG figures, the rest), the
 build time, and for comparison the bytes of the executed notebooks' figures before they are brought to screen
-resolution. Exits 1 when the page is larger than ``--max-mb``.
+resolution; then its in-page link targets and the anchors they miss, the checklist's answered and unanswerable
+items, and the written report.pdf's pages and outline entries. Exits 1 when the page is larger than ``--max-mb``.
 
     .venv/bin/python benchmarks/report_size.py outputs --max-mb 7 --out outputs/benchmarks/report_size.json
 """
@@ -18,9 +19,11 @@ import time
 from pathlib import Path
 
 import nbformat
+from pypdf import PdfReader
 
 from allstudy.core.atomic import read_json, write_json
-from allstudy.study.report import build_report
+from allstudy.study import checklist
+from allstudy.study.report import anchors_of, build_report, links_of
 
 FIGURE = re.compile(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)")
 
@@ -42,6 +45,11 @@ def figure_bytes(notebooks: dict[str, Path]) -> int:
             for output in cell.get("outputs", []):
                 total += sum(len(v) for k, v in output.get("data", {}).items() if k.startswith("image/"))
     return total
+
+
+def outline_entries(outline: list) -> int:
+    """Entries of a PDF's document outline, nested ones included (pypdf nests children as lists)."""
+    return sum(outline_entries(entry) if isinstance(entry, list) else 1 for entry in outline)
 
 
 def main() -> None:
@@ -73,7 +81,15 @@ def main() -> None:
         "figures_as_made_bytes": figure_bytes(notebooks),
         "build_seconds": round(seconds, 1),
         "written_report_bytes": (out / "report.html").stat().st_size if (out / "report.html").exists() else None,
+        "link_targets": len(links_of(text)),
+        "unresolved_links": sorted(links_of(text) - anchors_of(text)),
+        "checklist_answered": sum(1 for item in checklist.ITEMS if item.anchor),
+        "checklist_not_answerable": sum(1 for item in checklist.ITEMS if not item.anchor),
     }
+    if (out / "report.pdf").exists():
+        pdf = PdfReader(out / "report.pdf")
+        result |= {"pdf_bytes": (out / "report.pdf").stat().st_size, "pdf_pages": len(pdf.pages)}
+        result["pdf_outline_entries"] = outline_entries(pdf.outline)
     print(json.dumps(result, indent=2))
     if args.out:
         write_json(args.out, result)
